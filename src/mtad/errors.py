@@ -1,0 +1,25 @@
+"""The one error family users catch: every bad input raises a subclass of `MtadError`."""
+
+
+class MtadError(ValueError):
+    """A clear, one-line complaint about a value the caller gave, naming what is allowed."""
+
+
+class ConfigError(MtadError):
+    """A decoding or sampling setting is outside its allowed range."""
+
+
+class ModelLoadError(MtadError):
+    """A model or tokenizer could not be found or loaded."""
+
+
+class VocabularyMismatchError(MtadError):
+    """Draft and target do not share one token-to-id map."""
+
+
+class ContextLengthError(MtadError):
+    """Prompt plus requested tokens do not fit the model's context window."""
+
+
+class NumericalError(MtadError):
+    """A model produced NaN or +inf logits; decoding cannot continue honestly."""
