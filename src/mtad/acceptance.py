@@ -1,0 +1,112 @@
+"""Acceptance rules: pure functions over probability tensors, one per method family.
+
+Words (Leviathan et al.; vLLM's rejection sampler uses the same):
+- p: the target's warped distributions, q: the draft's warped distributions.
+- draft tokens x_1..x_n were proposed by the draft; a rule decides how many are *accepted*.
+- the *next token* is drawn from the target after the accepted prefix: a *recovered* token
+  (drawn from a residual or from p at the first position not accepted) or a *bonus* token
+  (drawn from p after the whole block, when every draft token was accepted).
+
+Shapes: every rule is batched over rows so a batch of prompts with ragged acceptance fits later.
+    p:      [rows, n + 1, vocab]   p[:, j] is the target distribution of the token after x_<=j
+    q:      [rows, n, vocab]       q[:, j] is the draft distribution x_{j+1} was drawn from
+    tokens: [rows, n]              the draft tokens x_1..x_n
+Each returns a `Verdict`: accepted [rows] (0..n) and next_token [rows].
+
+Which rules are lossless (output distribution equals sampling from p token by token):
+`speculative` is; `accept_none` trivially is; `mtad_joint` is not, by design — it is a
+mode-seeking approximation of joint (multi-token) sampling; `accept_all` is used only where the
+target is its own draft (MTJD), where nothing needs checking.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mtad.sampling import normalise, sample
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: torch.Tensor  # [rows] long, number of accepted draft tokens
+    next_token: torch.Tensor  # [rows] long, recovered or bonus token
+
+
+def accept_none(
+    p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator
+) -> Verdict:
+    """Target-only decoding (ar, greedy): nothing drafted, one token from p."""
+    return _next_from_p(p, torch.zeros(p.shape[0], dtype=torch.long, device=p.device), generator)
+
+
+def accept_all(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator) -> Verdict:
+    """The target drafted for itself (MTJD): keep the whole block, then a bonus token from p."""
+    accepted = torch.full((p.shape[0],), tokens.shape[1], dtype=torch.long, device=p.device)
+    return _next_from_p(p, accepted, generator)
+
+
+def speculative(
+    p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator
+) -> Verdict:
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023). Lossless.
+
+    Accept x_j with probability min(1, p(x_j) / q(x_j)), left to right; at the first rejection
+    draw the recovered token from normalise(max(p - q, 0)); if all n are accepted, draw a bonus
+    token from p after the block.
+    """
+    rows, n = tokens.shape
+    p_tokens = _token_probs(p[:, :n], tokens)  # [rows, n]
+    q_tokens = _token_probs(q, tokens)  # [rows, n]
+    uniform = torch.rand((rows, n), generator=generator, device=p.device)
+    # u < p/q written without a division, so q = 0 (a scripted draft) cannot produce NaN.
+    token_accepted = uniform * q_tokens < p_tokens
+    accepted = token_accepted.long().cumprod(-1).sum(-1)  # [rows]
+
+    row = torch.arange(rows, device=p.device)
+    p_at = p[row, accepted]  # [rows, vocab]
+    q_padded = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # q is 0 after the block: bonus = p
+    residual = (p_at - q_padded[row, accepted]).clamp_min(0)
+    # p == q leaves no residual mass; rejection then had probability 0, and p is the right answer.
+    empty = residual.sum(-1, keepdim=True) <= 0
+    residual = torch.where(empty, p_at, residual)
+    return Verdict(accepted, sample(normalise(residual), generator))
+
+
+def mtad_joint(
+    p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator, threshold: float
+) -> Verdict:
+    """MTAD's joint-likelihood test (Qin et al., ICLR 2025). Deterministic, not lossless.
+
+    ratio_d = prod_{j<=d} p(x_j) / prod_{j<=d} q(x_j); accept the *largest* d with ratio_d > tau,
+    even if a shorter prefix failed (later tokens may compensate). A token with p = 0 fails every
+    prefix that contains it. Then one token from p at the first position not accepted.
+    """
+    n = tokens.shape[1]
+    log_ratio = _log_prefix_ratios(_token_probs(p[:, :n], tokens), _token_probs(q, tokens))  # [rows, n]
+    passing = log_ratio > math.log(threshold)
+    lengths = torch.arange(1, n + 1, device=p.device)
+    accepted = (passing.long() * lengths).amax(-1) if n else torch.zeros(p.shape[0], dtype=torch.long)
+    return _next_from_p(p, accepted.to(p.device), generator)
+
+
+def _log_prefix_ratios(p_tokens: torch.Tensor, q_tokens: torch.Tensor) -> torch.Tensor:
+    """log of prod_{j<=d} p / prod_{j<=d} q for every d; -inf once any p is 0."""
+    log_terms = torch.where(
+        p_tokens > 0, torch.log(p_tokens) - torch.log(q_tokens), torch.full_like(p_tokens, -math.inf)
+    )
+    ratios = log_terms.cumsum(-1)
+    # A p = 0 token after a q = 0 token gives inf + (-inf) = NaN: the p = 0 token must fail.
+    return torch.nan_to_num(ratios, nan=-math.inf)
+
+
+def _token_probs(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """probs[r, j, tokens[r, j]] -> [rows, n]."""
+    return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _next_from_p(p: torch.Tensor, accepted: torch.Tensor, generator: torch.Generator) -> Verdict:
+    row = torch.arange(p.shape[0], device=p.device)
+    return Verdict(accepted, sample(p[row, accepted], generator))

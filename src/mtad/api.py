@@ -1,0 +1,110 @@
+"""`mtad.generate` and `mtad.stream`: the Python face of the engine, validated at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
+from mtad.engine import Generation, GenerationResult
+from mtad.errors import ConfigError
+from mtad.models import check_fits_context, check_heads_compatible
+
+
+def stream(
+    target: PreTrainedModel,
+    draft: PreTrainedModel | None,
+    input_ids: Sequence[int] | torch.Tensor | str,
+    *,
+    method: str = "mtad",
+    gamma: int = 4,
+    beam_width: int = 4,
+    threshold: float = 0.5,
+    with_replacement: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 128,
+    seed: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    stop: str | Sequence[str] | None = None,
+    tokenizer=None,
+) -> Generation:
+    """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end."""
+    spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement)
+    sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
+    prompt = _prompt_tensor(input_ids, tokenizer)
+    stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
+    if spec.needs_draft:
+        if draft is None:
+            raise ConfigError(
+                f"method {method!r} needs a draft model; pass draft=... or use ar, greedy, mtjd"
+            )
+        check_heads_compatible(target, draft, tokenizer)
+        check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft")
+    check_fits_context(target, prompt.shape[1], max_new_tokens, "target")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return Generation(target, draft, prompt, spec, sampling, stops, seed, tokenizer)
+
+
+def generate(
+    target: PreTrainedModel,
+    draft: PreTrainedModel | None,
+    input_ids: Sequence[int] | torch.Tensor | str,
+    **settings,
+) -> GenerationResult:
+    """Decode with `method` (ar, greedy, sd, mtad, mtjd) and return tokens, text and statistics.
+
+    `input_ids`: token ids of the prompt (a list, or a tensor [len] / [1, len]), or a string when
+    `tokenizer` is given (encoded as is; apply a chat template first if you want one).
+    `eos_token_id`: None takes the target's generation config; [] disables EOS.
+    Lossless methods (`ar`, `greedy`, `sd`) sample exactly the warped target distribution;
+    `mtad` and `mtjd` deliberately do not (see `mtad.acceptance`).
+    """
+    generation = stream(target, draft, input_ids, **settings)
+    for _ in generation:
+        pass
+    return generation.result
+
+
+def _prompt_tensor(input_ids, tokenizer) -> torch.Tensor:
+    if isinstance(input_ids, str):
+        if tokenizer is None:
+            raise ConfigError("a string prompt needs tokenizer=...; or pass token ids")
+        if not input_ids:
+            raise ConfigError("prompt is empty; allowed: at least one token")
+        input_ids = tokenizer(input_ids)["input_ids"]
+    prompt = torch.as_tensor(input_ids, dtype=torch.long)
+    if prompt.dim() == 1:
+        prompt = prompt.unsqueeze(0)
+    if prompt.dim() != 2 or prompt.shape[0] != 1:
+        raise ConfigError(
+            f"input_ids must be one prompt of shape [len] or [1, len], got {tuple(prompt.shape)}"
+        )
+    if prompt.shape[1] == 0:
+        raise ConfigError("prompt is empty; allowed: at least one token")
+    return prompt
+
+
+def _eos_ids(eos_token_id, target: PreTrainedModel, tokenizer) -> tuple[int, ...]:
+    if eos_token_id is None:
+        config = getattr(target, "generation_config", None)
+        eos_token_id = getattr(config, "eos_token_id", None)
+        if eos_token_id is None and tokenizer is not None:
+            eos_token_id = tokenizer.eos_token_id
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, int):
+        return (eos_token_id,)
+    return tuple(eos_token_id)
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    return tuple(stop)

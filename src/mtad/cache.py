@@ -1,0 +1,74 @@
+"""A model with its incremental KV cache, and the named operations on that cache.
+
+Invariant: the cache holds keys/values for `tokens[:, :length]` of the sequence the engine has
+committed (plus, transiently inside a round, the draft tokens fed after them). The prefix is
+never re-encoded: a forward feeds only what the cache lacks.
+
+Rollback has one named operation per shape:
+- `truncate(length)`: a chain of tokens was rejected after `length`.
+- `repeat(rows)` / `reorder(indices)` / `select(row)`: beams of the draft's beam sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+class CachedModel:
+    """A causal LM, its `DynamicCache`, and a count of forward passes.
+
+    vocab_size: the width every distribution is aligned to (the target's), so draft and target
+    probabilities index the same token ids even when one model pads its output head.
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
+        self.model = model
+        self.vocab_size = vocab_size
+        self.device = model.get_input_embeddings().weight.device
+        self.cache = DynamicCache(config=model.config)
+        self.calls = 0
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """Feed `tokens` [rows, m] after the cache; logits of the last `keep` positions [rows, keep, V]."""
+        out = self.model(
+            input_ids=tokens.to(self.device), cache=self.cache, use_cache=True, logits_to_keep=keep
+        )
+        self.calls += 1
+        return self._align_vocab(out.logits[:, -keep:].float())
+
+    def _align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        width = logits.shape[-1]
+        if width > self.vocab_size:  # padded head: ids past the vocabulary are not tokens
+            return logits[..., : self.vocab_size]
+        if width < self.vocab_size:  # smaller head: the missing ids have probability 0
+            pad = logits.new_full((*logits.shape[:-1], self.vocab_size - width), float("-inf"))
+            return torch.cat([logits, pad], dim=-1)
+        return logits
+
+    def truncate(self, length: int) -> None:
+        """Forget every cached position from `length` on."""
+        excess = self.length - length
+        if excess > 0:
+            self.cache.crop(-excess)
+
+    def repeat(self, rows: int) -> None:
+        """One cache row becomes `rows` identical rows (beams that share the prefix)."""
+        self.cache.batch_repeat_interleave(rows)
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Row i becomes old row indices[i] (beam parents after a beam step)."""
+        self.cache.reorder_cache(indices.to(self.device))
+
+    def select(self, row: int) -> None:
+        """Keep only one row (the chosen beam)."""
+        self.cache.batch_select_indices(torch.tensor([row], device=self.device))
+
+    def reset(self) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+        self.calls = 0

@@ -1,0 +1,73 @@
+"""Arguments every pair-taking command shares (generate, demo, bench, serve), parsed one way."""
+
+from __future__ import annotations
+
+import argparse
+
+from mtad.config import METHODS
+from mtad.models import LoadedModel, load_pair
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model pair (default: the built-in offline pair)")
+    group.add_argument("--target", help="target model: a directory, a .gguf file or a hub id")
+    group.add_argument("--draft", help="draft model sharing the target's vocabulary")
+    group.add_argument("--device", default=None, help="device for both models, e.g. cpu, cuda, cuda:1")
+    group.add_argument("--draft-device", default=None, help="device for the draft, if not --device")
+    group.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+    group.add_argument("--device-map", default=None, help="accelerate device map for the target, e.g. auto")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad") -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--method", default=method, help=f"one of {', '.join(METHODS)} (default: {method})")
+    group.add_argument("--gamma", type=int, default=4, help="draft tokens per round (default 4)")
+    group.add_argument(
+        "--beam-width", type=int, default=4, help="beams of the draft's beam sampling (default 4)"
+    )
+    group.add_argument("--threshold", type=float, default=0.5, help="MTAD acceptance threshold tau in (0, 1]")
+    group.add_argument("--without-replacement", action="store_true", help="beam sampling without replacement")
+    group.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    group.add_argument("--top-k", type=int, default=10, help="0 = off (default 10, the paper's)")
+    group.add_argument("--top-p", type=float, default=0.9, help="1 = off (default 0.9, the paper's)")
+    group.add_argument("--max-new-tokens", type=int, default=128, help="exact upper bound (default 128)")
+    group.add_argument("--seed", type=int, default=None, help="same seed, same output")
+
+
+def decoding_settings(args: argparse.Namespace) -> dict:
+    """Keyword arguments for `mtad.generate` from the parsed decoding arguments."""
+    return {
+        "method": args.method,
+        "gamma": args.gamma,
+        "beam_width": args.beam_width,
+        "threshold": args.threshold,
+        "with_replacement": not args.without_replacement,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+    }
+
+
+def load_pair_from_args(
+    args: argparse.Namespace, need_draft: bool = True
+) -> tuple[LoadedModel, LoadedModel | None]:
+    """The pair named on the command line, or the built-in default pair when --target is omitted."""
+    target, draft = args.target, args.draft
+    if target is None:
+        from mtad.default_pair import default_draft_path, default_target_path
+
+        target = default_target_path()
+        if draft is None:
+            draft = default_draft_path()
+    if not need_draft:
+        draft = None
+    return load_pair(
+        target,
+        draft,
+        device=args.device,
+        draft_device=args.draft_device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+    )

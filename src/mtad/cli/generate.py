@@ -1,0 +1,70 @@
+"""`mtad generate`: decode one prompt and print the text, or JSON with every statistic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mtad.api import stream
+from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
+from mtad.config import SpeculationConfig
+from mtad.errors import ConfigError
+from mtad.models import encode_prompt
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="decode one prompt with a method",
+        description="Decode one prompt and print the text (or --json).",
+    )
+    parser.add_argument("prompt", help="the prompt text")
+    add_pair_arguments(parser)
+    add_decoding_arguments(parser)
+    parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    parser.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with text and statistics")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.prompt:
+        raise ConfigError("prompt is empty; allowed: a non-empty string")
+    settings = decoding_settings(args)
+    spec = SpeculationConfig(
+        args.method, args.gamma, args.beam_width, args.threshold
+    )  # validate before loading
+    target, draft = load_pair_from_args(args, need_draft=spec.needs_draft)
+    input_ids = encode_prompt(target.tokenizer, args.prompt, chat=not args.raw)
+    generation = stream(
+        target.model,
+        draft.model if draft else None,
+        input_ids,
+        stop=args.stop,
+        tokenizer=target.tokenizer,
+        **settings,
+    )
+    for block in generation:
+        if not args.json:
+            sys.stdout.write(block.text)
+            sys.stdout.flush()
+    result = generation.result
+    if args.json:
+        record = result.as_dict() | {
+            "method": args.method,
+            "target": target.name,
+            "draft": draft.name if draft else None,
+            "settings": settings,
+        }
+        print(json.dumps(record, indent=2))
+    else:
+        print()
+        stats = result.stats
+        print(
+            f"[{args.method}] {stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tok/s, acceptance "
+            f"{stats.acceptance_rate:.2f}, block efficiency {stats.block_efficiency:.2f}, "
+            f"finish {result.finish_reason}",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,77 @@
+"""Tiny, seeded, random causal LMs built from a config: no downloads, milliseconds per forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+torch.set_num_threads(1)
+
+VOCAB = 16
+EOS = 1
+
+
+def tiny_llama(seed: int, vocab: int = VOCAB, sharpness: float = 4.0, layers: int = 2) -> LlamaForCausalLM:
+    """A random Llama whose next-token distributions are peaked enough to make acceptance vary.
+
+    sharpness scales the output head: random heads give near-uniform distributions otherwise.
+    """
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=EOS,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)
+    return model
+
+
+def tiny_gpt2(seed: int, vocab: int = VOCAB) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=EOS
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+def tiny_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over words w0..w{vocab-1}: token id i <-> text 'w{i}'."""
+    words = {"<s>": 0, "</s>": EOS} | {f"w{i}": i for i in range(2, vocab)}
+    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<s>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<s>"
+    )
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def target():
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="session")
+def draft():
+    return tiny_llama(seed=1, layers=1)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def prompt():
+    return [0, 5, 7, 3]
