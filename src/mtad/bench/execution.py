@@ -77,10 +77,11 @@ def _classify(returncode: int, stderr: str) -> tuple[Status, str]:
         return "passed", ""
     if returncode == _OOM_EXIT or "MemoryError" in _tail(stderr):
         return "out of memory", "MemoryError under the address-space limit"
+    if "[Errno 27]" in _tail(stderr):
+        # CPython ignores SIGXFSZ, so hitting RLIMIT_FSIZE surfaces as OSError EFBIG.
+        return "failed", "output exceeded the file-size limit"
     if returncode < 0:
         name = signal.Signals(-returncode).name
-        if -returncode == signal.SIGXFSZ:
-            return "failed", f"killed by {name}: output exceeded the file-size limit"
         # A failed allocation inside C code often ends in SIGSEGV/SIGABRT rather than MemoryError.
         if -returncode in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL, signal.SIGBUS):
             return "out of memory", f"killed by {name} (likely the memory limit)"
@@ -96,14 +97,17 @@ def run_python(
     output_limit_mb: int = 16,
 ) -> ExecutionResult:
     """Run `program` as a script in a fresh subprocess; passed means it exited with status 0."""
-    with tempfile.TemporaryDirectory(prefix="mtad-exec-") as workdir:
-        script = Path(workdir) / "program.py"
+    with tempfile.TemporaryDirectory(prefix="mtad-exec-") as base:
+        # The child's directory holds only its program; our output files live beside it.
+        workdir = Path(base) / "work"
+        workdir.mkdir()
+        script = workdir / "program.py"
         script.write_text(program)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
-            "HOME": workdir,
-            "TMPDIR": workdir,
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir),
             "PYTHONHASHSEED": "0",
             "PYTHONDONTWRITEBYTECODE": "1",
             # Stop a numeric library from spawning one thread per core inside the benchmark.
@@ -112,7 +116,7 @@ def run_python(
         limits = [str(memory_limit_mb * 2**20), str(output_limit_mb * 2**20)]
         # Output goes to files, not pipes: a grandchild holding a pipe open cannot hang us, and the
         # file-size limit bounds what a print loop can write.
-        out_path, err_path = Path(workdir) / "stdout.txt", Path(workdir) / "stderr.txt"
+        out_path, err_path = Path(base) / "stdout.txt", Path(base) / "stderr.txt"
         start = time.monotonic()
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen(

@@ -164,8 +164,9 @@ _FENCE = re.compile(r"```(?:sql|sqlite)?\s*\n?(.*?)(?:```|$)", re.DOTALL | re.IG
 
 
 def extract_sql(text: str) -> str:
-    """The first SQL statement of a model's answer: inside a code fence if any, up to the first ';'."""
+    """The first SQL statement of a model's answer: inside a code fence if any, up to the first ';'
+    or blank line (after which models write explanations), whitespace collapsed."""
     match = _FENCE.search(text)
-    body = match.group(1) if match else text
-    statement = body.split(";", 1)[0]
+    body = (match.group(1) if match else text).strip()
+    statement = re.split(r";|\n\s*\n", body, maxsplit=1)[0]
     return " ".join(statement.split())
