@@ -97,7 +97,8 @@ def run_python(
     output_limit_mb: int = 16,
 ) -> ExecutionResult:
     """Run `program` as a script in a fresh subprocess; passed means it exited with status 0."""
-    with tempfile.TemporaryDirectory(prefix="mtad-exec-") as base:
+    # The program may leave files it made read-only; cleanup must not turn that into our exception.
+    with tempfile.TemporaryDirectory(prefix="mtad-exec-", ignore_cleanup_errors=True) as base:
         # The child's directory holds only its program; our output files live beside it.
         workdir = Path(base) / "work"
         workdir.mkdir()
