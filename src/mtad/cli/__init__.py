@@ -15,6 +15,7 @@ from mtad.errors import MtadError
 # Order is the order `mtad --help` lists them.
 _COMMAND_MODULES = [
     "mtad.cli.generate",
+    "mtad.cli.distill",
 ]
 
 

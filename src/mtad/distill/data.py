@@ -1,0 +1,236 @@
+"""Training text for distillation: the target's own answers to generated instructions.
+
+Made once and cached on disk in shards, so an interrupted run loses at most one shard:
+  data_manifest.json   how the data was made (settings, instruction generator, target id) + stats
+  train_00000.pt ...   per sample: token ids (prompt + answer), the first trained position, and
+                       the teacher's top-k next-token log-probs at every trained position
+  heldout_00000.pt     held-out samples (disjoint topics); scored against the live target
+
+Why two teacher signals: sampling text from the target is slow (one forward per token), but a
+teacher forward over text that already exists gives the full next-token distribution at every
+position at once. We keep its top-k (log-probs, float16) to bound disk use; the loss renormalises
+them. Trained positions are those predicting answer tokens: the prompt is given at decode time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mtad.distill import instructions
+from mtad.errors import MtadError
+from mtad.models import encode_prompt
+
+MANIFEST_NAME = "data_manifest.json"
+BENCHMARK_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "mtbench_question.jsonl"
+
+
+class DistillDataError(MtadError):
+    """Cached distillation data was made differently from what this run asks for."""
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """How the distillation text is made. The sampling warp defaults to the paper's settings."""
+
+    train_samples: int = 512
+    heldout_samples: int = 32
+    gen_batch_size: int = 16
+    max_new_tokens: int = 128
+    teacher_top_k: int = 64
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int = 10
+    top_p: float = 0.9
+
+
+@dataclass
+class Sample:
+    ids: torch.Tensor  # [length] int64: prompt then answer
+    start: int  # first position whose next-token prediction is trained (prompt length - 1)
+    topk_ids: torch.Tensor | None = None  # [length - 1 - start, k] int32 (train split only)
+    topk_logp: torch.Tensor | None = None  # [length - 1 - start, k] float16
+
+
+def target_fingerprint(target_dir: Path | str) -> str:
+    """A cheap identity for a model directory: its config plus the names and sizes of its weights."""
+    directory = Path(target_dir)
+    digest = hashlib.sha256()
+    config = directory / "config.json"
+    digest.update(config.read_bytes() if config.is_file() else str(directory).encode())
+    for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_data(
+    model, tokenizer, data_dir: Path, settings: DataSettings, target_id: str
+) -> tuple[list[Sample], list[Sample]]:
+    """Train and held-out samples, generating any missing shards first."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _open_manifest(data_dir, settings, target_id)
+    for split, count in (("heldout", settings.heldout_samples), ("train", settings.train_samples)):
+        prompts = instructions.instructions(count, settings.seed, heldout=split == "heldout")
+        _make_missing_shards(model, tokenizer, data_dir, split, prompts, settings, manifest)
+    return _load_split(data_dir, "train"), _load_split(data_dir, "heldout")
+
+
+def _open_manifest(data_dir: Path, settings: DataSettings, target_id: str) -> dict:
+    path = data_dir / MANIFEST_NAME
+    recipe = {"settings": asdict(settings), "target": target_id, "instructions": instructions.describe()}
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        if {key: manifest.get(key) for key in recipe} != recipe:
+            raise DistillDataError(
+                f"data in {data_dir} was made with other settings or another target; allowed: the same "
+                "settings, or a fresh --data-dir"
+            )
+        return manifest
+    manifest = {**recipe, "splits": {}, "shards": {}}
+    for split, count in (("train", settings.train_samples), ("heldout", settings.heldout_samples)):
+        made = instructions.instructions(count, settings.seed, heldout=split == "heldout")
+        manifest["splits"][split] = {
+            "samples": count,
+            "instructions_sha256": instructions.fingerprint(made),
+            "overlap_with_mtbench_6grams": _mtbench_overlap(made),
+        }
+    _save_manifest(data_dir, manifest)
+    return manifest
+
+
+def _mtbench_overlap(made: list[str]) -> int | None:
+    if not BENCHMARK_PROMPTS.is_file():
+        return None
+    lines = BENCHMARK_PROMPTS.read_text().splitlines()
+    turns = [turn for line in lines if line.strip() for turn in json.loads(line)["turns"]]
+    return instructions.overlap_with(made, turns)
+
+
+def _save_manifest(data_dir: Path, manifest: dict) -> None:
+    generated = sum(s["generated_tokens"] for s in manifest["shards"].values())
+    seconds = sum(s["generation_seconds"] for s in manifest["shards"].values())
+    manifest["generated_tokens"] = generated
+    manifest["generation_tokens_per_second"] = round(generated / seconds, 1) if seconds else None
+    tmp = data_dir / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, data_dir / MANIFEST_NAME)
+
+
+def _make_missing_shards(
+    model, tokenizer, data_dir: Path, split: str, prompts: list[str], settings: DataSettings, manifest: dict
+) -> None:
+    size = settings.gen_batch_size
+    missing = [
+        i for i in range(math.ceil(len(prompts) / size)) if not (data_dir / _shard_name(split, i)).is_file()
+    ]
+    if not missing:
+        return
+    bar = tqdm(missing, desc=f"generating {split} text", unit="shard", file=sys.stderr, dynamic_ncols=True)
+    for index in bar:
+        started = time.perf_counter()
+        seed = settings.seed * 1_000_003 + index * 2 + (split == "heldout")
+        samples = generate_samples(
+            model, tokenizer, prompts[index * size : (index + 1) * size], settings, seed
+        )
+        seconds = time.perf_counter() - started
+        if split == "train":
+            attach_teacher(model, samples, settings.teacher_top_k)
+        name = _shard_name(split, index)
+        _atomic_save(samples, data_dir / name)
+        generated = sum(len(s.ids) - s.start - 1 for s in samples)
+        manifest["shards"][name] = {
+            "samples": len(samples),
+            "generated_tokens": generated,
+            "tokens": sum(len(s.ids) for s in samples),
+            "generation_seconds": round(seconds, 2),
+        }
+        _save_manifest(data_dir, manifest)
+        bar.set_postfix(gen_tok_s=f"{generated / seconds:.0f}")
+
+
+def _shard_name(split: str, index: int) -> str:
+    return f"{split}_{index:05d}.pt"
+
+
+def _atomic_save(samples: list[Sample], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save([asdict(s) for s in samples], tmp)
+    os.replace(tmp, path)
+
+
+def _load_split(data_dir: Path, split: str) -> list[Sample]:
+    samples = []
+    for path in sorted(data_dir.glob(f"{split}_*.pt")):
+        samples += [Sample(**row) for row in torch.load(path, weights_only=True)]
+    return samples
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found
+
+
+@torch.inference_mode()
+def generate_samples(model, tokenizer, prompts: list[str], settings: DataSettings, seed: int) -> list[Sample]:
+    """The target's sampled answers (paper warp) to `prompts`, one Sample per prompt."""
+    encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    stops = eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    width = max(len(ids) for ids in encoded)
+    # Left padding: every row's answer starts at the same column.
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded])
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+    torch.manual_seed(seed)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        do_sample=True,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=sorted(stops),
+    )
+    samples = []
+    for ids, row in zip(encoded, output[:, width:].tolist(), strict=True):
+        answer = _cut_at_eos(row, stops)
+        samples.append(Sample(ids=torch.tensor(ids + answer), start=len(ids) - 1))
+    return samples
+
+
+def _cut_at_eos(tokens: list[int], stops: set[int]) -> list[int]:
+    for position, token in enumerate(tokens):
+        if token in stops:
+            return tokens[: position + 1]
+    return tokens
+
+
+@torch.inference_mode()
+def attach_teacher(model, samples: list[Sample], top_k: int) -> None:
+    """Fill each sample's top-k teacher log-probs with one batched target forward."""
+    width = max(len(s.ids) for s in samples)
+    input_ids = torch.zeros(len(samples), width, dtype=torch.long)
+    attention = torch.zeros(len(samples), width, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        input_ids[row, : len(sample.ids)] = sample.ids
+        attention[row, : len(sample.ids)] = 1
+    logits = model(input_ids=input_ids, attention_mask=attention).logits  # [batch, width, vocab]
+    k = min(top_k, logits.shape[-1])
+    for row, sample in enumerate(samples):
+        logp = torch.log_softmax(logits[row, sample.start : len(sample.ids) - 1].float(), dim=-1)
+        top = logp.topk(k, dim=-1)
+        sample.topk_ids = top.indices.to(torch.int32)
+        sample.topk_logp = top.values.to(torch.float16)

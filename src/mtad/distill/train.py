@@ -1,0 +1,401 @@
+"""Knowledge distillation of a draft for a target: the training loop, checkpoints and exact resume.
+
+The output directory:
+  mtad_distill.json    marks it as a distillation run: settings, target, initial metrics
+  checkpoint/          the latest checkpoint: a loadable model dir + optimizer.pt + trainer_state.json
+  config.json, model.safetensors, tokenizer files, generation_config.json   the final draft
+  report.json          held-out KL, greedy agreement, expected acceptance, forward-cost ratio
+  data/                generated text and teacher signal (default --data-dir), kept by --overwrite
+
+Exact resume: the batch order is a seeded permutation per epoch, so (epoch, cursor) plus the
+step, model, optimizer and RNG states are everything; a resumed run reproduces the weights of an
+uninterrupted one bit for bit (same machine, same thread count). The learning rate has a linear
+warm-up and is then constant, so extending --steps on resume changes nothing already done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM
+
+from mtad.distill.data import DataSettings, Sample, prepare_data, target_fingerprint
+from mtad.distill.metrics import forward_ms, heldout_metrics, topk_kl
+from mtad.distill.student import build_student, load_initial_draft, parse_layers
+from mtad.errors import ConfigError, ModelLoadError, MtadError
+from mtad.models import load_model
+
+MARKER = "mtad_distill.json"
+CHECKPOINT = "checkpoint"
+# Settings a resumed run must share with the original; steps and checkpoint_every may change.
+_RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+
+
+class OutputDirError(MtadError):
+    """The distillation output directory cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    seed: int = 0
+    layers: str | None = None  # target layers to keep, e.g. "0,-1" (None: first and last)
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class Position:
+    """Where training stands: completed steps and the next sample in the epoch's permutation."""
+
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0
+
+
+# --- output directory -----------------------------------------------------------------------
+
+
+def load_run_settings(out_dir: Path) -> tuple[TrainSettings, DataSettings] | None:
+    """The settings a previous run in `out_dir` used, or None if it holds no run."""
+    marker = out_dir / MARKER
+    if not marker.is_file():
+        return None
+    saved = json.loads(marker.read_text())
+    return TrainSettings(**saved["train"]), DataSettings(**saved["data"])
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check `out_dir` against the flags; True when there is a checkpoint to resume from."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one")
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return False
+    if not out_dir.is_dir():
+        raise OutputDirError(f"{out_dir} exists and is not a directory")
+    is_run = (out_dir / MARKER).is_file()
+    has_checkpoint = (out_dir / CHECKPOINT / "trainer_state.json").is_file()
+    if overwrite:
+        _remove_outputs(out_dir)
+        return False
+    if resume and is_run:
+        return has_checkpoint  # a run interrupted before its first checkpoint starts over
+    if is_run:
+        raise OutputDirError(
+            f"{out_dir} holds a distillation run; allowed: --resume to continue it, --overwrite to start over"
+        )
+    raise OutputDirError(
+        f"{out_dir} exists and is not a distillation checkpoint; allowed: a new or empty "
+        "directory, or --overwrite to write into it"
+    )
+
+
+def _remove_outputs(out_dir: Path) -> None:
+    """Delete what a run writes (never other files, never the cached data)."""
+    for path in out_dir.iterdir():
+        ours = path.name in (
+            MARKER,
+            CHECKPOINT,
+            "report.json",
+            "config.json",
+            "generation_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+        )
+        ours = ours or path.suffix == ".safetensors" or path.name.startswith(("tokenizer", ".checkpoint"))
+        if ours:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def save_checkpoint(out_dir: Path, student, optimizer, position: Position) -> None:
+    """Write the checkpoint beside the old one, then swap, so a crash never leaves neither."""
+    staging = out_dir / ".checkpoint.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    student.save_pretrained(staging)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, staging / "optimizer.pt"
+    )
+    (staging / "trainer_state.json").write_text(json.dumps(asdict(position)) + "\n")
+    final, old = out_dir / CHECKPOINT, out_dir / ".checkpoint.old"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out_dir: Path, lr: float):
+    """The student, its optimizer and the position saved in `out_dir/checkpoint`."""
+    folder = out_dir / CHECKPOINT
+    student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    return student, optimizer, Position(**json.loads((folder / "trainer_state.json").read_text()))
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def next_indices(position: Position, count: int, size: int, seed: int) -> list[int]:
+    """The next `size` sample indices, advancing `position` through seeded per-epoch permutations."""
+    picked = []
+    while len(picked) < size:
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7919 + position.epoch))
+        take = order[position.cursor : position.cursor + size - len(picked)].tolist()
+        picked += take
+        position.cursor += len(take)
+        if position.cursor >= count:
+            position.epoch, position.cursor = position.epoch + 1, 0
+    return picked
+
+
+def make_batch(samples: list[Sample], seq_len: int) -> dict[str, torch.Tensor]:
+    """Right-padded inputs and the flat list of trained (row, position) pairs with teacher rows."""
+    width = min(seq_len, max(len(s.ids) for s in samples))
+    input_ids = torch.zeros(len(samples), width, dtype=torch.long)
+    attention = torch.zeros(len(samples), width, dtype=torch.long)
+    rows, columns, ids, logp = [], [], [], []
+    for row, sample in enumerate(samples):
+        length = min(len(sample.ids), width)
+        input_ids[row, :length] = sample.ids[:length]
+        attention[row, :length] = 1
+        trained = max(0, length - 1 - sample.start)  # positions start .. length-2 predict answer tokens
+        rows += [row] * trained
+        columns += range(sample.start, sample.start + trained)
+        ids.append(sample.topk_ids[:trained])
+        logp.append(sample.topk_logp[:trained])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "rows": torch.tensor(rows, dtype=torch.long),
+        "columns": torch.tensor(columns, dtype=torch.long),
+        "topk_ids": torch.cat(ids),
+        "topk_logp": torch.cat(logp),
+    }
+
+
+def batch_loss(student, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """KL on trained positions only; the output head runs on those rows alone (it dominates cost).
+
+    Assumes the head reads the decoder's final hidden states directly, as in Llama-family models.
+    """
+    hidden = student.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # [batch, width, hidden]
+    logits = student.get_output_embeddings()(hidden[batch["rows"], batch["columns"]])  # [N, vocab]
+    return topk_kl(logits, batch["topk_ids"], batch["topk_logp"])
+
+
+def learning_rate(settings: TrainSettings, step: int) -> float:
+    return settings.lr * min(1.0, (step + 1) / max(settings.warmup_steps, 1))
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def distill(
+    target_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    train: TrainSettings | None = None,
+    data: DataSettings | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    draft_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Distill a draft for `target_dir` into `out_dir`; returns the report (also in report.json).
+
+    `on_step(step, loss)` is called after every completed step (and its checkpoint, if any).
+    """
+    out = Path(out_dir)
+    train, data = train or TrainSettings(), data or DataSettings()
+    resuming = prepare_out_dir(out, resume, overwrite)
+    train, data = _check_resumed_settings(out, train, data, resume)
+    target, tokenizer = _load_target(target_dir)
+    data_path = Path(data_dir) if data_dir else out / "data"
+    train_set, heldout = prepare_data(target, tokenizer, data_path, data, target_fingerprint(target_dir))
+    if not train_set:
+        raise ConfigError("no training samples; allowed: --samples >= 1")
+    if resuming:
+        student, optimizer, position = load_checkpoint(out, train.lr)
+        initial = json.loads((out / MARKER).read_text()).get("initial")
+    else:
+        student = _initial_student(target, tokenizer, train, draft_dir)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=train.lr, weight_decay=0.0)
+        position = Position()
+        initial = heldout_metrics(target, student.eval(), heldout)
+        _write_marker(out, train, data, target_dir, data_path, draft_dir, initial)
+    started = time.perf_counter()
+    _train_loop(student.train(), optimizer, position, train_set, train, out, on_step)
+    return _finish(
+        out,
+        student.eval(),
+        target,
+        tokenizer,
+        heldout,
+        initial,
+        position,
+        train,
+        time.perf_counter() - started,
+        train_set,
+    )
+
+
+def _check_resumed_settings(
+    out: Path, train: TrainSettings, data: DataSettings, resume: bool
+) -> tuple[TrainSettings, DataSettings]:
+    saved = load_run_settings(out) if resume else None
+    if saved is None:
+        return train, data
+    saved_train, saved_data = saved
+    for given, stored, allowed in ((train, saved_train, _RESUMABLE_CHANGES), (data, saved_data, ())):
+        for field in fields(given):
+            if field.name not in allowed and getattr(given, field.name) != getattr(stored, field.name):
+                raise ConfigError(
+                    f"resuming a run made with {field.name}={getattr(stored, field.name)!r}, "
+                    f"got {getattr(given, field.name)!r}; allowed: the run's own settings"
+                )
+    return replace(saved_train, steps=train.steps, checkpoint_every=train.checkpoint_every), saved_data
+
+
+def _load_target(target_dir):
+    loaded = load_model(target_dir, dtype=torch.float32)
+    if loaded.tokenizer is None:
+        raise ModelLoadError(
+            f"target {str(target_dir)!r} has no tokenizer; allowed: a model directory with "
+            "one (the draft must share it)"
+        )
+    for parameter in loaded.model.parameters():
+        parameter.requires_grad_(False)
+    return loaded.model.eval(), loaded.tokenizer
+
+
+def _initial_student(target, tokenizer, train: TrainSettings, draft_dir: str | None):
+    torch.manual_seed(train.seed)
+    if draft_dir is not None:
+        return load_initial_draft(draft_dir, target, tokenizer)
+    return build_student(target, parse_layers(train.layers, target.config.num_hidden_layers))
+
+
+def _write_marker(
+    out: Path,
+    train: TrainSettings,
+    data: DataSettings,
+    target_dir,
+    data_path: Path,
+    draft_dir: str | None,
+    initial: dict,
+) -> None:
+    marker = {
+        "train": asdict(train),
+        "data": asdict(data),
+        "target": str(target_dir),
+        "data_dir": str(data_path),
+        "initial_draft": draft_dir,
+        "initial": initial,
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _train_loop(
+    student,
+    optimizer,
+    position: Position,
+    train_set: list[Sample],
+    settings: TrainSettings,
+    out: Path,
+    on_step: Callable[[int, float], None] | None,
+) -> None:
+    bar = tqdm(
+        total=settings.steps,
+        initial=position.step,
+        desc="distilling",
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    smoothed, tokens, started = None, 0, time.perf_counter()
+    while position.step < settings.steps:
+        indices = next_indices(position, len(train_set), settings.batch_size, settings.seed)
+        batch = make_batch([train_set[i] for i in indices], settings.seq_len)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(settings, position.step)
+        loss = batch_loss(student, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        position.step += 1
+        tokens += int(batch["attention_mask"].sum())
+        loss = float(loss.detach())
+        smoothed = loss if smoothed is None else 0.9 * smoothed + 0.1 * loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        if position.step % settings.checkpoint_every == 0 or position.step == settings.steps:
+            save_checkpoint(out, student, optimizer, position)
+        if on_step is not None:
+            on_step(position.step, loss)
+    bar.close()
+
+
+def _finish(
+    out: Path,
+    student,
+    target,
+    tokenizer,
+    heldout,
+    initial,
+    position: Position,
+    settings: TrainSettings,
+    seconds: float,
+    train_set: list[Sample],
+) -> dict:
+    student.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    target_ms, draft_ms = forward_ms(target), forward_ms(student)
+    report = {
+        "heldout": heldout_metrics(target, student, heldout),
+        "initial_heldout": initial,
+        "sampling": {"temperature": 1.0, "top_k": 10, "top_p": 0.9},
+        "steps": position.step,
+        "epochs": round(position.epoch + position.cursor / len(train_set), 2),
+        "train_samples": len(train_set),
+        "train_tokens_in_data": sum(len(s.ids) for s in train_set),
+        "train_seconds_this_session": round(seconds, 1),
+        "forward_ms_1_token_after_200": {
+            "target": target_ms,
+            "draft": draft_ms,
+            "ratio": round(draft_ms / target_ms, 3),
+        },
+        "layers": settings.layers,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,176 @@
+"""`mtad distill` end to end on a tiny random Llama target: seconds, no downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from mtad.cli import main
+from mtad.distill import DataSettings, OutputDirError, TrainSettings, distill
+from mtad.distill.data import Sample
+from mtad.distill.metrics import topk_kl
+from mtad.distill.train import Position, make_batch, next_indices
+from mtad.errors import ModelLoadError, VocabularyMismatchError
+
+VOCAB = 64
+WORDS = "the a of to and is in it you that write explain list give about short poem story".split()
+DATA = DataSettings(
+    train_samples=12, heldout_samples=4, gen_batch_size=4, max_new_tokens=16, teacher_top_k=16
+)
+
+
+def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    names = ["<unk>", "<s>", "</s>"] + WORDS
+    names += [f"w{i}" for i in range(len(names), vocab)]
+    backend = Tokenizer(
+        models.WordLevel(vocab={w: i for i, w in enumerate(names[:vocab])}, unk_token="<unk>")
+    )
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"
+    )
+
+
+def _save_model(directory: Path, vocab: int = VOCAB, seed: int = 0, with_tokenizer: bool = True) -> Path:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # peaked distributions, so there is something to learn
+        model.model.embed_tokens.weight.mul_(8.0)
+    model.save_pretrained(directory)
+    if with_tokenizer:
+        _tokenizer(vocab).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory) -> Path:
+    return _save_model(tmp_path_factory.mktemp("target"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def test_loss_goes_down_and_the_draft_is_a_plain_model(target_dir, data_dir, tmp_path):
+    losses: list[float] = []
+    settings = TrainSettings(steps=40, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=2, checkpoint_every=20)
+    report = distill(target_dir, tmp_path / "run", settings, DATA, data_dir=data_dir,
+                     on_step=lambda step, loss: losses.append(loss))  # fmt: skip
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    assert report["heldout"]["kl"] < report["initial_heldout"]["kl"]
+    assert 0.0 <= report["heldout"]["acceptance"] <= 1.0
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["steps"] == 40
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    draft = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert draft.config.num_hidden_layers == 2 and draft.config.vocab_size == VOCAB
+    assert AutoTokenizer.from_pretrained(tmp_path / "run").get_vocab() == _tokenizer(VOCAB).get_vocab()
+    manifest = json.loads((data_dir / "data_manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] == 12 and manifest["generated_tokens"] > 0
+
+
+def test_resume_reproduces_an_uninterrupted_run(target_dir, data_dir, tmp_path):
+    settings = TrainSettings(steps=6, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=2, checkpoint_every=3)
+    distill(target_dir, tmp_path / "straight", settings, DATA, data_dir=data_dir)
+
+    def interrupt(step: int, loss: float) -> None:
+        if step == 4:  # one step past the checkpoint at 3: that step's work is lost
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(target_dir, tmp_path / "broken", settings, DATA, data_dir=data_dir, on_step=interrupt)
+    state = json.loads((tmp_path / "broken" / "checkpoint" / "trainer_state.json").read_text())
+    assert state == {"step": 3, "epoch": 1, "cursor": 0}  # 3 steps x 4 samples = one epoch of 12
+    resumed_steps: list[int] = []
+    distill(target_dir, tmp_path / "broken", settings, DATA, data_dir=data_dir, resume=True,
+            on_step=lambda step, loss: resumed_steps.append(step))  # fmt: skip
+    assert resumed_steps == [4, 5, 6]
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "broken")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def test_resume_refuses_changed_settings(target_dir, data_dir, tmp_path):
+    settings = TrainSettings(steps=2, batch_size=4, seq_len=64, checkpoint_every=1)
+    distill(target_dir, tmp_path / "run", settings, DATA, data_dir=data_dir)
+    with pytest.raises(Exception, match="batch_size"):
+        distill(target_dir, tmp_path / "run", TrainSettings(steps=3, batch_size=2, seq_len=64), DATA,
+                data_dir=data_dir, resume=True)  # fmt: skip
+
+
+def test_existing_directory_is_refused_unless_asked(target_dir, data_dir, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    settings = TrainSettings(steps=1, batch_size=2, seq_len=32)
+    for flags in ({}, {"resume": True}):
+        with pytest.raises(OutputDirError, match="not a distillation checkpoint"):
+            distill(target_dir, out, settings, DATA, data_dir=data_dir, **flags)
+    distill(target_dir, out, settings, DATA, data_dir=data_dir, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+    with pytest.raises(OutputDirError, match="--resume"):
+        distill(target_dir, out, settings, DATA, data_dir=data_dir)
+
+
+def test_draft_with_another_vocabulary_is_refused(target_dir, data_dir, tmp_path):
+    other = _save_model(tmp_path / "other", vocab=VOCAB + 16, seed=3)
+    with pytest.raises(VocabularyMismatchError):
+        distill(
+            target_dir,
+            tmp_path / "run",
+            TrainSettings(steps=1),
+            DATA,
+            data_dir=data_dir,
+            draft_dir=str(other),
+        )
+
+
+def test_target_without_tokenizer_is_refused(tmp_path):
+    bare = _save_model(tmp_path / "bare", with_tokenizer=False)
+    with pytest.raises(ModelLoadError, match="no tokenizer"):
+        distill(bare, tmp_path / "run", TrainSettings(steps=1), DATA)
+
+
+def test_cli_runs_and_reports_bad_input_in_one_line(target_dir, data_dir, tmp_path, capsys):
+    common = ["distill", "--target", str(target_dir), "--out", str(tmp_path / "run"),
+              "--data-dir", str(data_dir), "--samples", "12", "--heldout-samples", "4",
+              "--gen-batch-size", "4", "--max-new-tokens", "16", "--teacher-top-k", "16",
+              "--batch-size", "2", "--seq-len", "32"]  # fmt: skip
+    assert main([*common, "--steps", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert main([*common, "--steps", "2"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*common, "--steps", "3", "--resume"]) == 0
+
+
+def test_topk_kl_is_zero_when_student_matches_teacher():
+    logits = torch.randn(5, VOCAB)
+    top = torch.log_softmax(logits, -1).topk(VOCAB)
+    assert float(topk_kl(logits, top.indices, top.values)) == pytest.approx(0.0, abs=1e-5)
+    assert float(topk_kl(torch.zeros(5, VOCAB), top.indices, top.values)) > 0.1
+
+
+def test_batches_walk_seeded_epochs_and_train_only_answer_positions():
+    position = Position()
+    first = next_indices(position, 5, 3, seed=0) + next_indices(position, 5, 3, seed=0)
+    assert sorted(first[:5]) == list(range(5)) and (position.epoch, position.cursor) == (1, 1)
+    sample = Sample(ids=torch.arange(10), start=3, topk_ids=torch.zeros(6, 2, dtype=torch.int32),
+                    topk_logp=torch.zeros(6, 2, dtype=torch.float16))  # fmt: skip
+    batch = make_batch([sample], seq_len=8)
+    assert batch["columns"].tolist() == [3, 4, 5, 6] and batch["topk_ids"].shape == (4, 2)
