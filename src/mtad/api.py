@@ -33,8 +33,11 @@ def stream(
     tokenizer=None,
 ) -> Generation:
     """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end."""
-    spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement)
-    sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
+    spec, sampling = validate_settings(
+        method=method, gamma=gamma, beam_width=beam_width, threshold=threshold,
+        with_replacement=with_replacement, temperature=temperature, top_k=top_k, top_p=top_p,
+        max_new_tokens=max_new_tokens, seed=seed,
+    )  # fmt: skip
     prompt = _prompt_tensor(input_ids, tokenizer)
     stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
     if spec.needs_draft:
@@ -45,9 +48,29 @@ def stream(
         check_heads_compatible(target, draft, tokenizer)
         check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft")
     check_fits_context(target, prompt.shape[1], max_new_tokens, "target")
+    return Generation(target, draft, prompt, spec, sampling, stops, seed, tokenizer)
+
+
+def validate_settings(
+    *,
+    method: str = "mtad",
+    gamma: int = 4,
+    beam_width: int = 4,
+    threshold: float = 0.5,
+    with_replacement: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 128,
+    seed: int | None = None,
+) -> tuple[SpeculationConfig, SamplingConfig]:
+    """Check every decoding setting at once (before any model is loaded, where callers can)."""
+    spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement)
+    sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
+    StopConfig(max_new_tokens)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    return Generation(target, draft, prompt, spec, sampling, stops, seed, tokenizer)
+    return spec, sampling
 
 
 def generate(

@@ -14,6 +14,7 @@ from mtad.errors import MtadError
 
 # Order is the order `mtad --help` lists them.
 _COMMAND_MODULES = [
+    "mtad.cli.demo",
     "mtad.cli.generate",
     "mtad.cli.distill",
 ]

@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
-from mtad.api import stream
+from mtad.api import stream, validate_settings
 from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
-from mtad.config import SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
 
@@ -32,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.prompt:
         raise ConfigError("prompt is empty; allowed: a non-empty string")
     settings = decoding_settings(args)
-    spec = SpeculationConfig(
-        args.method, args.gamma, args.beam_width, args.threshold
-    )  # validate before loading
+    spec, _ = validate_settings(**settings)  # before the (slow) model loading
     target, draft = load_pair_from_args(args, need_draft=spec.needs_draft)
     input_ids = encode_prompt(target.tokenizer, args.prompt, chat=not args.raw)
     generation = stream(
