@@ -16,6 +16,7 @@ from mtad.errors import MtadError
 _COMMAND_MODULES = [
     "mtad.cli.demo",
     "mtad.cli.generate",
+    "mtad.cli.serve",
     "mtad.cli.distill",
 ]
 

@@ -1,0 +1,78 @@
+"""`mtad serve`: an OpenAI-compatible HTTP server on the model pair (see docs/serve.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
+from mtad.config import SamplingConfig, SpeculationConfig
+from mtad.errors import ConfigError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the pair over an OpenAI-compatible HTTP API",
+        description="Serve /v1/completions and /v1/chat/completions; decoding flags are the defaults "
+        "a request can override in its `mtad` field.",
+    )
+    add_pair_arguments(parser)
+    add_decoding_arguments(parser)
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback)")
+    group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    group.add_argument("--served-model-name", default=None, help="the `model` clients send (default: target)")
+    group.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429 (default 64)")
+    group.add_argument(
+        "--request-timeout", type=float, default=120.0, help="seconds of decoding per request (default 120)"
+    )
+    group.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mtad.serve import ServeConfig, create_app
+
+    config = ServeConfig(
+        model_name=_model_name(args),
+        defaults=_validated_defaults(args),
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
+    )
+    target, draft = load_pair_from_args(args, need_draft=True)
+    if args.host not in LOOPBACK:
+        print(
+            f"mtad serve: listening on {args.host}: reachable from other machines, with no authentication",
+            file=sys.stderr,
+        )
+    uvicorn.run(create_app(target, draft, config), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _validated_defaults(args: argparse.Namespace) -> dict:
+    """The decoding flags as request defaults, checked before minutes of model loading."""
+    if args.max_queue < 1:
+        raise ConfigError(f"--max-queue must be >= 1, got {args.max_queue}")
+    if not args.request_timeout > 0:
+        raise ConfigError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1 for a server, got {args.max_new_tokens}")
+    settings = decoding_settings(args)
+    SpeculationConfig(args.method, args.gamma, args.beam_width, args.threshold, settings["with_replacement"])
+    SamplingConfig(args.temperature, args.top_k, args.top_p)
+    return settings
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    if args.served_model_name:
+        return args.served_model_name
+    if args.target is None:
+        from mtad.default_pair import TARGET_NAME
+
+        return TARGET_NAME
+    return str(args.target)

@@ -1,0 +1,354 @@
+"""The HTTP layer: OpenAI-compatible routes over one `Scheduler` that owns the model pair.
+
+A request flows: parse and validate the body (`schemas`) -> encode the prompt -> build the
+`mtad.Generation` here, so every engine validation error is a 400 before anything is queued ->
+submit to the scheduler (full: 429 + Retry-After) -> relay its events as one JSON response or as
+server-sent events. A client that disconnects cancels its job; the worker moves on at once.
+
+The HTTP thread encodes prompts with its own copy of the tokenizer; the worker thread's copy is
+used only inside generations, so the two threads never share a tokenizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from mtad.api import stream
+from mtad.config import SpeculationConfig
+from mtad.engine import Generation
+from mtad.errors import ContextLengthError, MtadError
+from mtad.models import LoadedModel, context_length
+from mtad.serve.metrics import CONTENT_TYPE, Metrics
+from mtad.serve.responses import Reply, sse
+from mtad.serve.scheduler import TERMINAL, Event, Job, QueueFull, Scheduler
+from mtad.serve.schemas import ApiError, ChatMessage, ChatRequest, CompletionRequest, parse_request
+
+logger = logging.getLogger("mtad.serve")
+
+_STREAM_PARAMS = frozenset(inspect.signature(stream).parameters)
+# The engine's errors start with the setting's name; this is the request field that set it.
+_ENGINE_PARAMS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "top_k": "mtad.top_k",
+    "method": "mtad.method",
+    "unknown": "mtad.method",  # "unknown method 'x'; allowed: ..."
+    "gamma": "mtad.gamma",
+    "beam_width": "mtad.beam_width",
+    "threshold": "mtad.threshold",
+    "tree": "mtad.tree",
+}
+_OUTCOME = {"done": "ok", "error": "error", "timeout": "timeout", "gone": "cancelled"}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server settings. `defaults`: decoding keyword arguments for `mtad.stream`, as
+    `mtad.cli.common.decoding_settings` returns them; a request overrides them field by field."""
+
+    model_name: str
+    defaults: dict
+    max_queue: int = 64
+    request_timeout_s: float | None = 120.0
+
+
+def create_app(target: LoadedModel, draft: LoadedModel | None, config: ServeConfig) -> Starlette:
+    """The ASGI app serving `target` (with `draft` for drafted methods); run it with uvicorn."""
+    server = _Server(target, draft, config)
+    routes = [
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", server.model, methods=["GET"]),
+        Route("/health", server.health, methods=["GET"]),
+        Route("/metrics", server.metrics_text, methods=["GET"]),
+    ]
+    handlers = {ApiError: server.api_error, HTTPException: _http_error, Exception: server.internal_error}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=server.lifespan)
+    app.state.server = server
+    return app
+
+
+class _Server:
+    def __init__(self, target: LoadedModel, draft: LoadedModel | None, config: ServeConfig) -> None:
+        if target.tokenizer is None:
+            raise ValueError("the target model needs a tokenizer to serve text")
+        self.target, self.draft, self.config = target, draft, config
+        self.tokenizer = copy.deepcopy(target.tokenizer)  # the HTTP thread's own copy
+        self.scheduler = Scheduler(config.max_queue)
+        self.metrics = Metrics(lambda: self.scheduler.depth, lambda: float(self.scheduler.busy))
+        self.started = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.scheduler.start()
+        yield
+        await asyncio.to_thread(self.scheduler.close)
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def completions(self, request: Request) -> Response:
+        body = parse_request(await request.body(), CompletionRequest)
+        prompt_ids = self.tokenizer(body.prompt, add_special_tokens=True)["input_ids"]
+        return await self._respond(
+            request, body, prompt_ids, Reply.new(False, self.config.model_name), "prompt"
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = parse_request(await request.body(), ChatRequest)
+        prompt_ids = self._chat_prompt(body.messages)
+        return await self._respond(
+            request, body, prompt_ids, Reply.new(True, self.config.model_name), "messages"
+        )
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: Request) -> Response:
+        self._check_model(request.path_params["model_id"])
+        return JSONResponse(self._model_card())
+
+    async def health(self, request: Request) -> Response:
+        alive = self.scheduler.alive
+        body = {
+            "status": "ok" if alive else "worker stopped",
+            "model": self.config.model_name,
+            "queue_depth": self.scheduler.depth,
+            "busy": self.scheduler.busy,
+        }
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    # -- errors --------------------------------------------------------------------------------
+
+    async def api_error(self, request: Request, error: ApiError) -> Response:
+        self.metrics.count(request.url.path, "rejected" if error.status == 429 else "invalid")
+        return _error_response(error)
+
+    async def internal_error(self, request: Request, error: Exception) -> Response:
+        logger.error("unhandled error on %s", request.url.path, exc_info=error)
+        return _error_response(_server_error(error))
+
+    # -- one generation request -----------------------------------------------------------------
+
+    async def _respond(
+        self,
+        request: Request,
+        body: CompletionRequest | ChatRequest,
+        prompt_ids: list[int],
+        reply: Reply,
+        prompt_param: str,
+    ) -> Response:
+        self._check_model(body.model)
+        settings = self._settings(body, len(prompt_ids), prompt_param)
+        job = Job(
+            self._generation(prompt_ids, settings, prompt_param),
+            asyncio.get_running_loop(),
+            self.config.request_timeout_s,
+        )
+        self._submit(job)
+        events = self._events(job, request, request.url.path, settings["method"], len(prompt_ids))
+        if body.stream:
+            chunks = self._stream(events, reply, len(prompt_ids), settings)
+            return StreamingResponse(
+                chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        return await self._collect(events, reply, len(prompt_ids), settings)
+
+    def _check_model(self, name: str) -> None:
+        if name != self.config.model_name:
+            raise ApiError(
+                f"unknown model {name!r}; this server serves {self.config.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ApiError(
+                "this model's tokenizer has no chat template; use /v1/completions",
+                param="messages",
+                code="no_chat_template",
+            )
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                [m.as_template_input() for m in messages], add_generation_prompt=True, tokenize=True
+            )
+        except Exception as error:  # noqa: BLE001 - templates raise anything (jinja2, ValueError)
+            raise ApiError(f"the chat template rejected the messages: {error}", param="messages") from None
+        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _settings(self, body: CompletionRequest | ChatRequest, prompt_len: int, prompt_param: str) -> dict:
+        """Server defaults, overridden by what the request set; max_new_tokens capped by the context."""
+        options = body.mtad.model_dump(exclude_none=True) if body.mtad else {}
+        if "tree" in options:
+            if "tree" not in _STREAM_PARAMS:
+                raise ApiError("mtad.tree is not supported by this engine", param="mtad.tree")
+            options["tree"] = tuple(options["tree"])
+        settings = self.config.defaults | options
+        for name in ("temperature", "top_p", "seed"):
+            if getattr(body, name) is not None:
+                settings[name] = getattr(body, name)
+        settings["stop"] = body.stop
+        requested = body.new_tokens_requested()
+        room = self._room(prompt_len, self._needs_draft(settings["method"]), prompt_param)
+        budget = self.config.defaults["max_new_tokens"] if requested is None else requested
+        settings["max_new_tokens"] = budget if room is None else min(budget, room)
+        return settings
+
+    def _needs_draft(self, method: str) -> bool:
+        try:
+            return SpeculationConfig(method=method).needs_draft
+        except MtadError as error:
+            raise ApiError(str(error), param="mtad.method") from None
+
+    def _room(self, prompt_len: int, needs_draft: bool, prompt_param: str) -> int | None:
+        """Tokens the context window leaves after the prompt (None: no known limit)."""
+        models = [self.target.model] + ([self.draft.model] if needs_draft and self.draft else [])
+        limits = [n for n in map(context_length, models) if n is not None]
+        if not limits:
+            return None
+        if prompt_len >= min(limits):
+            raise ApiError(
+                f"the prompt is {prompt_len} tokens and the context length is {min(limits)}: no room "
+                "for a completion; shorten the prompt",
+                param=prompt_param,
+                code="context_length_exceeded",
+            )
+        return min(limits) - prompt_len
+
+    def _generation(self, prompt_ids: list[int], settings: dict, prompt_param: str) -> Generation:
+        draft = self.draft.model if self.draft else None
+        try:
+            return stream(self.target.model, draft, prompt_ids, tokenizer=self.target.tokenizer, **settings)
+        except MtadError as error:
+            message = str(error)
+            first = message.split(maxsplit=1)[0] if message else ""
+            param = prompt_param if first == "prompt" else _ENGINE_PARAMS.get(first)
+            code = "context_length_exceeded" if isinstance(error, ContextLengthError) else "invalid_parameter"
+            raise ApiError(message, param=param, code=code) from None
+
+    def _submit(self, job: Job) -> None:
+        try:
+            self.scheduler.submit(job)
+        except QueueFull:
+            wait = self.scheduler.retry_after_s()
+            raise ApiError(
+                f"the server is busy ({self.config.max_queue} requests queued); retry in about {wait} s",
+                status=429,
+                kind="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(wait)},
+            ) from None
+
+    async def _events(
+        self, job: Job, request: Request, endpoint: str, method: str, prompt_tokens: int
+    ) -> AsyncIterator[Event]:
+        """The job's events up to the terminal one; a disconnect ends them with "gone"."""
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+        outcome = "cancelled"  # unless a terminal event says otherwise
+        try:
+            while True:
+                event = await job.events.get()
+                if event.kind in (*TERMINAL, "gone"):
+                    outcome = _OUTCOME[event.kind]
+                    if event.kind == "done":
+                        self.metrics.observe(method, prompt_tokens, event.payload)
+                    if event.kind == "error":
+                        logger.error("generation failed", exc_info=event.payload)
+                    yield event
+                    return
+                yield event
+        finally:
+            watcher.cancel()
+            job.cancel()  # a no-op when the job finished; frees the worker when we stopped early
+            self.metrics.count(endpoint, outcome)
+
+    async def _collect(
+        self, events: AsyncIterator[Event], reply: Reply, prompt_tokens: int, settings: dict
+    ) -> Response:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if event.kind == "done":
+                    return JSONResponse(reply.whole(event.payload, prompt_tokens, settings))
+                if event.kind in ("error", "timeout"):
+                    return _error_response(_failure(event))
+                if event.kind == "gone":
+                    return Response(status_code=499)  # nobody is listening
+        return Response(status_code=499)
+
+    async def _stream(
+        self, events: AsyncIterator[Event], reply: Reply, prompt_tokens: int, settings: dict
+    ) -> AsyncIterator[bytes]:
+        """One chunk per committed block that adds text, a final chunk with finish_reason and
+        usage, then `data: [DONE]`. A failure mid-stream is an `{"error": ...}` event."""
+        async with contextlib.aclosing(events):
+            if reply.chat:
+                yield sse(reply.chunk(text="", role=True))
+            async for event in events:
+                if event.kind == "block" and event.payload.text:
+                    yield sse(reply.chunk(event.payload.text))
+                elif event.kind == "done":
+                    yield sse(reply.last_chunk(event.payload, prompt_tokens, settings))
+                elif event.kind in ("error", "timeout"):
+                    yield sse(_failure(event).body())
+                elif event.kind == "gone":
+                    return
+            yield sse("[DONE]")
+
+    def _model_card(self) -> dict:
+        return {"id": self.config.model_name, "object": "model", "created": self.started, "owned_by": "mtad"}
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Wait for the client to go away; then cancel its job and wake whoever waits on its events."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
+    job.events.put_nowait(Event("gone"))
+
+
+def _failure(event: Event) -> ApiError:
+    if event.kind == "timeout":
+        return ApiError(
+            f"generation stopped at the server's time limit of {event.payload:g} s per request; "
+            "ask for fewer max_tokens",
+            status=504,
+            kind="timeout_error",
+            code="time_limit_exceeded",
+        )
+    return _server_error(event.payload)
+
+
+def _server_error(error: BaseException) -> ApiError:
+    return ApiError(f"internal error: {type(error).__name__}: {error}", status=500, kind="server_error")
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    """Unknown route or method, in the same error shape as everything else."""
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    message = f"{request.method} {request.url.path}: {error.detail}"
+    return _error_response(ApiError(message, status=error.status_code, kind=kind))

@@ -1,0 +1,81 @@
+"""Prometheus metrics of one server (its own registry, so several servers can share a process).
+
+Exact aggregates come from the counters: acceptance rate = accepted / drafted tokens, block
+efficiency = completion tokens / target calls, tokens/s = completion tokens / decode seconds.
+The histograms show the per-request spread of the same three numbers, by method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mtad.engine import GenerationResult
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Outcomes of a request, the `outcome` label of mtad_requests_total.
+OUTCOMES = ("ok", "invalid", "rejected", "timeout", "error", "cancelled")
+
+
+class Metrics:
+    def __init__(self, queue_depth: Callable[[], float], busy: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mtad_requests", "Requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
+        )
+        self.prompt_tokens = Counter("mtad_prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.completion_tokens = Counter(
+            "mtad_completion_tokens", "Generated tokens of finished requests", registry=r
+        )
+        self.drafted = Counter("mtad_drafted_tokens", "Draft tokens proposed", registry=r)
+        self.accepted = Counter("mtad_accepted_tokens", "Draft tokens accepted", registry=r)
+        self.target_calls = Counter("mtad_target_calls", "Target forward passes", registry=r)
+        self.decode_seconds = Counter("mtad_decode_seconds", "Wall time in the decode loop", registry=r)
+        self.acceptance_rate = Histogram(
+            "mtad_acceptance_rate",
+            "Per-request acceptance rate (requests that drafted)",
+            ["method"],
+            buckets=[i / 10 for i in range(1, 11)],
+            registry=r,
+        )
+        self.block_efficiency = Histogram(
+            "mtad_block_efficiency",
+            "Per-request new tokens per target call",
+            ["method"],
+            buckets=[1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8],
+            registry=r,
+        )
+        self.tokens_per_s = Histogram(
+            "mtad_tokens_per_second",
+            "Per-request decode speed",
+            ["method"],
+            buckets=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+            registry=r,
+        )
+        Gauge("mtad_queue_depth", "Requests waiting for the worker", registry=r).set_function(queue_depth)
+        Gauge("mtad_worker_busy", "1 while a generation runs", registry=r).set_function(busy)
+
+    def count(self, endpoint: str, outcome: str) -> None:
+        self.requests.labels(endpoint=endpoint, outcome=outcome).inc()
+
+    def observe(self, method: str, prompt_tokens: int, result: GenerationResult) -> None:
+        stats = result.stats
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(stats.new_tokens)
+        self.drafted.inc(stats.drafted_tokens)
+        self.accepted.inc(stats.accepted_tokens)
+        self.target_calls.inc(stats.target_calls)
+        self.decode_seconds.inc(stats.wall_time_s)
+        if stats.drafted_tokens:
+            self.acceptance_rate.labels(method=method).observe(stats.acceptance_rate)
+        if stats.target_calls:
+            self.block_efficiency.labels(method=method).observe(stats.block_efficiency)
+        if stats.wall_time_s > 0:
+            self.tokens_per_s.labels(method=method).observe(stats.tokens_per_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,226 @@
+"""Request bodies of the OpenAI-compatible endpoints, validated once: a bad field is a 400 naming it.
+
+Which OpenAI fields this server honours, and what happens to the others:
+
+- honoured: `model`, `prompt` / `messages`, `max_tokens` (chat also `max_completion_tokens`),
+  `temperature`, `top_p`, `stop` (up to 4 strings), `seed`, `stream`, and the extension field
+  `mtad` (method, gamma, beam_width, threshold, top_k, with_replacement, tree).
+- accepted and ignored, because they cannot change the output: `user` (an end-user id for a
+  provider's abuse monitoring) and `stream_options.include_usage` (usage is always sent, in the
+  final chunk of a stream).
+- accepted only at their neutral value, the one that means "feature off" (see `NEUTRAL`):
+  `n=1`, `best_of=1`, `echo=false`, `logprobs`, `presence_penalty=0`, ...
+- anything else: 400 "unsupported parameter". Nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_STOP_STRINGS = 4
+
+#: Fields accepted only at these values (None, i.e. JSON null, is always accepted).
+NEUTRAL: dict[str, tuple] = {
+    "n": (1,),
+    "best_of": (1,),
+    "echo": (False,),
+    "logprobs": (False, 0),
+    "top_logprobs": (0,),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "suffix": ("",),
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+    "tool_choice": ("none",),
+}
+
+
+class ApiError(Exception):
+    """An OpenAI-style error: HTTP status and `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.status, self.param, self.code, self.kind = message, status, param, code, kind
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DecodingOptions(_Strict):
+    """The `mtad` extension field; unset values take the server's defaults (its CLI flags)."""
+
+    method: str | None = None
+    gamma: int | None = None
+    beam_width: int | None = None
+    threshold: float | None = None
+    top_k: int | None = None
+    with_replacement: bool | None = None
+    tree: list[int] | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class _Request(_Strict):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    mtad: DecodingOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if stops is not None and len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        if stops is not None and not all(stops):
+            raise ValueError("stop strings must be non-empty")
+        return stops or None
+
+    def new_tokens_requested(self) -> int | None:
+        return self.max_tokens
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str:
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise ValueError(f"exactly one prompt per request (n=1), got a list of {len(prompt)}")
+            prompt = prompt[0]
+        if not prompt:
+            raise ValueError("prompt is empty")
+        return prompt
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def as_template_input(self) -> dict:
+        """The message as chat templates expect it: text content, `developer` read as `system`."""
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        return message | ({"name": self.name} if self.name is not None else {})
+
+
+class ChatRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    def new_tokens_requested(self) -> int | None:
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ApiError(
+                "give max_tokens or max_completion_tokens, not both", param="max_completion_tokens"
+            )
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def parse_request(raw: bytes, schema: type[_Request]) -> _Request:
+    """Validate a JSON body against `schema`; raise `ApiError` (400) naming the first bad field."""
+    data = _json_object(raw)
+    _check_neutral(data)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as error:
+        raise _api_error(error) from None
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ApiError(f"request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    return data
+
+
+def _check_neutral(data: dict) -> None:
+    """Remove fields set to their neutral value; a non-neutral value is a 400 naming the field."""
+    for name, allowed in NEUTRAL.items():
+        if name not in data:
+            continue
+        value = data.pop(name)
+        if value is not None and not any(_same(value, a) for a in allowed):
+            shown = " or ".join(json.dumps(a) for a in allowed)
+            raise ApiError(
+                f"{name}={json.dumps(value)} is not supported by this server; allowed: {shown} or null",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
+def _same(value: object, allowed: object) -> bool:
+    """Equal and of the same JSON type (so `true` is not `1`)."""
+    numeric = (int, float)
+    if isinstance(value, bool) or isinstance(allowed, bool):
+        return type(value) is type(allowed) and value == allowed
+    if isinstance(value, numeric) and isinstance(allowed, numeric):
+        return value == allowed
+    return type(value) is type(allowed) and value == allowed
+
+
+def _api_error(error: ValidationError) -> ApiError:
+    first = error.errors(include_url=False)[0]
+    param = _param(first["loc"])
+    if first["type"] == "extra_forbidden":
+        param = f"{param}.{first['loc'][-1]}" if param else str(first["loc"][-1])
+        return ApiError(f"unsupported parameter {param!r}", param=param, code="unsupported_parameter")
+    if first["type"] == "missing":
+        return ApiError(f"{param!r} is required", param=param, code="missing_parameter")
+    message = first["msg"].removeprefix("Value error, ")
+    shown = json.dumps(first.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ApiError(f"invalid {param!r}: {message}; got {shown}", param=param, code="invalid_parameter")
+
+
+def _param(loc: tuple) -> str:
+    """`messages[0].role` from pydantic's location, leaving out union-member tags like `list[str]`."""
+    names = _field_names()
+    path = ""
+    for part in loc[:-1] if loc and loc[-1] not in names and not isinstance(loc[-1], int) else loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in names:
+            path += f".{part}" if path else part
+    return path
+
+
+def _field_names() -> set[str]:
+    schemas = (CompletionRequest, ChatRequest, ChatMessage, TextPart, DecodingOptions, StreamOptions)
+    return {name for schema in schemas for name in schema.model_fields}
