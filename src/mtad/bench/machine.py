@@ -1,0 +1,77 @@
+"""What the benchmark ran on, and how much memory generation took.
+
+Peak memory is measured one of two ways, and the report says which:
+- CUDA: `torch.cuda.max_memory_allocated` of the model device, reset before each generation, so
+  each sample's number is the peak of tensors torch allocated during that generation alone;
+- CPU: the process's peak resident set size (`resource.getrusage(...).ru_maxrss`), a high-water
+  mark over the whole process lifetime that includes model loading and the scoring pass.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+CUDA_MEMORY_KIND = "torch.cuda.max_memory_allocated during each generation"
+CPU_MEMORY_KIND = "peak RSS of the bench process (ru_maxrss; includes model loading and scoring)"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "n/a"
+
+
+def describe_machine(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """CPU, threads, accelerator, software versions, device and dtype, as report-ready strings."""
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "mtad": _version("mtad"),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = str(torch.version.cuda)
+    return info
+
+
+class PeakMemory:
+    """`reset()` before a generation, `read_mb()` after it; `kind` says what the number means."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = CUDA_MEMORY_KIND if device.type == "cuda" else CPU_MEMORY_KIND
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return kilobytes / (2**20 if sys.platform == "darwin" else 2**10)

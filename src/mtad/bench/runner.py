@@ -1,0 +1,460 @@
+"""Run decoding methods over benchmark records and append one JSON line per generation.
+
+Order (what makes speed-ups comparable): for each prompt, for each repeat, every variant once,
+back to back, so all methods see the same machine state; the variant order rotates by one per
+(prompt, repeat) so no method always runs first. Before the first measured sample each variant
+runs one short warm-up generation (not recorded). Every method of a (prompt, repeat) gets the
+same seed (common random numbers), derived from --seed, the prompt id and the repeat, so a
+resumed run draws exactly what an uninterrupted one would.
+
+Per generation, in this order:
+1. time, energy and peak memory around `mtad.stream` only (a cooperative timeout is checked
+   between committed blocks);
+2. not timed: the perplexity scoring pass of the target over prompt + generated tokens;
+3. not timed: the task score (HumanEval tests in a sandboxed subprocess, Spider SQL on the db).
+A generation that raises or times out is written with `status: "failed"` and its reason, and
+the run goes on. Failed samples count as finished: a resume does not retry them.
+
+The output directory keeps `config.json` (the configuration and its hash): a run with another
+configuration is refused unless `overwrite`; the same configuration continues where
+`results.jsonl` stops (`--limit` is not part of the hash, so a run can be extended).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import mtad
+from mtad import config as mtad_config
+from mtad.bench import metrics
+from mtad.bench.datasets import PromptRecord
+from mtad.bench.energy import EnergyMeter, detect_energy_meter
+from mtad.bench.machine import PeakMemory, describe_machine
+from mtad.bench.scoring import encode_record, generated_logprobs, score_task, stop_strings
+from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
+from mtad.errors import ConfigError
+from mtad.models import LoadedModel
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "config.json"
+MACHINE_FILE = "machine.json"
+SWEEP_PARAMS = {"gamma": int, "beam_width": int, "threshold": float}
+# Methods a swept parameter changes; the others run once, at the base setting.
+_TARGET_ONLY = ("ar", "greedy")
+_THRESHOLD_METHODS = ("mtad", "mmtad")
+_BEAM_METHODS = ("mtad", "mtjd", "mmtad")
+_WARM_UP_TOKENS = 8
+
+
+class SampleTimeout(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Sweep:
+    param: str
+    values: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Sweep:
+        """`gamma=2,4,6`, `threshold=0.3,0.5,0.7` or `beam_width=2,4`."""
+        param, sep, values = text.partition("=")
+        param = param.strip().replace("-", "_")
+        if not sep or param not in SWEEP_PARAMS:
+            raise ConfigError(
+                f"--sweep must look like gamma=2,4,6; allowed parameters: {', '.join(SWEEP_PARAMS)}"
+            )
+        try:
+            parsed = tuple(SWEEP_PARAMS[param](v) for v in values.split(",") if v.strip())
+        except ValueError as exc:
+            raise ConfigError(f"--sweep {param}: bad value ({exc})") from exc
+        if len(parsed) < 2 or len(set(parsed)) != len(parsed):
+            raise ConfigError(f"--sweep {param} needs at least two distinct values, got {values!r}")
+        return cls(param, parsed)
+
+    def affects(self, method: str) -> bool:
+        if method in _TARGET_ONLY:
+            return False
+        if self.param == "threshold":
+            return method in _THRESHOLD_METHODS
+        if self.param == "beam_width":
+            return method in _BEAM_METHODS
+        return True
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the results: a method with its generate() settings (`params`)."""
+
+    label: str
+    method: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that decides a run's results; `identity()` (all but `limit`) is hashed."""
+
+    dataset: str
+    data_path: str | None
+    methods: tuple[str, ...]
+    # gamma, beam_width, threshold, with_replacement, temperature, top_k, top_p, max_new_tokens
+    decoding: Mapping[str, Any]
+    target: str
+    draft: str | None
+    device: str | None = None
+    dtype: str | None = None
+    repeats: int = 1
+    seed: int = 0
+    sweep: Sweep | None = None
+    tree: tuple[int, ...] | None = None
+    prompt_format: str = "auto"
+    sample_timeout_s: float | None = 300.0
+    limit: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("--methods is empty; name at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"--methods repeats a method: {','.join(self.methods)}")
+        known = mtad_config.METHODS
+        for method in self.methods:
+            if method not in known:
+                raise ConfigError(f"unknown method {method!r}; allowed: {', '.join(known)}")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.sample_timeout_s is not None and self.sample_timeout_s <= 0:
+            raise ConfigError(f"--sample-timeout must be > 0 seconds, got {self.sample_timeout_s}")
+
+    def identity(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("limit")
+        return data
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, default=list)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _format_value(value: float) -> str:
+    return f"{value:g}"
+
+
+def plan_variants(config: BenchConfig) -> list[Variant]:
+    """The method x sweep-value grid, each variant's settings validated before any model loads."""
+    variants = []
+    for method in config.methods:
+        swept = config.sweep is not None and config.sweep.affects(method)
+        for value in config.sweep.values if swept else (None,):
+            params = {"method": method, **config.decoding}
+            label = method
+            if value is not None:
+                params[config.sweep.param] = value
+                label = f"{method} {config.sweep.param}={_format_value(value)}"
+            if config.tree is not None:
+                params["tree"] = tuple(config.tree)
+            _validate(params)
+            variants.append(Variant(label, method, params))
+    return variants
+
+
+def _validate(params: Mapping[str, Any]) -> None:
+    SpeculationConfig(
+        method=params["method"],
+        gamma=params["gamma"],
+        beam_width=params["beam_width"],
+        threshold=params["threshold"],
+        with_replacement=params["with_replacement"],
+    )
+    SamplingConfig(params["temperature"], params["top_k"], params["top_p"])
+    StopConfig(params["max_new_tokens"])
+
+
+def needs_draft(config: BenchConfig) -> bool:
+    return any(method in mtad_config.DRAFTED_METHODS for method in config.methods)
+
+
+def sample_seed(base_seed: int, prompt_id: str, repeat: int) -> int:
+    """The seed shared by every method on one (prompt, repeat): stable across runs and resumes."""
+    return (base_seed * 1_000_003 + zlib.crc32(f"{prompt_id}#{repeat}".encode())) % 2**31
+
+
+def sample_key(record: Mapping[str, Any]) -> tuple[str, str, int]:
+    return (record["prompt_id"], record["variant"], record["repeat"])
+
+
+def schedule(
+    records: Sequence[PromptRecord], variants: Sequence[Variant], repeats: int
+) -> Iterator[tuple[PromptRecord, int, Variant]]:
+    """(record, repeat, variant) in interleaved order, the variant order rotating by one each time."""
+    turn = 0
+    for record in records:
+        for repeat in range(repeats):
+            shift = turn % len(variants)
+            for variant in list(variants[shift:]) + list(variants[:shift]):
+                yield record, repeat, variant
+            turn += 1
+
+
+# ---- the output directory ----------------------------------------------------------------------
+
+
+def prepare_output_dir(out: Path, config: BenchConfig, *, resume: bool, overwrite: bool) -> None:
+    """Create `out`, or check that it holds this configuration; `overwrite` starts it afresh."""
+    stored = read_stored_config(out)
+    results = out / RESULTS_FILE
+    if stored is None and resume:
+        raise ConfigError(f"--resume: {out} holds no bench run to resume")
+    if stored is None and results.exists() and not overwrite:
+        raise ConfigError(
+            f"{out} holds {RESULTS_FILE} without {CONFIG_FILE}; pass --overwrite or another --out"
+        )
+    if stored is not None and stored.get("hash") != config.config_hash() and not overwrite:
+        changed = _differences(stored.get("config", {}), config.identity())
+        raise ConfigError(
+            f"{out} holds results of a different configuration ({changed}); "
+            "pass --overwrite to replace them, or another --out"
+        )
+    if overwrite:
+        _remove_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"hash": config.config_hash(), "config": config.identity()}
+    (out / CONFIG_FILE).write_text(json.dumps(payload, indent=2, default=list) + "\n")
+
+
+def read_stored_config(out: Path) -> dict | None:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); pass --overwrite to start over") from exc
+    return stored if isinstance(stored, dict) else None
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    new = json.loads(json.dumps(new, default=list))  # tuples -> lists, as stored
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]) or "unknown difference"
+
+
+def _remove_outputs(out: Path) -> None:
+    if not out.is_dir():
+        return
+    for name in (RESULTS_FILE, CONFIG_FILE, MACHINE_FILE, "summary.csv", "report.md"):
+        (out / name).unlink(missing_ok=True)
+    for plot in out.glob("*.png"):
+        plot.unlink()
+
+
+def load_results(path: Path) -> list[dict]:
+    """The records in results.jsonl; an unparsable line (an interrupted write) is dropped for good."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records, kept = [], []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "prompt_id" in record:
+            records.append(record)
+            kept.append(line)
+    if len(kept) != len(lines):
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return records
+
+
+# ---- one generation ----------------------------------------------------------------------------
+
+
+@dataclass
+class BenchContext:
+    target: LoadedModel
+    draft: LoadedModel | None
+    config: BenchConfig
+    meter: EnergyMeter
+    memory: PeakMemory
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: undefined values are written as null."""
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _measured_generation(context: BenchContext, prompt_ids: list[int], variant: Variant, seed: int, stop):
+    """Generate with time, energy and memory measured around decoding only."""
+    draft = context.draft.model if context.draft and variant.method in mtad_config.DRAFTED_METHODS else None
+    timeout = context.config.sample_timeout_s
+    device = context.memory.device
+    context.memory.reset()
+    context.meter.start()
+    generation = mtad.stream(
+        context.target.model,
+        draft,
+        prompt_ids,
+        seed=seed,
+        stop=stop,
+        tokenizer=context.target.tokenizer,
+        **variant.params,
+    )
+    start = time.perf_counter()
+    for _ in generation:
+        if timeout is not None and time.perf_counter() - start > timeout:
+            context.meter.stop()
+            raise SampleTimeout(f"generation ran past the {timeout:g} s sample timeout")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    reading = context.meter.stop()
+    return generation.result, reading.joules, context.memory.read_mb()
+
+
+def _stats_fields(stats: mtad.Stats) -> dict[str, Any]:
+    return {
+        "new_tokens": stats.new_tokens,
+        "rounds": stats.rounds,
+        "target_calls": stats.target_calls,
+        "draft_calls": stats.draft_calls,
+        "drafted_tokens": stats.drafted_tokens,
+        "accepted_tokens": stats.accepted_tokens,
+        "drafted_per_position": list(stats.drafted_per_position),
+        "accepted_per_position": list(stats.accepted_per_position),
+        # Undefined (null) when nothing was drafted, e.g. ar; engine Stats would say 0.
+        "acceptance_rate": stats.accepted_tokens / stats.drafted_tokens if stats.drafted_tokens else None,
+        "block_efficiency": _finite(metrics.block_efficiency(stats.new_tokens, stats.target_calls)),
+        "target_forwards_per_token": _finite(
+            metrics.forwards_per_token(stats.target_calls, stats.new_tokens)
+        ),
+        "draft_forwards_per_token": _finite(metrics.forwards_per_token(stats.draft_calls, stats.new_tokens)),
+        "wall_time_s": stats.wall_time_s,
+        "tokens_per_s": _finite(metrics.tokens_per_second(stats.wall_time_s, stats.new_tokens)),
+        "ms_per_token": _finite(metrics.ms_per_token(stats.wall_time_s, stats.new_tokens)),
+    }
+
+
+def run_sample(
+    context: BenchContext, record: PromptRecord, prompt_ids: list[int], variant: Variant, repeat: int
+) -> dict[str, Any]:
+    """One measured generation, scored; never raises for a failing sample (status "failed")."""
+    seed = sample_seed(context.config.seed, record.id, repeat)
+    row: dict[str, Any] = {
+        "prompt_id": record.id,
+        "dataset": record.dataset,
+        "variant": variant.label,
+        "method": variant.method,
+        "repeat": repeat,
+        "seed": seed,
+        "params": dict(variant.params),
+        "prompt_tokens": len(prompt_ids),
+    }
+    try:
+        result, joules, peak_mb = _measured_generation(
+            context, prompt_ids, variant, seed, stop_strings(record.dataset)
+        )
+        logprobs = generated_logprobs(context.target.model, prompt_ids, result.tokens)
+        task = score_task(record, result.text or "")
+    except Exception as exc:  # a failing sample is a result, not the end of the run
+        return row | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+    return row | {
+        "status": "ok",
+        "reason": None,
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        **_stats_fields(result.stats),
+        "logprobs": [round(v, 6) for v in logprobs],
+        "perplexity": _finite(metrics.perplexity(logprobs)),
+        "joules": joules,
+        "joules_per_token": _finite(metrics.joules_per_token(joules, result.stats.new_tokens)),
+        "peak_memory_mb": round(peak_mb, 1),
+        "task": None
+        if task is None
+        else {"metric": task.metric, "correct": task.correct, "detail": task.detail},
+    }
+
+
+def _warm_up(context: BenchContext, prompt_ids: list[int], variants: Sequence[Variant]) -> None:
+    """One short unrecorded generation per variant: first-call allocations and lazy init happen here."""
+    for variant in variants:
+        params = dict(variant.params) | {
+            "max_new_tokens": min(_WARM_UP_TOKENS, variant.params["max_new_tokens"])
+        }
+        warm = Variant(variant.label, variant.method, params)
+        try:
+            _measured_generation(context, prompt_ids, warm, seed=0, stop=())
+        except Exception:
+            pass  # the measured sample will record the failure with its reason
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def run_bench(
+    config: BenchConfig,
+    records: Sequence[PromptRecord],
+    target: LoadedModel,
+    draft: LoadedModel | None,
+    out: Path,
+    *,
+    progress: bool = True,
+) -> list[dict]:
+    """Run every (record, repeat, variant) not yet in `out/results.jsonl`; returns all this plan's rows."""
+    variants = plan_variants(config)
+    device = model_device(target.model)
+    machine = describe_machine(device, next(target.model.parameters()).dtype)
+    meter = detect_energy_meter(str(device))
+    machine["energy_meter"] = meter.description
+    machine["energy_meter_notes"] = "; ".join(getattr(meter, "reasons", ()))
+    memory = PeakMemory(device)
+    machine["peak_memory"] = memory.kind
+    (out / MACHINE_FILE).write_text(json.dumps(machine, indent=2) + "\n")
+    context = BenchContext(target, draft, config, meter, memory)
+
+    results_path = out / RESULTS_FILE
+    done = {sample_key(r) for r in load_results(results_path)}
+    plan = list(schedule(records, variants, config.repeats))
+    todo = [item for item in plan if (item[0].id, item[2].label, item[1]) not in done]
+    if done and todo:
+        print(
+            f"mtad bench: resuming, {len(plan) - len(todo)} of {len(plan)} generations done", file=sys.stderr
+        )
+    encoded: dict[str, list[int]] = {}
+    with (
+        results_path.open("a", encoding="utf-8") as sink,
+        tqdm(
+            total=len(plan),
+            initial=len(plan) - len(todo),
+            desc="mtad bench",
+            unit="gen",
+            disable=not progress,
+        ) as bar,
+    ):
+        for record, repeat, variant in todo:
+            if record.id not in encoded:
+                encoded[record.id] = encode_record(record, target.tokenizer, config.prompt_format)
+                if len(encoded) == 1:
+                    _warm_up(context, encoded[record.id], variants)
+            row = run_sample(context, record, encoded[record.id], variant, repeat)
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+            bar.set_postfix_str(f"{variant.label}: {row.get('tokens_per_s') or 0:.1f} tok/s", refresh=False)
+            bar.update()
+    keys = {(r.id, v.label, rep) for r, rep, v in plan}
+    return [r for r in load_results(results_path) if sample_key(r) in keys]
