@@ -1,0 +1,86 @@
+"""Turn a run's results into its files: summary.csv, report.md and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mtad.bench import plots
+from mtad.bench.report import render_report, summarize, write_summary_csv
+from mtad.bench.runner import CONFIG_FILE, MACHINE_FILE, BenchConfig, Variant
+
+SUMMARY_FILE = "summary.csv"
+REPORT_FILE = "report.md"
+
+
+def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
+    """The settings a reader needs to interpret the numbers, as the report lists them."""
+    setup = {
+        "dataset": config.dataset,
+        "data path": config.data_path or "built in",
+        "prompts": prompts,
+        "repeats": config.repeats,
+        "target": config.target,
+        "draft": config.draft or "none",
+        "device / dtype": f"{config.device or 'auto'} / {config.dtype or 'default'}",
+        "methods": ",".join(config.methods),
+        **{k.replace("_", " "): v for k, v in config.decoding.items()},
+        "seed": config.seed,
+        "prompt format": config.prompt_format,
+        "sample timeout (s)": config.sample_timeout_s,
+    }
+    if config.sweep is not None:
+        setup["sweep"] = f"{config.sweep.param} = {', '.join(f'{v:g}' for v in config.sweep.values)}"
+    if config.tree is not None:
+        setup["tree"] = ",".join(map(str, config.tree))
+    setup["config hash"] = config.config_hash()
+    return setup
+
+
+def write_outputs(
+    out: Path, config: BenchConfig, variants: Sequence[Variant], rows: Sequence[Mapping], command: str
+) -> dict[str, Path]:
+    """Write every output file of the run in `out` from its rows; returns {kind: path}."""
+    summaries = summarize(rows, [v.label for v in variants], seed=config.seed)
+    write_summary_csv(out / SUMMARY_FILE, summaries)
+    figures = [
+        (
+            "speed-up vs output perplexity",
+            plots.speedup_vs_perplexity(summaries, out / "speedup_vs_perplexity.png"),
+        ),
+        (
+            "acceptance per draft position",
+            plots.acceptance_per_position(summaries, out / "acceptance_per_position.png"),
+        ),
+        (
+            "tokens/s distribution",
+            plots.tokens_per_s_distribution(rows, [v.label for v in variants], out / "tokens_per_s.png"),
+        ),
+    ]
+    sweep_param = config.sweep.param if config.sweep else None
+    if sweep_param:
+        figures.append(
+            (
+                f"sweep over {sweep_param}",
+                plots.sweep_plot(summaries, sweep_param, out / f"sweep_{sweep_param}.png"),
+            )
+        )
+    machine = json.loads((out / MACHINE_FILE).read_text()) if (out / MACHINE_FILE).is_file() else {}
+    prompts = len({r["prompt_id"] for r in rows})
+    report = render_report(
+        summaries,
+        rows,
+        title=f"mtad bench: {config.dataset}, {prompts} prompts × {config.repeats} repeat(s)",
+        command=command,
+        setup=setup_table(config, prompts),
+        machine=machine,
+        plots=figures,
+        sweep_param=sweep_param,
+    )
+    (out / REPORT_FILE).write_text(report, encoding="utf-8")
+    files = {"results": out / "results.jsonl", "config": out / CONFIG_FILE, "summary": out / SUMMARY_FILE}
+    files["report"] = out / REPORT_FILE
+    files.update({name.removesuffix(".png"): out / name for _, name in figures})
+    return files

@@ -1,0 +1,391 @@
+"""Aggregate results.jsonl rows per variant, and write summary.csv and report.md.
+
+Aggregation rules (metric definitions are in `mtad.bench.metrics`):
+- tokens/s, ms/token: median and IQR over every successful (prompt, repeat) sample;
+- speed-up vs `ar`: paired per (prompt, repeat) - the two generations ran back to back - as
+  ar's ms/token / the method's ms/token; median and IQR of those ratios;
+- acceptance rate, block efficiency, forwards per token, acceptance per draft position: pooled
+  over samples (sums of counts, then the ratio), so long generations weigh more; acceptance is
+  accepted / drafted tokens, where drafted = rounds x gamma less the rounds shortened by the
+  max_new_tokens budget (engine `Stats`), and per position i it is the rounds that accepted
+  position i / the rounds that drafted it;
+- perplexity: token-weighted (pooled log-probs) and the mean of per-sample perplexities;
+- task score: per prompt the fraction of repeats that passed, then the mean over prompts with a
+  95% percentile-bootstrap CI over prompts; a failed generation counts as a wrong answer;
+- J/token: total joules / total new tokens, or "n/a" when the machine has no meter;
+- peak memory: the largest per-sample value (the report says which kind of peak it is).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtad.bench import metrics
+from mtad.bench.energy import NO_METER
+from mtad.bench.metrics import ConfidenceInterval, Spread
+
+BASELINE = "ar"
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    variant: str
+    method: str
+    params: Mapping[str, Any]
+    samples: int
+    failed: int
+    mean_new_tokens: float
+    tokens_per_s: Spread
+    ms_per_token: Spread
+    speedup: Spread | None  # None when the run has no ar baseline
+    acceptance_rate: float
+    block_efficiency: float
+    acceptance_per_position: list[float]
+    target_forwards_per_token: float
+    draft_forwards_per_token: float
+    perplexity_token_weighted: float
+    perplexity_sample_mean: float
+    task_metric: str | None
+    task_score: ConfidenceInterval | None
+    joules_per_token: float | None
+    peak_memory_mb: float
+
+
+def _ok(rows: Sequence[Mapping]) -> list[Mapping]:
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def _number(value: Any) -> float:
+    return _NAN if value is None else float(value)
+
+
+def _pooled_ratio(rows: Sequence[Mapping], numerator: str, denominator: str) -> float:
+    total = sum(r[denominator] for r in rows)
+    return sum(r[numerator] for r in rows) / total if total else _NAN
+
+
+def _per_position(rows: Sequence[Mapping]) -> list[float]:
+    depth = max((len(r["drafted_per_position"]) for r in rows), default=0)
+    accepted, drafted = [0] * depth, [0] * depth
+    for row in rows:
+        for i, (a, d) in enumerate(
+            zip(row["accepted_per_position"], row["drafted_per_position"], strict=True)
+        ):
+            accepted[i] += a
+            drafted[i] += d
+    return [a / d if d else _NAN for a, d in zip(accepted, drafted, strict=True)]
+
+
+def _speedups(rows: Sequence[Mapping], baseline: Mapping[tuple[str, int], float]) -> list[float]:
+    pairs = [
+        (baseline[(r["prompt_id"], r["repeat"])], r["ms_per_token"])
+        for r in rows
+        if (r["prompt_id"], r["repeat"]) in baseline and r["ms_per_token"]
+    ]
+    return metrics.paired_speedups([b for b, _ in pairs], [m for _, m in pairs])
+
+
+def _task_score(rows: Sequence[Mapping], seed: int) -> tuple[str | None, ConfidenceInterval | None]:
+    scored = [r for r in rows if r.get("task")]
+    if not scored:
+        return None, None
+    outcomes: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:  # failed generations count as wrong answers
+        outcomes[row["prompt_id"]].append(bool(row.get("task") and row["task"]["correct"]))
+    per_prompt = list(metrics.pass_at_1_per_problem(outcomes).values())
+    return scored[0]["task"]["metric"], metrics.bootstrap_ci(per_prompt, seed=seed)
+
+
+def _joules_per_token(rows: Sequence[Mapping]) -> float | None:
+    if not rows or any(r.get("joules") is None for r in rows):
+        return None
+    return metrics.joules_per_token(sum(r["joules"] for r in rows), sum(r["new_tokens"] for r in rows))
+
+
+def summarize_variant(
+    rows: Sequence[Mapping], baseline: Mapping[tuple[str, int], float] | None, seed: int = 0
+) -> VariantSummary:
+    """One variant's row of the report from all its samples (failed ones included)."""
+    ok = _ok(rows)
+    logprobs = [r["logprobs"] for r in ok]
+    metric, score = _task_score(rows, seed)
+    return VariantSummary(
+        variant=rows[0]["variant"],
+        method=rows[0]["method"],
+        params=rows[0]["params"],
+        samples=len(ok),
+        failed=len(rows) - len(ok),
+        mean_new_tokens=float(np.mean([r["new_tokens"] for r in ok])) if ok else _NAN,
+        tokens_per_s=metrics.median_spread([_number(r["tokens_per_s"]) for r in ok]),
+        ms_per_token=metrics.median_spread([_number(r["ms_per_token"]) for r in ok]),
+        speedup=None if baseline is None else metrics.median_spread(_speedups(ok, baseline)),
+        acceptance_rate=_pooled_ratio(ok, "accepted_tokens", "drafted_tokens"),
+        block_efficiency=_pooled_ratio(ok, "new_tokens", "target_calls"),
+        acceptance_per_position=_per_position(ok),
+        target_forwards_per_token=_pooled_ratio(ok, "target_calls", "new_tokens"),
+        draft_forwards_per_token=_pooled_ratio(ok, "draft_calls", "new_tokens"),
+        perplexity_token_weighted=metrics.token_weighted_perplexity(logprobs),
+        perplexity_sample_mean=metrics.mean_sample_perplexity(logprobs),
+        task_metric=metric,
+        task_score=score,
+        joules_per_token=_joules_per_token(ok),
+        peak_memory_mb=max((r["peak_memory_mb"] for r in ok), default=_NAN),
+    )
+
+
+def summarize(rows: Sequence[Mapping], variant_order: Sequence[str], seed: int = 0) -> list[VariantSummary]:
+    """Summaries in `variant_order`; speed-ups are against the `ar` variant's samples when it ran."""
+    by_variant: dict[str, list[Mapping]] = defaultdict(list)
+    for row in rows:
+        by_variant[row["variant"]].append(row)
+    baseline = None
+    if BASELINE in by_variant:
+        baseline = {(r["prompt_id"], r["repeat"]): r["ms_per_token"] for r in _ok(by_variant[BASELINE])}
+        baseline = {k: v for k, v in baseline.items() if v}
+    return [summarize_variant(by_variant[v], baseline, seed) for v in variant_order if by_variant.get(v)]
+
+
+# ---- summary.csv -------------------------------------------------------------------------------
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def summary_row(s: VariantSummary) -> dict[str, Any]:
+    speed = s.speedup or Spread(_NAN, _NAN, _NAN, 0)
+    score = s.task_score or ConfidenceInterval(_NAN, _NAN, _NAN, 0.95)
+    row = {
+        "variant": s.variant,
+        "method": s.method,
+        "samples": s.samples,
+        "failed": s.failed,
+        "mean_new_tokens": s.mean_new_tokens,
+        "tokens_per_s_median": s.tokens_per_s.median,
+        "tokens_per_s_q1": s.tokens_per_s.q1,
+        "tokens_per_s_q3": s.tokens_per_s.q3,
+        "ms_per_token_median": s.ms_per_token.median,
+        "ms_per_token_q1": s.ms_per_token.q1,
+        "ms_per_token_q3": s.ms_per_token.q3,
+        "speedup_vs_ar_median": speed.median,
+        "speedup_vs_ar_q1": speed.q1,
+        "speedup_vs_ar_q3": speed.q3,
+        "acceptance_rate": s.acceptance_rate,
+        "block_efficiency": s.block_efficiency,
+        "acceptance_per_position": ";".join(f"{v:.4f}" for v in s.acceptance_per_position),
+        "target_forwards_per_token": s.target_forwards_per_token,
+        "draft_forwards_per_token": s.draft_forwards_per_token,
+        "perplexity_token_weighted": s.perplexity_token_weighted,
+        "perplexity_sample_mean": s.perplexity_sample_mean,
+        "task_metric": s.task_metric,
+        "task_score": score.estimate,
+        "task_ci_low": score.low,
+        "task_ci_high": score.high,
+        "joules_per_token": s.joules_per_token,
+        "peak_memory_mb": s.peak_memory_mb,
+    }
+    return {k: _csv_value(v) for k, v in row.items()}
+
+
+def write_summary_csv(path: Path, summaries: Sequence[VariantSummary]) -> None:
+    rows = [summary_row(s) for s in summaries]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["variant"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---- report.md ---------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A table cell: '—' for undefined values."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def fmt_spread(spread: Spread | None, digits: int = 2) -> str:
+    if spread is None or spread.n == 0:
+        return "—"
+    return f"{fmt(spread.median, digits)} [{fmt(spread.q1, digits)}–{fmt(spread.q3, digits)}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def speed_table(summaries: Sequence[VariantSummary]) -> str:
+    header = [
+        "method",
+        "samples",
+        "failed",
+        "tokens/s",
+        "ms/token",
+        f"speed-up vs {BASELINE}",
+        "new tokens (mean)",
+    ]
+    rows = [
+        [
+            s.variant,
+            str(s.samples),
+            str(s.failed),
+            fmt_spread(s.tokens_per_s, 1),
+            fmt_spread(s.ms_per_token, 1),
+            fmt_spread(s.speedup) if s.speedup is not None else f"n/a (no {BASELINE} in --methods)",
+            fmt(s.mean_new_tokens, 1),
+        ]
+        for s in summaries
+    ]
+    return _table(header, rows)
+
+
+def speculation_table(summaries: Sequence[VariantSummary]) -> str:
+    header = [
+        "method",
+        "acceptance rate",
+        "block efficiency",
+        "target forwards/token",
+        "draft forwards/token",
+    ]
+    rows = [
+        [
+            s.variant,
+            fmt(s.acceptance_rate, 3),
+            fmt(s.block_efficiency, 3),
+            fmt(s.target_forwards_per_token, 3),
+            fmt(s.draft_forwards_per_token, 3),
+        ]
+        for s in summaries
+    ]
+    return _table(header, rows)
+
+
+def position_table(summaries: Sequence[VariantSummary]) -> str:
+    depth = max((len(s.acceptance_per_position) for s in summaries), default=0)
+    if depth == 0:
+        return "_No method drafted tokens._"
+    header = ["method"] + [f"pos {i + 1}" for i in range(depth)]
+    rows = [
+        [s.variant]
+        + [fmt(v, 3) for v in s.acceptance_per_position]
+        + ["—"] * (depth - len(s.acceptance_per_position))
+        for s in summaries
+        if s.acceptance_per_position
+    ]
+    return _table(header, rows)
+
+
+def _score_cell(s: VariantSummary) -> str:
+    if s.task_score is None:
+        return "n/a (no automatic score; see perplexity)"
+    ci = s.task_score
+    return f"{fmt(ci.estimate, 3)} [{fmt(ci.low, 3)}–{fmt(ci.high, 3)}]"
+
+
+def quality_table(summaries: Sequence[VariantSummary]) -> str:
+    metric = next((s.task_metric for s in summaries if s.task_metric), None)
+    score_header = f"{metric} [95% CI]" if metric else "task score"
+    header = ["method", "perplexity (token-weighted)", "perplexity (per-sample mean)", score_header]
+    rows = [
+        [s.variant, fmt(s.perplexity_token_weighted, 3), fmt(s.perplexity_sample_mean, 3), _score_cell(s)]
+        for s in summaries
+    ]
+    return _table(header, rows)
+
+
+def resources_table(summaries: Sequence[VariantSummary]) -> str:
+    header = ["method", "J/token", "peak memory (MiB)"]
+    rows = [
+        [
+            s.variant,
+            NO_METER if s.joules_per_token is None else fmt(s.joules_per_token, 4),
+            fmt(s.peak_memory_mb, 0),
+        ]
+        for s in summaries
+    ]
+    return _table(header, rows)
+
+
+def sweep_table(summaries: Sequence[VariantSummary], param: str) -> str:
+    header = ["method", param, f"speed-up vs {BASELINE}", "acceptance rate", "block efficiency", "perplexity"]
+    rows = [
+        [
+            s.method,
+            str(s.params.get(param)),
+            fmt_spread(s.speedup),
+            fmt(s.acceptance_rate, 3),
+            fmt(s.block_efficiency, 3),
+            fmt(s.perplexity_token_weighted, 3),
+        ]
+        for s in summaries
+    ]
+    return _table(header, rows)
+
+
+def _failures(rows: Sequence[Mapping], limit: int = 20) -> str:
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if not failed:
+        return "None."
+    lines = [
+        f"- `{r['prompt_id']}` {r['variant']} repeat {r['repeat']}: {r.get('reason')}" for r in failed[:limit]
+    ]
+    if len(failed) > limit:
+        lines.append(f"- … and {len(failed) - limit} more (see results.jsonl)")
+    return "\n".join(lines)
+
+
+_DEFINITIONS = """\
+- tokens/s, ms/token: timed around generation only (no loading, no scoring); median [IQR] over samples.
+- speed-up: per (prompt, repeat), `ar` ms/token / method ms/token, both measured back to back in this run.
+- acceptance rate: accepted / drafted tokens, pooled; drafted = rounds × gamma less rounds cut by the budget.
+- acceptance per position i: rounds that accepted draft position i / rounds that drafted it, pooled.
+- block efficiency: new tokens / target forward passes (the bonus or recovered token counts).
+- perplexity: exp(−mean log p) of the generated tokens under the unwarped target at T = 1, in a separate pass.
+- task score: per prompt the fraction of repeats correct, mean over prompts, 95% bootstrap CI over prompts;
+  a failed generation counts as wrong."""
+
+
+def render_report(
+    summaries: Sequence[VariantSummary],
+    rows: Sequence[Mapping],
+    *,
+    title: str,
+    command: str,
+    setup: Mapping[str, Any],
+    machine: Mapping[str, str],
+    plots: Sequence[tuple[str, str]],
+    sweep_param: str | None = None,
+) -> str:
+    """The Markdown report: tables, plots (caption, file name), the command, setup and machine."""
+    parts = [f"# {title}", "", "## Command", "", "```", command, "```", ""]
+    parts += ["## Speed", "", speed_table(summaries), ""]
+    if sweep_param:
+        parts += [f"## Sweep over {sweep_param}", "", sweep_table(summaries, sweep_param), ""]
+    parts += ["## Speculation", "", speculation_table(summaries), ""]
+    parts += ["### Acceptance per draft position", "", position_table(summaries), ""]
+    parts += ["## Output quality", "", quality_table(summaries), ""]
+    parts += ["## Energy and memory", "", resources_table(summaries), ""]
+    parts += [f"Peak memory: {machine.get('peak_memory', 'n/a')}.", ""]
+    if machine.get("energy_meter_notes"):
+        parts += [f"Energy meter: {machine['energy_meter']} ({machine['energy_meter_notes']}).", ""]
+    if plots:
+        parts += ["## Plots", ""] + [f"![{caption}]({name})" for caption, name in plots] + [""]
+    parts += ["## Failed samples", "", _failures(rows), ""]
+    parts += ["## Setup", "", _table(["setting", "value"], [[k, f"`{v}`"] for k, v in setup.items()]), ""]
+    parts += ["## Machine", "", _table(["", ""], [[k, str(v)] for k, v in machine.items()]), ""]
+    parts += ["## Definitions", "", _DEFINITIONS, ""]
+    return "\n".join(parts)
