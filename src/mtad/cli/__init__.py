@@ -18,6 +18,7 @@ _COMMAND_MODULES = [
     "mtad.cli.generate",
     "mtad.cli.serve",
     "mtad.cli.distill",
+    "mtad.cli.bench",
 ]
 
 

@@ -1,0 +1,186 @@
+"""`mtad bench`: speed, acceptance, output quality and energy of methods on a dataset (see mtad.bench)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import shlex
+from pathlib import Path
+
+from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
+from mtad.errors import ConfigError, DatasetError
+
+_DEFAULT_METHODS = "ar,sd,mtad"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark methods on a dataset: speed, acceptance, perplexity, task score, energy",
+        description="Run methods interleaved per prompt on a dataset and write results.jsonl, "
+        "summary.csv, report.md and plots to --out. Rerunning the same command resumes.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", help="mtbench, humaneval or spider")
+    data.add_argument("--prompts", help="a JSONL file of {'prompt': ...} or {'messages': [...]} lines")
+    data.add_argument("--data-path", help="the Spider directory (dev.json and database/)")
+    data.add_argument("--limit", type=int, default=None, help="use the first N records")
+    data.add_argument(
+        "--prompt-format",
+        default="auto",
+        help="auto (chat template for chat data, raw completion for humaneval/spider), chat or raw",
+    )
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument(
+        "--methods", default=None, help=f"comma list of methods (default {_DEFAULT_METHODS})"
+    )
+    run_group.add_argument(
+        "--repeats", type=int, default=1, help="generations per prompt and method (default 1)"
+    )
+    run_group.add_argument("--sweep", help="e.g. gamma=2,4,6 or threshold=0.3,0.5,0.7 (methods it affects)")
+    run_group.add_argument("--tree", help="token tree for tree methods, e.g. 4,2,2 (passed only when given)")
+    run_group.add_argument("--sample-timeout", type=float, default=300.0, help="seconds per generation (300)")
+    run_group.add_argument("--out", default=None, help="output directory (default: bench-<dataset>)")
+    mode = run_group.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out (must match)")
+    mode.add_argument("--overwrite", action="store_true", help="discard the results in --out and start over")
+    run_group.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_pair_arguments(parser)
+    add_decoding_arguments(parser, method=None)
+    parser.set_defaults(func=run)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _data_source(args: argparse.Namespace) -> tuple[str, str | None]:
+    if (args.dataset is None) == (args.prompts is None):
+        raise DatasetError("give exactly one of --dataset (mtbench, humaneval, spider) or --prompts FILE")
+    if args.prompts is not None:
+        if args.data_path is not None:
+            raise DatasetError("--data-path is for --dataset spider; --prompts already names the file")
+        return "prompts", str(Path(args.prompts).resolve())
+    if args.dataset == "prompts":
+        raise DatasetError("use --prompts FILE for a prompts file")
+    return args.dataset, str(Path(args.data_path).resolve()) if args.data_path else None
+
+
+def _tree(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        tree = tuple(int(part) for part in _split(text))
+    except ValueError as exc:
+        raise ConfigError(f"--tree must be comma-separated branch counts like 4,2,2, got {text!r}") from exc
+    if not tree or min(tree) < 1:
+        raise ConfigError(f"--tree needs branch counts >= 1, got {text!r}")
+    from mtad.api import stream
+
+    if "tree" not in inspect.signature(stream).parameters:
+        raise ConfigError("--tree: this mtad version has no tree methods yet")
+    return tree
+
+
+def build_config(args: argparse.Namespace):
+    """The validated BenchConfig of the command line; raises MtadError on bad input."""
+    from mtad.bench.runner import BenchConfig, Sweep
+
+    if args.method is not None:
+        raise ConfigError("mtad bench takes --methods (a comma list), not --method")
+    dataset, data_path = _data_source(args)
+    decoding = decoding_settings(args)
+    decoding.pop("method")
+    decoding.pop("seed")
+    return BenchConfig(
+        dataset=dataset,
+        data_path=data_path,
+        methods=_split(args.methods if args.methods is not None else _DEFAULT_METHODS),
+        decoding=decoding,
+        target=args.target or "default pair target",
+        draft=args.draft or _default_draft(args),
+        device=args.device,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        seed=0 if args.seed is None else args.seed,
+        sweep=Sweep.parse(args.sweep) if args.sweep else None,
+        tree=_tree(args.tree),
+        prompt_format=args.prompt_format,
+        sample_timeout_s=args.sample_timeout,
+        limit=args.limit,
+    )
+
+
+def _default_draft(args: argparse.Namespace) -> str | None:
+    if args.target is not None:
+        return None
+    from mtad.default_pair import default_draft_path
+
+    path = default_draft_path()
+    return None if path is None else str(path)
+
+
+def command_line(config, out: Path) -> str:
+    """An `mtad bench` command with every setting explicit, which reproduces the run."""
+    words = ["mtad", "bench"]
+    if config.dataset == "prompts":
+        words += ["--prompts", config.data_path]
+    else:
+        words += ["--dataset", config.dataset] + (
+            ["--data-path", config.data_path] if config.data_path else []
+        )
+    words += ["--methods", ",".join(config.methods)]
+    for flag, value in (("--target", config.target), ("--draft", config.draft)):
+        if value and value != "default pair target":
+            words += [flag, value]
+    for flag, value in (("--device", config.device), ("--dtype", config.dtype), ("--limit", config.limit)):
+        if value is not None:
+            words += [flag, str(value)]
+    d = config.decoding
+    words += [
+        "--gamma",
+        str(d["gamma"]),
+        "--beam-width",
+        str(d["beam_width"]),
+        "--threshold",
+        str(d["threshold"]),
+    ]
+    words += [] if d["with_replacement"] else ["--without-replacement"]
+    words += ["--temperature", str(d["temperature"]), "--top-k", str(d["top_k"]), "--top-p", str(d["top_p"])]
+    words += ["--max-new-tokens", str(d["max_new_tokens"]), "--seed", str(config.seed)]
+    words += ["--repeats", str(config.repeats), "--prompt-format", config.prompt_format]
+    if config.sweep is not None:
+        words += ["--sweep", f"{config.sweep.param}=" + ",".join(f"{v:g}" for v in config.sweep.values)]
+    if config.tree is not None:
+        words += ["--tree", ",".join(map(str, config.tree))]
+    if config.sample_timeout_s is not None:
+        words += ["--sample-timeout", f"{config.sample_timeout_s:g}"]
+    return shlex.join(words + ["--out", str(out)])
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtad.bench.datasets import load_dataset
+    from mtad.bench.outputs import write_outputs
+    from mtad.bench.report import speed_table, summarize
+    from mtad.bench.runner import needs_draft, plan_variants, prepare_output_dir, run_bench
+
+    config = build_config(args)
+    variants = plan_variants(config)
+    records = load_dataset(config.dataset, Path(config.data_path) if config.data_path else None, args.limit)
+    if needs_draft(config) and config.draft is None:
+        drafted = ", ".join(m for m in config.methods if m in _drafted_methods())
+        raise ConfigError(f"{drafted} need a draft model: pass --draft (the default pair ships none yet)")
+    out = Path(args.out or f"bench-{config.dataset}")
+    prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+    target, draft = load_pair_from_args(args, need_draft=needs_draft(config))
+    rows = run_bench(config, records, target, draft, out, progress=not args.quiet)
+    files = write_outputs(out, config, variants, rows, command_line(config, out))
+    print(speed_table(summarize(rows, [v.label for v in variants], seed=config.seed)))
+    print(f"\nwrote {', '.join(str(p) for p in files.values())}")
+    return 0
+
+
+def _drafted_methods() -> tuple[str, ...]:
+    from mtad.config import DRAFTED_METHODS
+
+    return DRAFTED_METHODS
