@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 
 import pytest
 
@@ -216,3 +217,14 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--resume", "--overwrite", "--dataset", "mtbench"])
     assert exit_info.value.code == 2
+
+
+def test_the_reported_command_reproduces_the_configuration(pair_dirs, prompts_file, tmp_path):
+    from mtad.cli import build_parser
+    from mtad.cli.bench import build_config, command_line
+
+    args = bench_args(pair_dirs, prompts_file, tmp_path / "o", "--sweep", "threshold=0.3,0.6", "--top-k", "0")
+    config = build_config(build_parser().parse_args([*args, "--without-replacement", "--seed", "5"]))
+    command = command_line(config, tmp_path / "o")
+    again = build_config(build_parser().parse_args(shlex.split(command)[1:]))
+    assert again == config and again.config_hash() == config.config_hash() and again.limit == 2

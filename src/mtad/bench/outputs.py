@@ -33,8 +33,6 @@ def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
     }
     if config.sweep is not None:
         setup["sweep"] = f"{config.sweep.param} = {', '.join(f'{v:g}' for v in config.sweep.values)}"
-    if config.tree is not None:
-        setup["tree"] = ",".join(map(str, config.tree))
     setup["config hash"] = config.config_hash()
     return setup
 

@@ -38,12 +38,12 @@ from tqdm import tqdm
 
 import mtad
 from mtad import config as mtad_config
+from mtad.api import validate_settings
 from mtad.bench import metrics
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import EnergyMeter, detect_energy_meter
 from mtad.bench.machine import PeakMemory, describe_machine
 from mtad.bench.scoring import encode_record, generated_logprobs, score_task, stop_strings
-from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
 
@@ -110,7 +110,8 @@ class BenchConfig:
     dataset: str
     data_path: str | None
     methods: tuple[str, ...]
-    # gamma, beam_width, threshold, with_replacement, temperature, top_k, top_p, max_new_tokens
+    # generate() settings shared by every method: gamma, beam_width, threshold, temperature, ...,
+    # max_new_tokens, and whatever else the engine takes (tree, reference); not method or seed
     decoding: Mapping[str, Any]
     target: str
     draft: str | None
@@ -119,7 +120,6 @@ class BenchConfig:
     repeats: int = 1
     seed: int = 0
     sweep: Sweep | None = None
-    tree: tuple[int, ...] | None = None
     prompt_format: str = "auto"
     sample_timeout_s: float | None = 300.0
     limit: int | None = field(default=None, compare=False)
@@ -163,23 +163,9 @@ def plan_variants(config: BenchConfig) -> list[Variant]:
             if value is not None:
                 params[config.sweep.param] = value
                 label = f"{method} {config.sweep.param}={_format_value(value)}"
-            if config.tree is not None:
-                params["tree"] = tuple(config.tree)
-            _validate(params)
+            validate_settings(**params)
             variants.append(Variant(label, method, params))
     return variants
-
-
-def _validate(params: Mapping[str, Any]) -> None:
-    SpeculationConfig(
-        method=params["method"],
-        gamma=params["gamma"],
-        beam_width=params["beam_width"],
-        threshold=params["threshold"],
-        with_replacement=params["with_replacement"],
-    )
-    SamplingConfig(params["temperature"], params["top_k"], params["top_p"])
-    StopConfig(params["max_new_tokens"])
 
 
 def needs_draft(config: BenchConfig) -> bool:

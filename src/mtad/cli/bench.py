@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import shlex
 from pathlib import Path
 
@@ -38,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--repeats", type=int, default=1, help="generations per prompt and method (default 1)"
     )
     run_group.add_argument("--sweep", help="e.g. gamma=2,4,6 or threshold=0.3,0.5,0.7 (methods it affects)")
-    run_group.add_argument("--tree", help="token tree for tree methods, e.g. 4,2,2 (passed only when given)")
     run_group.add_argument("--sample-timeout", type=float, default=300.0, help="seconds per generation (300)")
     run_group.add_argument("--out", default=None, help="output directory (default: bench-<dataset>)")
     mode = run_group.add_mutually_exclusive_group()
@@ -66,22 +64,6 @@ def _data_source(args: argparse.Namespace) -> tuple[str, str | None]:
     return args.dataset, str(Path(args.data_path).resolve()) if args.data_path else None
 
 
-def _tree(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        tree = tuple(int(part) for part in _split(text))
-    except ValueError as exc:
-        raise ConfigError(f"--tree must be comma-separated branch counts like 4,2,2, got {text!r}") from exc
-    if not tree or min(tree) < 1:
-        raise ConfigError(f"--tree needs branch counts >= 1, got {text!r}")
-    from mtad.api import stream
-
-    if "tree" not in inspect.signature(stream).parameters:
-        raise ConfigError("--tree: this mtad version has no tree methods yet")
-    return tree
-
-
 def build_config(args: argparse.Namespace):
     """The validated BenchConfig of the command line; raises MtadError on bad input."""
     from mtad.bench.runner import BenchConfig, Sweep
@@ -104,7 +86,6 @@ def build_config(args: argparse.Namespace):
         repeats=args.repeats,
         seed=0 if args.seed is None else args.seed,
         sweep=Sweep.parse(args.sweep) if args.sweep else None,
-        tree=_tree(args.tree),
         prompt_format=args.prompt_format,
         sample_timeout_s=args.sample_timeout,
         limit=args.limit,
@@ -136,26 +117,26 @@ def command_line(config, out: Path) -> str:
     for flag, value in (("--device", config.device), ("--dtype", config.dtype), ("--limit", config.limit)):
         if value is not None:
             words += [flag, str(value)]
-    d = config.decoding
-    words += [
-        "--gamma",
-        str(d["gamma"]),
-        "--beam-width",
-        str(d["beam_width"]),
-        "--threshold",
-        str(d["threshold"]),
-    ]
-    words += [] if d["with_replacement"] else ["--without-replacement"]
-    words += ["--temperature", str(d["temperature"]), "--top-k", str(d["top_k"]), "--top-p", str(d["top_p"])]
-    words += ["--max-new-tokens", str(d["max_new_tokens"]), "--seed", str(config.seed)]
+    words += _decoding_words(config.decoding) + ["--seed", str(config.seed)]
     words += ["--repeats", str(config.repeats), "--prompt-format", config.prompt_format]
     if config.sweep is not None:
         words += ["--sweep", f"{config.sweep.param}=" + ",".join(f"{v:g}" for v in config.sweep.values)]
-    if config.tree is not None:
-        words += ["--tree", ",".join(map(str, config.tree))]
     if config.sample_timeout_s is not None:
         words += ["--sample-timeout", f"{config.sample_timeout_s:g}"]
     return shlex.join(words + ["--out", str(out)])
+
+
+def _decoding_words(decoding: dict) -> list[str]:
+    """Flags of the shared decoding options, one per setting (with_replacement is a negative switch)."""
+    words = []
+    for name, value in decoding.items():
+        if name == "with_replacement":
+            words += [] if value else ["--without-replacement"]
+        elif isinstance(value, (tuple, list)):
+            words += [f"--{name.replace('_', '-')}", ",".join(map(str, value))]
+        else:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return words
 
 
 def run(args: argparse.Namespace) -> int:

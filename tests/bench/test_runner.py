@@ -1,0 +1,253 @@
+"""The bench runner's parts: plan, order, seeds, output directory, per-sample records, aggregation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mtad.bench import report
+from mtad.bench.datasets import PromptRecord
+from mtad.bench.energy import NullMeter
+from mtad.bench.machine import PeakMemory
+from mtad.bench.runner import (
+    BenchConfig,
+    BenchContext,
+    Sweep,
+    load_results,
+    plan_variants,
+    prepare_output_dir,
+    run_sample,
+    sample_seed,
+    schedule,
+)
+from mtad.bench.scoring import encode_record, generated_logprobs, uses_chat
+from mtad.errors import ConfigError
+from mtad.models import LoadedModel
+
+DECODING = {
+    "gamma": 4,
+    "beam_width": 4,
+    "threshold": 0.5,
+    "with_replacement": True,
+    "temperature": 1.0,
+    "top_k": 10,
+    "top_p": 0.9,
+    "max_new_tokens": 8,
+}
+
+
+def make_config(**changes) -> BenchConfig:
+    settings = {
+        "dataset": "prompts",
+        "data_path": "/p.jsonl",
+        "methods": ("ar", "sd", "mtad"),
+        "decoding": DECODING,
+        "target": "t",
+        "draft": "d",
+    }
+    return BenchConfig(**(settings | changes))
+
+
+# ---- plan -------------------------------------------------------------------------------------
+
+
+def test_sweep_parsing_and_which_methods_it_affects():
+    assert Sweep.parse("gamma=2,4,6") == Sweep("gamma", (2, 4, 6))
+    assert Sweep.parse("threshold=0.3,0.7").values == (0.3, 0.7)
+    for bad in ("gamma", "alpha=1,2", "gamma=2", "gamma=2,2", "gamma=a,b"):
+        with pytest.raises(ConfigError):
+            Sweep.parse(bad)
+    sweep = Sweep("threshold", (0.3, 0.7))
+    assert sweep.affects("mtad") and not sweep.affects("sd") and not sweep.affects("ar")
+    assert Sweep("gamma", (2, 4)).affects("sd") and not Sweep("gamma", (2, 4)).affects("greedy")
+
+
+def test_plan_variants_validates_every_setting_before_models_load():
+    variants = plan_variants(make_config(sweep=Sweep("threshold", (0.3, 0.7))))
+    assert [v.label for v in variants] == ["ar", "sd", "mtad threshold=0.3", "mtad threshold=0.7"]
+    assert variants[3].params["threshold"] == 0.7 and variants[2].params["threshold"] == 0.3
+    with pytest.raises(ConfigError, match="gamma"):
+        plan_variants(make_config(sweep=Sweep("gamma", (0, 2))))
+    with pytest.raises(ConfigError, match="unknown method"):
+        make_config(methods=("ar", "turbo"))
+    with pytest.raises(ConfigError, match="repeats"):
+        make_config(methods=("ar", "ar"))
+
+
+def test_schedule_interleaves_methods_per_prompt_and_rotates_their_order():
+    records = [PromptRecord("a", "prompts", prompt="x"), PromptRecord("b", "prompts", prompt="y")]
+    variants = plan_variants(make_config())
+    order = [(r.id, repeat, v.label) for r, repeat, v in schedule(records, variants, repeats=2)]
+    assert order[:6] == [
+        ("a", 0, "ar"),
+        ("a", 0, "sd"),
+        ("a", 0, "mtad"),
+        ("a", 1, "sd"),
+        ("a", 1, "mtad"),
+        ("a", 1, "ar"),
+    ]
+    assert len(order) == 12 and len(set(order)) == 12
+
+
+def test_seeds_are_shared_per_prompt_and_repeat_and_stable():
+    assert sample_seed(0, "a", 0) == sample_seed(0, "a", 0)
+    assert (
+        len({sample_seed(0, "a", 0), sample_seed(0, "a", 1), sample_seed(0, "b", 0), sample_seed(1, "a", 0)})
+        == 4
+    )
+
+
+def test_config_hash_ignores_limit_only():
+    assert make_config(limit=2).config_hash() == make_config(limit=5).config_hash()
+    assert make_config().config_hash() != make_config(seed=1).config_hash()
+    assert make_config().config_hash() != make_config(decoding=DECODING | {"gamma": 3}).config_hash()
+
+
+# ---- output directory ---------------------------------------------------------------------------
+
+
+def test_output_dir_accepts_its_own_config_refuses_another_and_overwrite_clears(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="no bench run to resume"):
+        prepare_output_dir(out, make_config(), resume=True, overwrite=False)
+    prepare_output_dir(out, make_config(), resume=False, overwrite=False)
+    (out / "results.jsonl").write_text('{"prompt_id": "a", "variant": "ar", "repeat": 0}\n')
+    prepare_output_dir(out, make_config(limit=9), resume=True, overwrite=False)  # same run, longer
+    with pytest.raises(ConfigError, match=r"different configuration \(seed: 0 -> 1\)"):
+        prepare_output_dir(out, make_config(seed=1), resume=False, overwrite=False)
+    prepare_output_dir(out, make_config(seed=1), resume=False, overwrite=True)
+    assert not (out / "results.jsonl").exists()
+    assert json.loads((out / "config.json").read_text())["config"]["seed"] == 1
+
+
+def test_results_without_config_are_not_adopted(tmp_path):
+    (tmp_path / "results.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="without config.json"):
+        prepare_output_dir(tmp_path, make_config(), resume=False, overwrite=False)
+
+
+def test_load_results_drops_a_half_written_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"prompt_id": "a", "variant": "ar", "repeat": 0}\n{"prompt_id": "b", "vari')
+    assert [r["prompt_id"] for r in load_results(path)] == ["a"]
+    assert path.read_text() == '{"prompt_id": "a", "variant": "ar", "repeat": 0}\n'
+    assert load_results(tmp_path / "missing.jsonl") == []
+
+
+# ---- one sample ---------------------------------------------------------------------------------
+
+
+def test_prompt_formats(tokenizer):
+    code = PromptRecord("HumanEval/0", "humaneval", prompt="w3 w4")
+    chat = PromptRecord("m", "mtbench", messages=({"role": "user", "content": "w5"},))
+    assert not uses_chat(code, "auto") and uses_chat(chat, "raw") and uses_chat(code, "chat")
+    assert uses_chat(PromptRecord("p", "prompts", prompt="w3"), "auto")
+    with pytest.raises(ConfigError):
+        uses_chat(code, "fancy")
+    # The tiny tokenizer has no chat template: everything is encoded raw.
+    assert encode_record(code, tokenizer) == [3, 4]
+    assert encode_record(chat, tokenizer) == [5]
+
+
+def test_generated_logprobs_score_only_the_generated_tokens_at_temperature_1(target):
+    prompt, generated = [0, 5, 7], [3, 9, 2]
+    logprobs = generated_logprobs(target, prompt, generated)
+    with torch.no_grad():
+        full = torch.log_softmax(target(torch.tensor([prompt + generated])).logits[0].float(), dim=-1)
+    expected = [full[len(prompt) - 1 + i, token].item() for i, token in enumerate(generated)]
+    assert logprobs == pytest.approx(expected, abs=1e-5)
+    assert generated_logprobs(target, prompt, []) == []
+
+
+def make_context(target, draft, tokenizer, **changes) -> BenchContext:
+    config = make_config(**changes)
+    cpu = torch.device("cpu")
+    return BenchContext(
+        LoadedModel(target, tokenizer, "t"),
+        LoadedModel(draft, tokenizer, "d"),
+        config,
+        NullMeter(),
+        PeakMemory(cpu),
+    )
+
+
+def test_run_sample_records_metrics(target, draft, tokenizer):
+    context = make_context(target, draft, tokenizer)
+    variant = plan_variants(context.config)[1]  # sd
+    record = PromptRecord("a", "prompts", prompt="w3 w5")
+    row = run_sample(context, record, [0, 3, 5], variant, repeat=0)
+    assert row["status"] == "ok" and row["method"] == "sd" and row["seed"] == sample_seed(0, "a", 0)
+    assert 1 <= row["new_tokens"] <= 8 and len(row["logprobs"]) == row["new_tokens"]
+    assert row["perplexity"] == pytest.approx(math.exp(-sum(row["logprobs"]) / row["new_tokens"]), rel=1e-4)
+    assert sum(row["drafted_per_position"]) == row["drafted_tokens"] > 0
+    assert row["joules"] is None and row["joules_per_token"] is None and row["peak_memory_mb"] > 0
+    assert row["task"] is None
+    json.dumps(row, allow_nan=False)  # strict JSON: undefined values are null
+
+
+def test_a_failing_or_timed_out_sample_is_recorded_and_does_not_raise(target, draft, tokenizer):
+    context = make_context(target, draft, tokenizer, sample_timeout_s=1e-9)
+    variant = plan_variants(context.config)[0]
+    record = PromptRecord("a", "prompts", prompt="w3")
+    row = run_sample(context, record, [0, 3], variant, repeat=0)
+    assert row["status"] == "failed" and "sample timeout" in row["reason"]
+    context = make_context(target, draft, tokenizer)
+    too_long = [3] * 300  # past the tiny model's 256 positions
+    row = run_sample(context, record, too_long, variant, repeat=0)
+    assert row["status"] == "failed" and row["reason"].startswith("ContextLengthError")
+
+
+# ---- aggregation -------------------------------------------------------------------------------
+
+
+def row(prompt, variant, repeat, ms, *, drafted=(), accepted=(), correct=None, status="ok", new_tokens=10):
+    return {
+        "prompt_id": prompt,
+        "variant": variant,
+        "method": variant,
+        "repeat": repeat,
+        "params": {"method": variant, "gamma": 2},
+        "status": status,
+        "new_tokens": new_tokens,
+        "target_calls": 5,
+        "draft_calls": 2 * len(drafted),
+        "drafted_tokens": sum(drafted),
+        "accepted_tokens": sum(accepted),
+        "drafted_per_position": list(drafted),
+        "accepted_per_position": list(accepted),
+        "tokens_per_s": 1000 / ms,
+        "ms_per_token": ms,
+        "logprobs": [-1.0] * new_tokens,
+        "joules": None,
+        "peak_memory_mb": 100.0,
+        "task": None if correct is None else {"metric": "pass@1", "correct": correct, "detail": ""},
+    }
+
+
+def test_summary_pairs_speedups_pools_counts_and_counts_failures_as_wrong():
+    rows = [
+        row("a", "ar", 0, 10.0, correct=False),
+        row("b", "ar", 0, 20.0, correct=True),
+        row("a", "sd", 0, 5.0, drafted=(5, 4), accepted=(4, 2), correct=True),
+        row("b", "sd", 0, 40.0, drafted=(3, 3), accepted=(3, 0), correct=True),
+        row("c", "sd", 0, 1.0, status="failed"),
+    ]
+    ar, sd = report.summarize(rows, ["ar", "sd"])
+    assert ar.speedup.median == 1.0 and math.isnan(ar.acceptance_rate)
+    # Paired per prompt: a 10/5 = 2, b 20/40 = 0.5; the failed sample has no speed.
+    assert (sd.speedup.median, sd.speedup.q1, sd.speedup.q3) == pytest.approx((1.25, 0.875, 1.625))
+    assert sd.speedup.n == 2
+    assert sd.acceptance_rate == pytest.approx(9 / 15)
+    assert sd.acceptance_per_position == pytest.approx([7 / 8, 2 / 7])
+    assert sd.block_efficiency == 2.0 and sd.draft_forwards_per_token == pytest.approx(8 / 20)
+    assert sd.perplexity_token_weighted == pytest.approx(math.e)
+    assert (sd.samples, sd.failed) == (2, 1)
+    assert sd.task_score.estimate == pytest.approx(2 / 3)  # the failed sample counts as wrong
+    assert ar.task_score.estimate == 0.5 and ar.task_metric == "pass@1"
+    assert sd.joules_per_token is None
+    without_baseline = report.summarize([r for r in rows if r["variant"] == "sd"], ["ar", "sd"])
+    assert len(without_baseline) == 1 and without_baseline[0].speedup is None
+    assert "n/a (no ar in --methods)" in report.speed_table(without_baseline)
