@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mtad.config import REFERENCES
 from mtad.sampling import normalise, sample
+from mtad.tree import path_to
 
 
 @dataclass(frozen=True)
@@ -110,3 +112,125 @@ def _token_probs(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 def _next_from_p(p: torch.Tensor, accepted: torch.Tensor, generator: torch.Generator) -> Verdict:
     row = torch.arange(p.shape[0], device=p.device)
     return Verdict(accepted, sample(p[row, accepted], generator))
+
+
+# --- Trees (batch of one prompt): node i has token tokens[i] and parent parents[i] (-1 = root). ---
+# p and q are [1 + nodes, vocab]: row 0 after the root context, row 1 + i after node i.
+
+
+@dataclass(frozen=True)
+class TreeVerdict:
+    path: list[int]  # accepted node indices, root's child first
+    next_token: int  # recovered or bonus token after the path
+
+
+def reference_log_joints(
+    log_joint: torch.Tensor, depths: torch.Tensor, parents: torch.Tensor, best_leaf: int, rule: str
+) -> torch.Tensor:
+    """MMTAD's reference draft joint for every node [nodes] (log), by the named rule:
+
+    best: the best final beam's own prefix at the node's depth (the authors' intent; their code
+          reads a misaligned beam slot), max: the largest draft joint among nodes of that depth (an
+          older version), own: the node's own draft joint (a per-node likelihood ratio).
+    """
+    if rule == "own":
+        return log_joint.clone()
+    max_depth = int(depths.max())
+    per_depth = torch.full((max_depth + 1,), -math.inf, dtype=log_joint.dtype)
+    if rule == "max":
+        per_depth = per_depth.scatter_reduce(0, depths, log_joint, reduce="amax")
+    elif rule == "best":
+        node = best_leaf
+        while node >= 0:
+            per_depth[depths[node]] = log_joint[node]
+            node = int(parents[node])
+    else:
+        raise ValueError(f"unknown reference rule {rule!r}; allowed: {', '.join(REFERENCES)}")
+    return per_depth[depths]
+
+
+def mmtad_tree(
+    p: torch.Tensor,
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    reference: torch.Tensor,
+    generator: torch.Generator,
+    threshold: float,
+) -> TreeVerdict:
+    """MMTAD: accept the path to the deepest node whose target joint / reference joint > tau.
+
+    Ties at that depth go to the higher target joint. Then one token from p after the path (at the
+    root when no node passes). Deterministic test, not lossless — MTAD's rule over many candidates.
+    """
+    log_target = _tree_log_joint(p, tokens, parents)  # [nodes]
+    passing = (log_target - reference) > math.log(threshold)
+    depths = _depths(parents)
+    best, best_key = -1, (0, -math.inf)
+    for node in torch.nonzero(passing).flatten().tolist():
+        key = (depths[node], float(log_target[node]))
+        if key > best_key:
+            best, best_key = node, key
+    path = path_to(best, parents)
+    return TreeVerdict(path, int(sample(p[best + 1].unsqueeze(0), generator)))
+
+
+def specinfer_tree(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    generator: torch.Generator,
+    with_replacement: bool = True,
+) -> TreeVerdict:
+    """Multi-candidate speculative sampling down a token tree (SpecInfer; MCSD). Lossless.
+
+    At a node with target p and draft q, try its children in order: accept child x with
+    probability min(1, p(x) / q(x)) and descend; on rejection p <- normalise(max(p - q, 0)) and,
+    for children drawn without replacement, q(x) <- 0 and q renormalised. When no child is
+    accepted, draw from the current p; at an accepted leaf, a bonus token from p after it.
+    """
+    children: dict[int, list[int]] = {}
+    for node, parent in enumerate(parents.tolist()):
+        children.setdefault(parent, []).append(node)
+    node, path = -1, []
+    target, draft = p[0], q[0]
+    while children.get(node):
+        for child in children[node]:
+            x = int(tokens[child])
+            u = float(torch.rand((), generator=generator, device=p.device))
+            if u * draft[x] < target[x]:
+                node = child
+                break
+            target = _residual(target, draft)
+            if not with_replacement:
+                draft = draft.clone()
+                draft[x] = 0
+                draft = normalise(draft) if draft.sum() > 0 else draft
+        else:
+            return TreeVerdict(path, int(sample(target.unsqueeze(0), generator)))
+        path.append(node)
+        target, draft = p[node + 1], q[node + 1]
+    return TreeVerdict(path, int(sample(target.unsqueeze(0), generator)))
+
+
+def _residual(target: torch.Tensor, draft: torch.Tensor) -> torch.Tensor:
+    residual = (target - draft).clamp_min(0)
+    # No residual mass means p <= q everywhere, i.e. p == q: rejection had probability 0.
+    return normalise(residual) if residual.sum() > 0 else target
+
+
+def _tree_log_joint(p: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+    """log prod p(token | path) over each node's root-to-node path [nodes] (parents precede children)."""
+    token_probs = p[parents + 1, tokens].double()  # p row of the parent context
+    log_p = torch.where(token_probs > 0, token_probs.log(), torch.full_like(token_probs, -math.inf))
+    joint = torch.empty_like(log_p)
+    for node, parent in enumerate(parents.tolist()):
+        joint[node] = log_p[node] + (joint[parent] if parent >= 0 else 0.0)
+    return joint
+
+
+def _depths(parents: torch.Tensor) -> list[int]:
+    depths: list[int] = []
+    for parent in parents.tolist():
+        depths.append(depths[parent] + 1 if parent >= 0 else 1)
+    return depths

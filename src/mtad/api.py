@@ -23,6 +23,8 @@ def stream(
     beam_width: int = 4,
     threshold: float = 0.5,
     with_replacement: bool = True,
+    tree: Sequence[int] = (4, 2, 2),
+    reference: str = "best",
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -35,8 +37,8 @@ def stream(
     """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end."""
     spec, sampling = validate_settings(
         method=method, gamma=gamma, beam_width=beam_width, threshold=threshold,
-        with_replacement=with_replacement, temperature=temperature, top_k=top_k, top_p=top_p,
-        max_new_tokens=max_new_tokens, seed=seed,
+        with_replacement=with_replacement, tree=tree, reference=reference, temperature=temperature,
+        top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
     )  # fmt: skip
     prompt = _prompt_tensor(input_ids, tokenizer)
     stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
@@ -58,6 +60,8 @@ def validate_settings(
     beam_width: int = 4,
     threshold: float = 0.5,
     with_replacement: bool = True,
+    tree: Sequence[int] = (4, 2, 2),
+    reference: str = "best",
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -65,7 +69,8 @@ def validate_settings(
     seed: int | None = None,
 ) -> tuple[SpeculationConfig, SamplingConfig]:
     """Check every decoding setting at once (before any model is loaded, where callers can)."""
-    spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement)
+    tree = tuple(tree) if isinstance(tree, (list, tuple)) else tree
+    spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement, tree, reference)
     sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
     StopConfig(max_new_tokens)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
@@ -79,13 +84,14 @@ def generate(
     input_ids: Sequence[int] | torch.Tensor | str,
     **settings,
 ) -> GenerationResult:
-    """Decode with `method` (ar, greedy, sd, mtad, mtjd) and return tokens, text and statistics.
+    """Decode with `method` (see `mtad.METHODS`) and return tokens, text and statistics.
 
     `input_ids`: token ids of the prompt (a list, or a tensor [len] / [1, len]), or a string when
     `tokenizer` is given (encoded as is; apply a chat template first if you want one).
     `eos_token_id`: None takes the target's generation config; [] disables EOS.
-    Lossless methods (`ar`, `greedy`, `sd`) sample exactly the warped target distribution;
-    `mtad` and `mtjd` deliberately do not (see `mtad.acceptance`).
+    `tree` (specinfer): branching per depth, e.g. (4, 2, 2). `reference` (mmtad): best, max or own.
+    Lossless methods (`ar`, `greedy`, `sd`, `specinfer`) sample exactly the warped target
+    distribution; `mtad`, `mmtad` and `mtjd` deliberately do not (see `mtad.acceptance`).
     """
     generation = stream(target, draft, input_ids, **settings)
     for _ in generation:

@@ -6,6 +6,7 @@ never re-encoded: a forward feeds only what the cache lacks.
 
 Rollback has one named operation per shape:
 - `truncate(length)`: a chain of tokens was rejected after `length`.
+- `keep(positions)`: a verified tree keeps the context and its accepted path (gather, compact).
 - `repeat(rows)` / `reorder(indices)` / `select(row)`: beams of the draft's beam sampling.
 """
 
@@ -26,6 +27,7 @@ class CachedModel:
         self.model = model
         self.vocab_size = vocab_size
         self.device = model.get_input_embeddings().weight.device
+        self.dtype = model.get_input_embeddings().weight.dtype
         self.cache = DynamicCache(config=model.config)
         self.calls = 0
 
@@ -34,11 +36,22 @@ class CachedModel:
         return self.cache.get_seq_length()
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, keep: int = 1) -> torch.Tensor:
-        """Feed `tokens` [rows, m] after the cache; logits of the last `keep` positions [rows, keep, V]."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        keep: int = 1,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Feed `tokens` [rows, m] after the cache; logits of the last `keep` positions [rows, keep, V].
+
+        Tree attention passes `position_ids` [rows, m] and a 4D additive `attention_mask`
+        [rows, 1, m, cached + m] (see `mtad.tree.tree_inputs`); plain causal decoding passes neither.
+        """
         out = self.model(
-            input_ids=tokens.to(self.device), cache=self.cache, use_cache=True, logits_to_keep=keep
-        )
+            input_ids=tokens.to(self.device), cache=self.cache, use_cache=True, logits_to_keep=keep,
+            position_ids=position_ids, attention_mask=attention_mask,
+        )  # fmt: skip
         self.calls += 1
         return self._align_vocab(out.logits[:, -keep:].float())
 
@@ -56,6 +69,14 @@ class CachedModel:
         excess = self.length - length
         if excess > 0:
             self.cache.crop(-excess)
+
+    def keep(self, positions: torch.Tensor) -> None:
+        """Keep only the cached `positions` (ascending), compacted: a tree pruned to its accepted path."""
+        positions = positions.to(self.device)
+        for layer in self.cache.layers:
+            if layer.is_initialized:
+                layer.keys = layer.keys.index_select(-2, positions)
+                layer.values = layer.values.index_select(-2, positions)
 
     def repeat(self, rows: int) -> None:
         """One cache row becomes `rows` identical rows (beams that share the prefix)."""

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from mtad.errors import ConfigError
 
 #: Every decoding method, by the name users type.
-METHODS = ("ar", "greedy", "sd", "mtad", "mtjd")
+METHODS = ("ar", "greedy", "sd", "mtad", "mmtad", "specinfer", "mtjd")
 #: Methods that need a draft model.
-DRAFTED_METHODS = ("sd", "mtad")
+DRAFTED_METHODS = ("sd", "mtad", "mmtad", "specinfer")
+#: MMTAD's per-depth reference draft joint: best final beam's prefix, max over beams, node's own.
+REFERENCES = ("best", "max", "own")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,10 @@ class SpeculationConfig:
 
     gamma: draft tokens per round. beam_width: beams of the draft's beam sampling (mtad, mtjd).
     threshold: tau, MTAD's joint-likelihood-ratio threshold, in (0, 1].
-    with_replacement: beam sampling draws (beam, token) pairs with replacement (the paper) or without.
+    with_replacement: beam sampling draws (beam, token) pairs with replacement (the paper) or without;
+    SpecInfer draws each node's children with or without replacement.
+    tree: SpecInfer's branching config, e.g. (4, 2, 2) = 4 + 8 + 16 nodes, depth 3 (gamma is its depth).
+    reference: MMTAD's reference draft joint per depth (see `mtad.acceptance.reference_log_joints`).
     """
 
     method: str = "mtad"
@@ -57,6 +62,8 @@ class SpeculationConfig:
     beam_width: int = 4
     threshold: float = 0.5
     with_replacement: bool = True
+    tree: tuple[int, ...] = (4, 2, 2)
+    reference: str = "best"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -67,6 +74,21 @@ class SpeculationConfig:
             raise ConfigError(f"beam_width must be an integer >= 1, got {self.beam_width!r}")
         if not _is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
             raise ConfigError(f"threshold must be in (0, 1], got {self.threshold!r}")
+        if (
+            not isinstance(self.tree, tuple)
+            or not self.tree
+            or not all(_is_int(b) and b >= 1 for b in self.tree)
+        ):
+            raise ConfigError(
+                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2), got {self.tree!r}"
+            )
+        if self.reference not in REFERENCES:
+            raise ConfigError(f"unknown reference {self.reference!r}; allowed: {', '.join(REFERENCES)}")
+
+    @property
+    def depth(self) -> int:
+        """Draft tokens per round along one path: gamma, or the SpecInfer tree's depth."""
+        return len(self.tree) if self.method == "specinfer" else self.gamma
 
     @property
     def needs_draft(self) -> bool:

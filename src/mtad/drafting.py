@@ -8,6 +8,7 @@ tokens (the last draft token is never fed); the engine truncates it after accept
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig
 from mtad.sampling import normalise, sample, warp
+from mtad.tree import TreeBuffers, paths_from_parents, tree_from_paths, tree_inputs
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,121 @@ def _draw(
     if not with_replacement:
         count = min(count, int((weights > 0).sum()))
     return torch.multinomial(normalise(weights), count, replacement=with_replacement, generator=generator)
+
+
+@dataclass(frozen=True)
+class TreeProposal:
+    """A draft token tree. Node i carries tokens[i]; the draft cache holds the context followed by
+    every node above the last depth, in node order (the last depth is never fed)."""
+
+    tokens: torch.Tensor  # [nodes] draft tokens in node order
+    tree: TreeBuffers
+    probs: torch.Tensor  # [1 + nodes, vocab] q at the root context and after each fed node (0 elsewhere)
+    log_joint: torch.Tensor  # [nodes] log q of each node's root-to-node path
+    best_leaf: int  # the final beam with the largest draft joint (beam trees), else -1
+
+
+class _TreeBuilder:
+    """Grows a draft tree depth by depth; each depth's frontier is fed in one tree-masked forward."""
+
+    def __init__(self, drafter: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> None:
+        self.drafter, self.sampling = drafter, sampling
+        self.context = sequence.shape[1]
+        root = warp(drafter.forward(sequence[:, drafter.length :])[:, -1], sampling)[0]  # [vocab]
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.log_joint: list[float] = []
+        self.rows: dict[int, torch.Tensor] = {-1: root}  # q after the root (-1) and after fed nodes
+
+    def add(self, parents: list[int], tokens: list[int]) -> list[int]:
+        """Append children (grouped by parent, parents in node order); returns their node indices."""
+        start = len(self.tokens)
+        for parent, token in zip(parents, tokens, strict=True):
+            self.log_joint.append(
+                (self.log_joint[parent] if parent >= 0 else 0.0) + _log(self.rows[parent][token])
+            )
+        self.tokens += tokens
+        self.parents += parents
+        return list(range(start, len(self.tokens)))
+
+    def expand(self, frontier: list[int]) -> torch.Tensor:
+        """Feed the frontier nodes (tree attention); q after each of them [len(frontier), vocab]."""
+        tree = tree_from_paths(paths_from_parents(self.parents))
+        positions, mask = tree_inputs(tree, self.context, pending=0, fed=frontier[0], new=len(frontier),
+                                      dtype=self.drafter.dtype, device=self.drafter.device)  # fmt: skip
+        feed = torch.tensor([[self.tokens[i] for i in frontier]])
+        logits = self.drafter.forward(feed, keep=len(frontier), position_ids=positions, attention_mask=mask)
+        q = warp(logits[0], self.sampling)
+        self.rows.update({node: q[k] for k, node in enumerate(frontier)})
+        return q
+
+    def proposal(self, best_leaf: int = -1) -> TreeProposal:
+        root = self.rows[-1]
+        probs = torch.stack(
+            [root] + [self.rows.get(i, torch.zeros_like(root)) for i in range(len(self.tokens))]
+        )
+        return TreeProposal(
+            tokens=torch.tensor(self.tokens, dtype=torch.long),
+            tree=tree_from_paths(paths_from_parents(self.parents)),
+            probs=probs,
+            log_joint=torch.tensor(self.log_joint, dtype=torch.float64),
+            best_leaf=best_leaf,
+        )
+
+
+def beam_tree(
+    drafter: CachedModel,
+    sequence: torch.Tensor,
+    n: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+    *,
+    width: int,
+    with_replacement: bool = True,
+) -> TreeProposal:
+    """MMTAD's draft: the beam sampling of `beam_sample`, keeping every beam of every step as a tree.
+
+    Same draws as `beam_sample` (with width 1 the two are identical); the beams of a step are fed
+    together with tree attention on one shared cache instead of as separate cache rows.
+    """
+    builder = _TreeBuilder(drafter, sequence, sampling)
+    root = builder.rows[-1]
+    first = _draw(root, width, with_replacement, generator)
+    weights = normalise(root[first])
+    frontier = builder.add([-1] * len(first), first.tolist())
+    for _ in range(1, n):
+        q = builder.expand(frontier)  # [beams, vocab]
+        scores = (weights.unsqueeze(-1) * q).flatten()
+        picked = _draw(scores, width, with_replacement, generator).sort().values  # grouped by parent
+        weights = normalise(scores[picked])
+        parent, token = picked // q.shape[-1], picked % q.shape[-1]
+        frontier = builder.add([frontier[b] for b in parent.tolist()], token.tolist())
+    return builder.proposal(best_leaf=frontier[int(weights.argmax())])
+
+
+def branching_tree(
+    drafter: CachedModel,
+    sequence: torch.Tensor,
+    branching: tuple[int, ...],
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+    *,
+    with_replacement: bool = True,
+) -> TreeProposal:
+    """SpecInfer's token tree: branching[d] children drawn from q after every node of depth d."""
+    builder = _TreeBuilder(drafter, sequence, sampling)
+    frontier = [-1]
+    for depth, fanout in enumerate(branching):
+        q = builder.rows[-1].unsqueeze(0) if depth == 0 else builder.expand(frontier)
+        parents, tokens = [], []
+        for k, node in enumerate(frontier):
+            children = _draw(q[k], fanout, with_replacement, generator).tolist()
+            parents += [node] * len(children)
+            tokens += children
+        frontier = builder.add(parents, tokens)
+    return builder.proposal()
+
+
+def _log(probability: torch.Tensor) -> float:
+    value = float(probability)
+    return math.log(value) if value > 0 else -math.inf

@@ -28,9 +28,18 @@ from transformers import PreTrainedModel
 from mtad import acceptance
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
-from mtad.drafting import Proposal, beam_sample, chain_sample, empty_proposal
+from mtad.drafting import (
+    Proposal,
+    TreeProposal,
+    beam_sample,
+    beam_tree,
+    branching_tree,
+    chain_sample,
+    empty_proposal,
+)
 from mtad.sampling import warp
 from mtad.stopping import Stopper
+from mtad.tree import tree_inputs
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Stats:
     accepted_tokens: int = 0
     drafted_per_position: list[int] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
+    tree_nodes: int = 0  # draft tree nodes the target verified, summed over rounds (tree methods)
     wall_time_s: float = 0.0
 
     @property
@@ -70,6 +80,10 @@ class Stats:
         return 1000 * self.wall_time_s / self.new_tokens if self.new_tokens else 0.0
 
     @property
+    def mean_tree_size(self) -> float:
+        return self.tree_nodes / self.rounds if self.rounds else 0.0
+
+    @property
     def acceptance_per_position(self) -> list[float]:
         return [
             a / d if d else 0.0
@@ -87,14 +101,17 @@ class Stats:
             "acceptance_rate",
             "block_efficiency",
             "acceptance_per_position",
+            "tree_nodes",
+            "mean_tree_size",
             "wall_time_s",
             "tokens_per_s",
             "ms_per_token",
         )
         return {name: getattr(self, name) for name in names}
 
-    def record_round(self, drafted: int, accepted: int) -> None:
+    def record_round(self, drafted: int, accepted: int, tree_nodes: int = 0) -> None:
         self.rounds += 1
+        self.tree_nodes += tree_nodes
         self.drafted_tokens += drafted
         self.accepted_tokens += accepted
         grow = max(0, drafted - len(self.drafted_per_position))
@@ -131,18 +148,67 @@ class GenerationResult:
         }
 
 
-Proposer = Callable[[CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Proposal]
+Proposer = Callable[
+    [CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Proposal | TreeProposal
+]
+#: (p, proposal, generator) -> (accepted node indices, next token). Chains' nodes are 0..n-1.
+Acceptor = Callable[[torch.Tensor, Proposal | TreeProposal, torch.Generator], tuple[list[int], int]]
 
 
-def _method_parts(spec: SpeculationConfig) -> tuple[Proposer | None, Callable]:
-    """(proposer, acceptance rule) for a method; proposer None = nothing drafted."""
-    beams = partial(beam_sample, width=spec.beam_width, with_replacement=spec.with_replacement)
+def _chain_rule(rule: Callable) -> Acceptor:
+    def accept(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> tuple[list[int], int]:
+        verdict = rule(p, proposal.probs, proposal.tokens, generator)
+        return list(range(int(verdict.accepted[0]))), int(verdict.next_token[0])
+
+    return accept
+
+
+def _mmtad_rule(spec: SpeculationConfig) -> Acceptor:
+    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
+        tree = proposal.tree
+        reference = acceptance.reference_log_joints(
+            proposal.log_joint, tree.depths, tree.parents, proposal.best_leaf, spec.reference
+        )
+        verdict = acceptance.mmtad_tree(
+            p[0], proposal.tokens, tree.parents, reference, generator, spec.threshold
+        )
+        return verdict.path, verdict.next_token
+
+    return accept
+
+
+def _specinfer_rule(spec: SpeculationConfig) -> Acceptor:
+    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
+        verdict = acceptance.specinfer_tree(
+            p[0], proposal.probs, proposal.tokens, proposal.tree.parents, generator, spec.with_replacement
+        )
+        return verdict.path, verdict.next_token
+
+    return accept
+
+
+_TARGET_ONLY = _chain_rule(acceptance.accept_none)  # rounds with nothing drafted (budget of one token)
+
+
+def _method_parts(spec: SpeculationConfig) -> tuple[Proposer | None, Acceptor]:
+    """(proposer, acceptor) for a method; proposer None = nothing drafted."""
+    beams = {"width": spec.beam_width, "with_replacement": spec.with_replacement}
+
+    def specinfer_tree(drafter, sequence, n, sampling, generator):  # depth n <= len(tree) near the budget
+        return branching_tree(drafter, sequence, spec.tree[:n], sampling, generator,
+                              with_replacement=spec.with_replacement)  # fmt: skip
+
     return {
-        "ar": (None, acceptance.accept_none),
-        "greedy": (None, acceptance.accept_none),
-        "sd": (chain_sample, acceptance.speculative),
-        "mtad": (beams, partial(acceptance.mtad_joint, threshold=spec.threshold)),
-        "mtjd": (beams, acceptance.accept_all),
+        "ar": (None, _TARGET_ONLY),
+        "greedy": (None, _TARGET_ONLY),
+        "sd": (chain_sample, _chain_rule(acceptance.speculative)),
+        "mtad": (
+            partial(beam_sample, **beams),
+            _chain_rule(partial(acceptance.mtad_joint, threshold=spec.threshold)),
+        ),
+        "mmtad": (partial(beam_tree, **beams), _mmtad_rule(spec)),
+        "specinfer": (specinfer_tree, _specinfer_rule(spec)),
+        "mtjd": (partial(beam_sample, **beams), _chain_rule(acceptance.accept_all)),
     }[spec.method]
 
 
@@ -190,36 +256,28 @@ class Generation:
         while finish is None:
             budget = stopper.stop.max_new_tokens - len(generated)
             # Draft no more than the budget can hold: the round always adds one target token.
-            n = min(self.spec.gamma, budget - 1) if proposer else 0
+            n = min(self.spec.depth, budget - 1) if proposer else 0
             # 1. propose
             if n > 0:
                 proposal = proposer(drafter, sequence, n, self.sampling, generators.on(drafter.device))
             else:
                 proposal = empty_proposal(sequence, self.vocab_size)
-            tokens = proposal.tokens.to(target.device)  # [1, n]
-            q = proposal.probs.to(target.device)  # [1, n, vocab]
-            # 2. verify: feed what the target has not seen (pending tokens + block) in one forward
-            feed = torch.cat([sequence, tokens], dim=1)[:, target.length :]
-            keep = min(n + 1, feed.shape[1])
-            p = warp(target.forward(feed, keep=keep), self.sampling)  # [1, keep, vocab]
-            if keep < n + 1:  # the target drafted the block itself: its q rows are its p rows
-                p = torch.cat([q[:, : n + 1 - keep], p], dim=1)
+            # 2. verify: one target forward over what it has not seen (pending tokens + block or tree)
+            p = self._verify(sequence, proposal)
             # 3. accept
-            verdict = accept(p, q, tokens, generators.on(target.device))
-            accepted = int(verdict.accepted[0])
+            path, next_token = (accept if n > 0 else _TARGET_ONLY)(p, proposal, generators.on(target.device))
             # 4. commit (stop conditions first: nothing past them is appended or streamed)
-            block = tokens[0, :accepted].tolist() + [int(verdict.next_token[0])]
-            block, finish = stopper.cut(generated, block)
-            # 5. roll back: cache entries past the old sequence + accepted draft tokens are stale
-            valid = sequence.shape[1] + min(accepted, len(block))
-            target.truncate(valid)
-            if drafter is not None:
-                drafter.truncate(valid)
+            node_tokens = proposal.tokens.flatten().tolist()
+            block, finish = stopper.cut(generated, [node_tokens[i] for i in path] + [next_token])
+            # 5. roll back both caches to the committed prefix
+            self._roll_back(sequence.shape[1], path[: len(block)], proposal)
             generated += block
             sequence = torch.cat([sequence, torch.tensor([block], device=sequence.device)], dim=1)
             self.sequence = sequence  # prompt + committed tokens, for inspection between blocks
             # 6. statistics
-            stats.record_round(n, accepted)
+            stats.record_round(
+                n, len(path), tree_nodes=len(node_tokens) if isinstance(proposal, TreeProposal) else 0
+            )
             text_delta = ""
             if self.tokenizer is not None:
                 text = stopper.decode(generated)
@@ -232,6 +290,37 @@ class Generation:
         stats.draft_calls = drafter.calls if drafter is not None and drafter is not target else 0
         text = stopper.decode(generated) if self.tokenizer is not None else None
         self.result = GenerationResult(generated, text, stats, finish, self.seed)
+
+    def _verify(self, sequence: torch.Tensor, proposal: Proposal | TreeProposal) -> torch.Tensor:
+        """Target distributions [1, 1 + nodes, vocab]: after the context, then after each node."""
+        target = self.target
+        pending = sequence[:, target.length :]  # committed tokens the target has not seen
+        if isinstance(proposal, TreeProposal):
+            nodes = proposal.tokens.numel()
+            positions, mask = tree_inputs(proposal.tree, sequence.shape[1], pending.shape[1], 0, nodes,
+                                          dtype=target.dtype, device=target.device)  # fmt: skip
+            feed = torch.cat([pending, proposal.tokens.unsqueeze(0).to(pending.device)], dim=1)
+            logits = target.forward(feed, keep=nodes + 1, position_ids=positions, attention_mask=mask)
+            return warp(logits, self.sampling)
+        n = proposal.tokens.shape[1]
+        feed = torch.cat([sequence, proposal.tokens.to(sequence.device)], dim=1)[:, target.length :]
+        keep = min(n + 1, feed.shape[1])
+        p = warp(target.forward(feed, keep=keep), self.sampling)  # [1, keep, vocab]
+        if keep < n + 1:  # the target drafted the block itself (MTJD): its q rows are its p rows
+            p = torch.cat([proposal.probs[:, : n + 1 - keep].to(p.device), p], dim=1)
+        return p
+
+    def _roll_back(self, context: int, path: list[int], proposal: Proposal | TreeProposal) -> None:
+        """Keep the cached context plus the committed draft nodes; everything else is stale."""
+        models = [m for m in (self.target, self.drafter) if m is not None]
+        if not isinstance(proposal, TreeProposal):  # a chain: the committed nodes are a prefix
+            for model in models:
+                model.truncate(context + len(path))
+            return
+        for model in models:
+            fed = model.length - context  # the target fed every node, the draft all but the last depth
+            kept = [context + node for node in path if node < fed]
+            model.keep(torch.cat([torch.arange(context), torch.tensor(kept, dtype=torch.long)]))
 
 
 class _Generators:

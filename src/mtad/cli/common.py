@@ -26,12 +26,25 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad"
         "--beam-width", type=int, default=4, help="beams of the draft's beam sampling (default 4)"
     )
     group.add_argument("--threshold", type=float, default=0.5, help="MTAD acceptance threshold tau in (0, 1]")
-    group.add_argument("--without-replacement", action="store_true", help="beam sampling without replacement")
+    group.add_argument(
+        "--without-replacement", action="store_true", help="beam/tree sampling without replacement"
+    )
+    group.add_argument("--tree", type=_branching, default=(4, 2, 2), help="specinfer branching, e.g. 4,2,2")
+    group.add_argument("--reference", default="best", help="mmtad reference joint: best, max or own")
     group.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     group.add_argument("--top-k", type=int, default=10, help="0 = off (default 10, the paper's)")
     group.add_argument("--top-p", type=float, default=0.9, help="1 = off (default 0.9, the paper's)")
     group.add_argument("--max-new-tokens", type=int, default=128, help="exact upper bound (default 128)")
     group.add_argument("--seed", type=int, default=None, help="same seed, same output")
+
+
+def _branching(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid tree {text!r}; allowed: comma-separated integers like 4,2,2"
+        ) from None
 
 
 def decoding_settings(args: argparse.Namespace) -> dict:
@@ -42,6 +55,8 @@ def decoding_settings(args: argparse.Namespace) -> dict:
         "beam_width": args.beam_width,
         "threshold": args.threshold,
         "with_replacement": not args.without_replacement,
+        "tree": args.tree,
+        "reference": args.reference,
         "temperature": args.temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
