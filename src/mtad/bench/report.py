@@ -386,6 +386,6 @@ def render_report(
         parts += ["## Plots", ""] + [f"![{caption}]({name})" for caption, name in plots] + [""]
     parts += ["## Failed samples", "", _failures(rows), ""]
     parts += ["## Setup", "", _table(["setting", "value"], [[k, f"`{v}`"] for k, v in setup.items()]), ""]
-    parts += ["## Machine", "", _table(["", ""], [[k, str(v)] for k, v in machine.items()]), ""]
+    parts += ["## Machine", "", _table(["item", "value"], [[k, str(v)] for k, v in machine.items()]), ""]
     parts += ["## Definitions", "", _DEFINITIONS, ""]
     return "\n".join(parts)
