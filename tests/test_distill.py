@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def test_loss_goes_down_and_the_draft_is_a_plain_model(target_dir, data_dir, tmp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     draft = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
-    assert draft.config.num_hidden_layers == 2 and draft.config.vocab_size == VOCAB
+    assert draft.config.num_hidden_layers == 1 and draft.config.vocab_size == VOCAB
     assert AutoTokenizer.from_pretrained(tmp_path / "run").get_vocab() == _tokenizer(VOCAB).get_vocab()
     manifest = json.loads((data_dir / "data_manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] == 12 and manifest["generated_tokens"] > 0
@@ -174,3 +175,22 @@ def test_batches_walk_seeded_epochs_and_train_only_answer_positions():
                     topk_logp=torch.zeros(6, 2, dtype=torch.float16))  # fmt: skip
     batch = make_batch([sample], seq_len=8)
     assert batch["columns"].tolist() == [3, 4, 5, 6] and batch["topk_ids"].shape == (4, 2)
+
+
+def test_more_samples_only_add_shards(target_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtad.distill.data import prepare_data
+
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(target_dir),
+        AutoTokenizer.from_pretrained(target_dir),
+    )
+    small, _ = prepare_data(model, tokenizer, tmp_path, DATA, "t")
+    first = (tmp_path / "train_00000.pt").stat().st_mtime_ns
+    grown, _ = prepare_data(model, tokenizer, tmp_path, replace(DATA, train_samples=18), "t")
+    assert len(small) == 12 and len(grown) == 18
+    assert (tmp_path / "train_00000.pt").stat().st_mtime_ns == first
+    assert all(torch.equal(a.ids, b.ids) for a, b in zip(small, grown[:12], strict=False))
+    with pytest.raises(Exception, match="other settings"):
+        prepare_data(model, tokenizer, tmp_path, replace(DATA, max_new_tokens=8), "t")

@@ -80,13 +80,26 @@ def prepare_data(
     manifest = _open_manifest(data_dir, settings, target_id)
     for split, count in (("heldout", settings.heldout_samples), ("train", settings.train_samples)):
         prompts = instructions.instructions(count, settings.seed, heldout=split == "heldout")
-        _make_missing_shards(model, tokenizer, data_dir, split, prompts, settings, manifest)
-    return _load_split(data_dir, "train"), _load_split(data_dir, "heldout")
+        manifest["splits"][split] = {
+            "samples": count,
+            "instructions_sha256": instructions.fingerprint(prompts),
+            "overlap_with_mtbench_6grams": _mtbench_overlap(prompts),
+        }
+        _make_missing_shards(model, tokenizer, data_dir, split, count, settings, manifest)
+    _save_manifest(data_dir, manifest)
+    return _load_split(data_dir, "train", settings), _load_split(data_dir, "heldout", settings)
+
+
+def _recipe(settings: DataSettings, target_id: str) -> dict:
+    """What fixes the data. Sample counts are left out: instruction lists and per-shard seeds are
+    prefix-stable, so asking for more samples later only adds shards."""
+    fixed = {k: v for k, v in asdict(settings).items() if k not in ("train_samples", "heldout_samples")}
+    return {"settings": fixed, "target": target_id, "instructions": instructions.describe()}
 
 
 def _open_manifest(data_dir: Path, settings: DataSettings, target_id: str) -> dict:
     path = data_dir / MANIFEST_NAME
-    recipe = {"settings": asdict(settings), "target": target_id, "instructions": instructions.describe()}
+    recipe = _recipe(settings, target_id)
     if path.is_file():
         manifest = json.loads(path.read_text())
         if {key: manifest.get(key) for key in recipe} != recipe:
@@ -95,16 +108,7 @@ def _open_manifest(data_dir: Path, settings: DataSettings, target_id: str) -> di
                 "settings, or a fresh --data-dir"
             )
         return manifest
-    manifest = {**recipe, "splits": {}, "shards": {}}
-    for split, count in (("train", settings.train_samples), ("heldout", settings.heldout_samples)):
-        made = instructions.instructions(count, settings.seed, heldout=split == "heldout")
-        manifest["splits"][split] = {
-            "samples": count,
-            "instructions_sha256": instructions.fingerprint(made),
-            "overlap_with_mtbench_6grams": _mtbench_overlap(made),
-        }
-    _save_manifest(data_dir, manifest)
-    return manifest
+    return {**recipe, "splits": {}, "shards": {}}
 
 
 def _mtbench_overlap(made: list[str]) -> int | None:
@@ -126,21 +130,22 @@ def _save_manifest(data_dir: Path, manifest: dict) -> None:
 
 
 def _make_missing_shards(
-    model, tokenizer, data_dir: Path, split: str, prompts: list[str], settings: DataSettings, manifest: dict
+    model, tokenizer, data_dir: Path, split: str, count: int, settings: DataSettings, manifest: dict
 ) -> None:
+    """Generate every shard the first `count` samples need. Shards are always full (gen_batch_size
+    samples, per-shard seed), so asking for more samples later never changes an existing shard."""
     size = settings.gen_batch_size
-    missing = [
-        i for i in range(math.ceil(len(prompts) / size)) if not (data_dir / _shard_name(split, i)).is_file()
-    ]
+    missing = [i for i in range(math.ceil(count / size)) if not _shard_complete(data_dir, split, i, size)]
     if not missing:
         return
     bar = tqdm(missing, desc=f"generating {split} text", unit="shard", file=sys.stderr, dynamic_ncols=True)
     for index in bar:
         started = time.perf_counter()
         seed = settings.seed * 1_000_003 + index * 2 + (split == "heldout")
-        samples = generate_samples(
-            model, tokenizer, prompts[index * size : (index + 1) * size], settings, seed
+        shard_prompts = instructions.instructions(
+            (index + 1) * size, settings.seed, heldout=split == "heldout"
         )
+        samples = generate_samples(model, tokenizer, shard_prompts[index * size :], settings, seed)
         seconds = time.perf_counter() - started
         if split == "train":
             attach_teacher(model, samples, settings.teacher_top_k)
@@ -157,6 +162,14 @@ def _make_missing_shards(
         bar.set_postfix(gen_tok_s=f"{generated / seconds:.0f}")
 
 
+def _shard_complete(data_dir: Path, split: str, index: int, size: int) -> bool:
+    manifest = (
+        json.loads((data_dir / MANIFEST_NAME).read_text()) if (data_dir / MANIFEST_NAME).is_file() else {}
+    )
+    entry = manifest.get("shards", {}).get(_shard_name(split, index))
+    return (data_dir / _shard_name(split, index)).is_file() and entry is not None and entry["samples"] == size
+
+
 def _shard_name(split: str, index: int) -> str:
     return f"{split}_{index:05d}.pt"
 
@@ -167,11 +180,14 @@ def _atomic_save(samples: list[Sample], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_split(data_dir: Path, split: str) -> list[Sample]:
-    samples = []
-    for path in sorted(data_dir.glob(f"{split}_*.pt")):
-        samples += [Sample(**row) for row in torch.load(path, weights_only=True)]
-    return samples
+def _load_split(data_dir: Path, split: str, settings: DataSettings) -> list[Sample]:
+    """The first N samples of a split (N from the settings), ignoring shards beyond them."""
+    count = settings.train_samples if split == "train" else settings.heldout_samples
+    samples: list[Sample] = []
+    for index in range(math.ceil(count / settings.gen_batch_size)):
+        rows = torch.load(data_dir / _shard_name(split, index), weights_only=True)
+        samples += [Sample(**row) for row in rows]
+    return samples[:count]
 
 
 def eos_ids(model, tokenizer) -> set[int]:

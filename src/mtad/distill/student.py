@@ -6,8 +6,10 @@ prefix, see docs/distill.md): the target forward costs ~63 ms; the 49152 x 576 o
 ~12 ms (0.19). A narrower width would shrink the head but leaves nothing to initialise from;
 a reduced output vocabulary would shrink it most (an 8k-token head ~1.4 ms) but makes the draft a
 non-standard model, so the student stays a plain model of the target's architecture.
-Initialising from the target's first and last layers (plus final norm and tied embeddings) makes
-the residual stream start in the target's coordinates, so distillation starts far from random.
+So the default is one layer, the target's first, with its final norm and tied embeddings: before
+any training it already agrees with the target's argmax on 6% of held-out answer tokens (KL 13.9,
+acceptance 0.07), while layers (0, 29) start at KL 63 and acceptance 0.00 (layer 29 expects the
+residual stream of layer 28, not of layer 0). More layers are a flag away (--layers 0,-1).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ _LAYER_KEY = re.compile(r"(^|\.)layers\.(\d+)\.")
 
 
 def parse_layers(text: str | None, num_layers: int) -> tuple[int, ...]:
-    """Target layer indices for the student, e.g. "0,-1"; None means first and last layer."""
+    """Target layer indices for the student, e.g. "0,-1"; None means the first layer alone."""
     if text is None:
-        return (0, num_layers - 1) if num_layers > 1 else (0,)
+        return (0,)
     try:
         picked = tuple(
             int(part) % num_layers if -num_layers <= int(part) < num_layers else None

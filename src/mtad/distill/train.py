@@ -38,6 +38,7 @@ MARKER = "mtad_distill.json"
 CHECKPOINT = "checkpoint"
 # Settings a resumed run must share with the original; steps and checkpoint_every may change.
 _RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+_RESUMABLE_DATA_CHANGES = ("train_samples",)  # more data may be added to a run
 
 
 class OutputDirError(MtadError):
@@ -52,7 +53,7 @@ class TrainSettings:
     lr: float = 3e-4
     warmup_steps: int = 20
     seed: int = 0
-    layers: str | None = None  # target layers to keep, e.g. "0,-1" (None: first and last)
+    layers: str | None = None  # target layers to keep, e.g. "0,-1" (None: the first alone)
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
@@ -245,7 +246,10 @@ def distill(
         raise ConfigError("no training samples; allowed: --samples >= 1")
     if resuming:
         student, optimizer, position = load_checkpoint(out, train.lr)
-        initial = json.loads((out / MARKER).read_text()).get("initial")
+        marker = json.loads((out / MARKER).read_text())
+        initial = marker.get("initial")
+        # Record the grown settings (steps, samples) so the next --resume starts from them.
+        _write_marker(out, train, data, target_dir, data_path, marker.get("initial_draft"), initial)
     else:
         student = _initial_student(target, tokenizer, train, draft_dir)
         optimizer = torch.optim.AdamW(student.parameters(), lr=train.lr, weight_decay=0.0)
@@ -275,14 +279,18 @@ def _check_resumed_settings(
     if saved is None:
         return train, data
     saved_train, saved_data = saved
-    for given, stored, allowed in ((train, saved_train, _RESUMABLE_CHANGES), (data, saved_data, ())):
+    for given, stored, allowed in (
+        (train, saved_train, _RESUMABLE_CHANGES),
+        (data, saved_data, _RESUMABLE_DATA_CHANGES),
+    ):
         for field in fields(given):
             if field.name not in allowed and getattr(given, field.name) != getattr(stored, field.name):
                 raise ConfigError(
                     f"resuming a run made with {field.name}={getattr(stored, field.name)!r}, "
                     f"got {getattr(given, field.name)!r}; allowed: the run's own settings"
                 )
-    return replace(saved_train, steps=train.steps, checkpoint_every=train.checkpoint_every), saved_data
+    train = replace(saved_train, steps=train.steps, checkpoint_every=train.checkpoint_every)
+    return train, replace(saved_data, train_samples=data.train_samples)
 
 
 def _load_target(target_dir):
