@@ -22,30 +22,42 @@ def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     logits = logits / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        # Fast path: top-p only ever keeps a subset of the top-k, so sort k values, not the vocabulary.
+        values, order = torch.topk(logits, sampling.top_k, dim=-1)  # sorted, largest first
+        kth_largest = values[..., -1:]
+        # Ties with the k-th value are kept, as a threshold on logits would keep them.
+        if bool((logits == kth_largest).sum(-1).gt(1).any()):
+            return _warp_sorted_full(logits.masked_fill(logits < kth_largest, float("-inf")), sampling.top_p)
+        kept = _nucleus_sorted(torch.softmax(values, dim=-1), sampling.top_p)
+        return torch.zeros_like(logits).scatter(-1, order, kept)
+    return _warp_sorted_full(logits, sampling.top_p)
+
+
+def _warp_sorted_full(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     probs = torch.softmax(logits, dim=-1)
-    if sampling.top_p < 1.0:
-        probs = _nucleus(probs, sampling.top_p)
-    return probs
-
-
-def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches top_p; renormalise."""
+    if top_p >= 1.0:
+        return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
+    return torch.zeros_like(probs).scatter(-1, order, _nucleus_sorted(sorted_probs, top_p))
+
+
+def _nucleus_sorted(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest prefix of descending probabilities whose mass reaches top_p; renormalise."""
+    if top_p >= 1.0:
+        return sorted_probs
     mass_before = sorted_probs.cumsum(-1) - sorted_probs  # mass of strictly more likely tokens
-    keep_sorted = mass_before < top_p  # the first token has mass_before 0, so it is always kept
-    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    probs = probs * keep
-    return probs / probs.sum(-1, keepdim=True)
+    kept = sorted_probs * (mass_before < top_p)  # the first token has mass_before 0: always kept
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def check_finite(logits: torch.Tensor) -> None:
     """Refuse NaN and +inf logits (-inf is a legitimate mask) before they poison a draw."""
-    bad = torch.isnan(logits) | torch.isposinf(logits)
-    if bool(bad.any()):
+    # One reduction instead of three elementwise passes: the row maximum is NaN if any entry is
+    # NaN, +inf if any is +inf, and -inf only if every entry is -inf.
+    row_max = logits.amax(-1)
+    if bool((torch.isnan(row_max) | torch.isposinf(row_max)).any()):
         raise NumericalError("model produced NaN or +inf logits; allowed: finite values or -inf")
-    if bool(torch.isneginf(logits).all(-1).any()):
+    if bool(torch.isneginf(row_max).any()):
         raise NumericalError("model produced a row of all -inf logits; at least one token must be possible")
 
 
