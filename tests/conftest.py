@@ -57,6 +57,27 @@ def tiny_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def assert_counts(tokens: torch.Tensor, expected: torch.Tensor) -> None:
+    """Per-bin check of observed token counts against probabilities: |count - mean| <= 6 sigma + 5,
+    and never a zero-probability token. A correct sampler leaves the band with probability < 1e-8."""
+    counts = torch.bincount(tokens, minlength=len(expected)).double()
+    mean = tokens.numel() * expected.double()
+    sigma = torch.sqrt(mean * (1 - expected.double()))
+    assert torch.all((counts - mean).abs() <= 6 * sigma + 5), (counts, mean)
+    assert torch.all(counts[expected == 0] == 0), "a zero-probability token was emitted"
+
+
+@pytest.fixture(scope="session")
+def pair_dirs(tmp_path_factory) -> tuple[str, str]:
+    """A tiny target and draft saved as model directories with a tokenizer, as a user has them."""
+    root = tmp_path_factory.mktemp("pair")
+    tokenizer = tiny_tokenizer()
+    for name, model in (("target", tiny_llama(seed=0)), ("draft", tiny_llama(seed=1, layers=1))):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return str(root / "target"), str(root / "draft")
+
+
 @pytest.fixture(scope="session")
 def target():
     return tiny_llama(seed=0)

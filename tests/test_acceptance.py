@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from conftest import assert_counts
 from mtad.acceptance import accept_all, accept_none, mtad_joint, speculative
 
 ROWS = 65_536
@@ -23,16 +24,6 @@ def _dist(seed: int, zero: tuple[int, ...] = ()) -> torch.Tensor:
     weights = torch.rand(VOCAB, generator=g) ** 3
     weights[list(zero)] = 0
     return weights / weights.sum()
-
-
-def _assert_counts(tokens: torch.Tensor, expected: torch.Tensor) -> None:
-    """Per-bin 6-sigma check of observed token counts against expected probabilities."""
-    n = tokens.numel()
-    counts = torch.bincount(tokens, minlength=len(expected)).double()
-    mean = n * expected.double()
-    sigma = torch.sqrt(mean * (1 - expected.double()))
-    assert torch.all((counts - mean).abs() <= 6 * sigma + 5), (counts, mean)
-    assert torch.all(counts[expected == 0] == 0), "a zero-probability token was emitted"
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +40,26 @@ def speculative_run():
 def test_speculative_first_token_follows_target(speculative_run):
     p, _, tokens, verdict = speculative_run
     first = torch.where(verdict.accepted > 0, tokens[:, 0], verdict.next_token)
-    _assert_counts(first, p[0])
+    assert_counts(first, p[0])
 
 
 def test_speculative_accepted_length_histogram_is_analytic(speculative_run):
     p, q, _, verdict = speculative_run
     a0, a1 = torch.minimum(p[0], q[0]).sum(), torch.minimum(p[1], q[1]).sum()
     expected = torch.stack([1 - a0, a0 * (1 - a1), a0 * a1])
-    _assert_counts(verdict.accepted, expected)
+    assert_counts(verdict.accepted, expected)
 
 
 def test_speculative_recovered_token_follows_residual(speculative_run):
     p, q, _, verdict = speculative_run
     rejected_first = verdict.accepted == 0
     residual = (p[0] - q[0]).clamp_min(0)
-    _assert_counts(verdict.next_token[rejected_first], residual / residual.sum())
+    assert_counts(verdict.next_token[rejected_first], residual / residual.sum())
 
 
 def test_speculative_bonus_token_follows_target_after_full_acceptance(speculative_run):
     p, _, _, verdict = speculative_run
-    _assert_counts(verdict.next_token[verdict.accepted == 2], p[2])
+    assert_counts(verdict.next_token[verdict.accepted == 2], p[2])
 
 
 def test_speculative_with_identical_distributions_accepts_everything():
@@ -84,7 +75,7 @@ def test_speculative_with_empty_block_samples_target():
         p, p[:, :0], torch.zeros((ROWS, 0), dtype=torch.long), torch.Generator().manual_seed(1)
     )
     assert torch.all(verdict.accepted == 0)
-    _assert_counts(verdict.next_token, p[0, 0])
+    assert_counts(verdict.next_token, p[0, 0])
 
 
 def _tables(p_tokens: list[float], q_tokens: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -136,7 +127,7 @@ def test_mtad_next_token_is_drawn_from_target_not_residual():
         p.expand(rows, -1, -1), q.expand(rows, -1, -1), tokens.expand(rows, -1), g, threshold=0.5
     )
     assert torch.all(verdict.accepted == 0)
-    _assert_counts(verdict.next_token, p[0, 0])
+    assert_counts(verdict.next_token, p[0, 0])
 
 
 def test_mtad_is_batched_with_ragged_lengths():

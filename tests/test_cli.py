@@ -9,18 +9,7 @@ import sys
 import pytest
 
 import mtad
-from conftest import tiny_llama, tiny_tokenizer
 from mtad.cli import main
-
-
-@pytest.fixture(scope="module")
-def pair_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    tokenizer = tiny_tokenizer()
-    for name, model in (("target", tiny_llama(seed=0)), ("draft", tiny_llama(seed=1, layers=1))):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return str(root / "target"), str(root / "draft")
 
 
 @pytest.mark.parametrize("method", mtad.METHODS)

@@ -127,16 +127,6 @@ def test_nan_or_inf_logits(target, value):
 # --- CLI: exit code 2, one line on stderr, no traceback ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pair_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    tokenizer = tiny_tokenizer()
-    for name, model in (("target", tiny_llama(seed=0)), ("draft", tiny_llama(seed=1, layers=1))):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root / "target", root / "draft"
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -173,3 +163,8 @@ def test_cli_argparse_type_errors_exit_2(capsys):
         main(["generate", "--gamma", "four", "hi"])
     assert caught.value.code == 2
     assert "invalid int value: 'four'" in capsys.readouterr().err
+
+
+def test_unknown_setting_is_named(target, draft):
+    with pytest.raises(ConfigError, match="unknown setting\\(s\\) beam_size; allowed: method, gamma"):
+        mtad.generate(target, draft, PROMPT, beam_size=3)

@@ -7,7 +7,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import mtad
-from conftest import tiny_gpt2, tiny_llama
+from conftest import assert_counts, tiny_gpt2, tiny_llama
 from mtad.acceptance import mmtad_tree, reference_log_joints, specinfer_tree
 from mtad.cache import CachedModel
 from mtad.tree import paths_from_parents, tree_from_paths, tree_inputs
@@ -223,17 +223,8 @@ def test_specinfer_is_lossless_over_a_two_level_tree(with_replacement):
         if len(committed) == 1:
             committed.append(int(torch.multinomial(p_child[committed[0]], 1, generator=g)))
         pairs.append(committed[0] * V + committed[1])
-    _assert_counts(torch.tensor(firsts), p_root)
-    _assert_counts(torch.tensor(pairs), (p_root.unsqueeze(1) * p_child).flatten())
-
-
-def _assert_counts(tokens: torch.Tensor, expected: torch.Tensor) -> None:
-    n = tokens.numel()
-    counts = torch.bincount(tokens, minlength=len(expected)).double()
-    mean = n * expected.double()
-    sigma = torch.sqrt(mean * (1 - expected.double()))
-    assert torch.all((counts - mean).abs() <= 6 * sigma + 5), (counts, mean)
-    assert torch.all(counts[expected == 0] == 0)
+    assert_counts(torch.tensor(firsts), p_root)
+    assert_counts(torch.tensor(pairs), (p_root.unsqueeze(1) * p_child).flatten())
 
 
 # --- End to end through mtad.generate ------------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
+from mtad.config import DEFAULT_MAX_NEW_TOKENS, SamplingConfig, SpeculationConfig, StopConfig
 from mtad.engine import Generation, GenerationResult
 from mtad.errors import ConfigError
 from mtad.models import check_fits_context, check_heads_compatible
@@ -18,39 +18,28 @@ def stream(
     draft: PreTrainedModel | None,
     input_ids: Sequence[int] | torch.Tensor | str,
     *,
-    method: str = "mtad",
-    gamma: int = 4,
-    beam_width: int = 4,
-    threshold: float = 0.5,
-    with_replacement: bool = True,
-    tree: Sequence[int] = (4, 2, 2),
-    reference: str = "best",
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 128,
-    seed: int | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     tokenizer=None,
+    **settings,
 ) -> Generation:
-    """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end."""
-    spec, sampling = validate_settings(
-        method=method, gamma=gamma, beam_width=beam_width, threshold=threshold,
-        with_replacement=with_replacement, tree=tree, reference=reference, temperature=temperature,
-        top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-    )  # fmt: skip
+    """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end.
+
+    `settings` are the keyword arguments of `validate_settings` (method, gamma, beam_width, ...).
+    """
+    spec, sampling = validate_settings(**settings)
+    max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
     prompt = _prompt_tensor(input_ids, tokenizer)
     stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
     if spec.needs_draft:
         if draft is None:
             raise ConfigError(
-                f"method {method!r} needs a draft model; pass draft=... or use ar, greedy, mtjd"
+                f"method {spec.method!r} needs a draft model; pass draft=... or use ar, greedy, mtjd"
             )
         check_heads_compatible(target, draft, tokenizer)
         check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft")
     check_fits_context(target, prompt.shape[1], max_new_tokens, "target")
-    return Generation(target, draft, prompt, spec, sampling, stops, seed, tokenizer)
+    return Generation(target, draft, prompt, spec, sampling, stops, settings.get("seed"), tokenizer)
 
 
 def validate_settings(
@@ -65,10 +54,13 @@ def validate_settings(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     seed: int | None = None,
+    **unknown,
 ) -> tuple[SpeculationConfig, SamplingConfig]:
     """Check every decoding setting at once (before any model is loaded, where callers can)."""
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(SETTINGS)}")
     tree = tuple(tree) if isinstance(tree, (list, tuple)) else tree
     spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement, tree, reference)
     sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
@@ -137,3 +129,6 @@ def _stop_strings(stop) -> tuple[str, ...]:
     if isinstance(stop, str):
         return (stop,)
     return tuple(stop)
+
+
+SETTINGS = tuple(name for name in validate_settings.__kwdefaults__)

@@ -14,6 +14,7 @@ from mtad.errors import ConfigError
 METHODS = ("ar", "greedy", "sd", "mtad", "mmtad", "specinfer", "mtjd")
 #: Methods that need a draft model.
 DRAFTED_METHODS = ("sd", "mtad", "mmtad", "specinfer")
+DEFAULT_MAX_NEW_TOKENS = 128
 #: MMTAD's per-depth reference draft joint: best final beam's prefix, max over beams, node's own.
 REFERENCES = ("best", "max", "own")
 
@@ -99,7 +100,7 @@ class SpeculationConfig:
 class StopConfig:
     """When a generation ends: exactly max_new_tokens, the first EOS, or the first stop string."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     eos_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = field(default=())
 

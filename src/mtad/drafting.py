@@ -80,10 +80,7 @@ def beam_sample(
         drafter.repeat(len(first))
     for _ in range(1, n):
         q = warp(drafter.forward(beam_tokens[:, -1:])[:, -1], sampling)  # [beams, vocab]
-        scores = (joint.unsqueeze(-1) * q).flatten()  # [beams * vocab]
-        picked = _draw(scores, width, with_replacement, generator)  # [beams']
-        parent, token = picked // q.shape[-1], picked % q.shape[-1]
-        joint = normalise(scores[picked])
+        parent, token, joint = _beam_step(joint, q, width, with_replacement, generator)
         beam_tokens = torch.cat([beam_tokens[parent], token.unsqueeze(-1)], dim=1)
         beam_probs = torch.cat([beam_probs[parent], q[parent].unsqueeze(1)], dim=1)
         drafter.reorder(parent)
@@ -91,6 +88,26 @@ def beam_sample(
     if n > 1:
         drafter.select(best)
     return Proposal(beam_tokens[best : best + 1], beam_probs[best : best + 1])
+
+
+def _beam_step(
+    joint: torch.Tensor,  # [beams] normalised joint draft probabilities
+    q: torch.Tensor,  # [beams, vocab] draft distribution after each beam
+    width: int,
+    with_replacement: bool,
+    generator: torch.Generator,
+    group_by_parent: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw `width` (beam, token) pairs from joint(beam) * q(token | beam) over all beams x vocab.
+
+    Returns parent beam [beams'], token [beams'] and the new joints normalised by their sum. With
+    group_by_parent the picks are ordered by parent (tree node order); the draws are the same.
+    """
+    scores = (joint.unsqueeze(-1) * q).flatten()  # [beams * vocab]
+    picked = _draw(scores, width, with_replacement, generator)
+    if group_by_parent:
+        picked = picked.sort().values
+    return picked // q.shape[-1], picked % q.shape[-1], normalise(scores[picked])
 
 
 def _draw(
@@ -184,10 +201,9 @@ def beam_tree(
     frontier = builder.add([-1] * len(first), first.tolist())
     for _ in range(1, n):
         q = builder.expand(frontier)  # [beams, vocab]
-        scores = (weights.unsqueeze(-1) * q).flatten()
-        picked = _draw(scores, width, with_replacement, generator).sort().values  # grouped by parent
-        weights = normalise(scores[picked])
-        parent, token = picked // q.shape[-1], picked % q.shape[-1]
+        parent, token, weights = _beam_step(
+            weights, q, width, with_replacement, generator, group_by_parent=True
+        )
         frontier = builder.add([frontier[b] for b in parent.tolist()], token.tolist())
     return builder.proposal(best_leaf=frontier[int(weights.argmax())])
 
