@@ -8,7 +8,6 @@ import shlex
 
 import pytest
 
-from conftest import tiny_llama, tiny_tokenizer
 from mtad.cli import main
 
 from .test_spider import make_spider
@@ -24,16 +23,6 @@ OUTPUT_FILES = (
     "tokens_per_s.png",
 )
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def pair_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    tokenizer = tiny_tokenizer()
-    for name, model in (("target", tiny_llama(seed=0)), ("draft", tiny_llama(seed=1, layers=1))):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return str(root / "target"), str(root / "draft")
 
 
 @pytest.fixture(scope="module")

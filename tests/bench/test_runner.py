@@ -23,9 +23,10 @@ from mtad.bench.runner import (
     sample_seed,
     schedule,
 )
-from mtad.bench.scoring import encode_record, generated_logprobs, uses_chat
+from mtad.bench.scoring import encode_record, uses_chat
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
+from mtad.scoring import target_logprobs
 
 DECODING = {
     "gamma": 4,
@@ -152,14 +153,14 @@ def test_prompt_formats(tokenizer):
     assert encode_record(chat, tokenizer) == [5]
 
 
-def test_generated_logprobs_score_only_the_generated_tokens_at_temperature_1(target):
+def test_target_logprobs_score_only_the_generated_tokens_at_temperature_1(target):
     prompt, generated = [0, 5, 7], [3, 9, 2]
-    logprobs = generated_logprobs(target, prompt, generated)
+    logprobs = target_logprobs(target, prompt, generated)
     with torch.no_grad():
         full = torch.log_softmax(target(torch.tensor([prompt + generated])).logits[0].float(), dim=-1)
     expected = [full[len(prompt) - 1 + i, token].item() for i, token in enumerate(generated)]
     assert logprobs == pytest.approx(expected, abs=1e-5)
-    assert generated_logprobs(target, prompt, []) == []
+    assert target_logprobs(target, prompt, []) == []
 
 
 def make_context(target, draft, tokenizer, **changes) -> BenchContext:

@@ -43,9 +43,10 @@ from mtad.bench import metrics
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import EnergyMeter, detect_energy_meter
 from mtad.bench.machine import PeakMemory, describe_machine
-from mtad.bench.scoring import encode_record, generated_logprobs, score_task, stop_strings
+from mtad.bench.scoring import encode_record, score_task, stop_strings
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
+from mtad.scoring import target_logprobs
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
@@ -351,7 +352,7 @@ def run_sample(
         result, joules, peak_mb = _measured_generation(
             context, prompt_ids, variant, seed, stop_strings(record.dataset)
         )
-        logprobs = generated_logprobs(context.target.model, prompt_ids, result.tokens)
+        logprobs = target_logprobs(context.target.model, prompt_ids, result.tokens)
         task = score_task(record, result.text or "")
     except Exception as exc:  # a failing sample is a result, not the end of the run
         return row | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}

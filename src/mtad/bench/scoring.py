@@ -13,11 +13,9 @@ A tokenizer without a chat template encodes every record raw (messages joined by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
 
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.execution import HUMANEVAL_STOP_SEQUENCES, check_humaneval
@@ -59,23 +57,6 @@ def stop_strings(dataset: str) -> tuple[str, ...]:
 
 
 @torch.inference_mode()
-def generated_logprobs(
-    model: PreTrainedModel, prompt_ids: Sequence[int], generated: Sequence[int]
-) -> list[float]:
-    """log p(token) of each generated token under the *unwarped* model at T = 1 (no top-k/top-p).
-
-    One forward over prompt + generated tokens; the prompt's own tokens are not scored.
-    """
-    if not generated:
-        return []
-    device = model.get_input_embeddings().weight.device
-    ids = torch.tensor([list(prompt_ids) + list(generated)], device=device)  # [1, len]
-    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()  # [generated, vocab]
-    logprobs = torch.log_softmax(logits, dim=-1)
-    chosen = logprobs.gather(1, ids[0, len(prompt_ids) :].unsqueeze(1)).squeeze(1)  # [generated]
-    return chosen.tolist()
-
-
 @dataclass(frozen=True)
 class TaskOutcome:
     """One sample's task result: `correct` is pass (HumanEval) or execution match (Spider)."""
