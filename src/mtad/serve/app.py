@@ -103,18 +103,14 @@ class _Server:
     # -- routes ------------------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Response:
-        body = parse_request(await request.body(), CompletionRequest)
+        body = self._parse(await request.body(), CompletionRequest)
         prompt_ids = self.tokenizer(body.prompt, add_special_tokens=True)["input_ids"]
-        return await self._respond(
-            request, body, prompt_ids, Reply.new(False, self.config.model_name), "prompt"
-        )
+        return await self._respond(request, body, prompt_ids, chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
-        body = parse_request(await request.body(), ChatRequest)
+        body = self._parse(await request.body(), ChatRequest)
         prompt_ids = self._chat_prompt(body.messages)
-        return await self._respond(
-            request, body, prompt_ids, Reply.new(True, self.config.model_name), "messages"
-        )
+        return await self._respond(request, body, prompt_ids, chat=True)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card()]})
@@ -148,29 +144,29 @@ class _Server:
 
     # -- one generation request -----------------------------------------------------------------
 
-    async def _respond(
-        self,
-        request: Request,
-        body: CompletionRequest | ChatRequest,
-        prompt_ids: list[int],
-        reply: Reply,
-        prompt_param: str,
-    ) -> Response:
+    def _parse(
+        self, raw: bytes, schema: type[CompletionRequest | ChatRequest]
+    ) -> CompletionRequest | ChatRequest:
+        body = parse_request(raw, schema)
         self._check_model(body.model)
+        return body
+
+    async def _respond(
+        self, request: Request, body: CompletionRequest | ChatRequest, prompt_ids: list[int], chat: bool
+    ) -> Response:
+        prompt_param = "messages" if chat else "prompt"
         settings = self._settings(body, len(prompt_ids), prompt_param)
-        job = Job(
-            self._generation(prompt_ids, settings, prompt_param),
-            asyncio.get_running_loop(),
-            self.config.request_timeout_s,
-        )
+        generation = self._generation(prompt_ids, settings, prompt_param)
+        job = Job(generation, asyncio.get_running_loop(), self.config.request_timeout_s)
         self._submit(job)
-        events = self._events(job, request, request.url.path, settings["method"], len(prompt_ids))
+        reply, prompt_tokens = Reply.new(chat, self.config.model_name), len(prompt_ids)
+        events = self._events(job, request, request.url.path, settings["method"], prompt_tokens)
         if body.stream:
-            chunks = self._stream(events, reply, len(prompt_ids), settings)
+            chunks = self._stream(events, reply, prompt_tokens, settings)
             return StreamingResponse(
                 chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
-        return await self._collect(events, reply, len(prompt_ids), settings)
+        return await self._collect(events, reply, prompt_tokens, settings)
 
     def _check_model(self, name: str) -> None:
         if name != self.config.model_name:
