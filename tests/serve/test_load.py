@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
+import mtad
 from serve.conftest import MODEL
 from serve.test_errors import COMPLETIONS, request
 
 CLIENTS, REQUESTS_EACH = 16, 4
-METHODS = ("mtad", "sd", "ar", "mtjd")
+METHODS = mtad.METHODS
 DELAY_S = 0.02  # per target call on the slow pair
 
 
@@ -27,7 +28,7 @@ def job(i: int) -> dict:
     return {
         "prompt": words,
         "seed": 1000 + i,
-        "method": METHODS[i % 4],
+        "method": METHODS[i % len(METHODS)],
         "max_tokens": 8 + i % 9,
         "stream": i % 2 == 1,
     }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mtad.api import validate_settings
 from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
-from mtad.config import SamplingConfig, SpeculationConfig
+from mtad.config import SpeculationConfig
 from mtad.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -45,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout,
     )
     target, draft = load_pair_from_args(args, need_draft=True)
+    if draft is None and SpeculationConfig(args.method).needs_draft:
+        raise ConfigError(
+            f"--method {args.method} needs a draft model and none was given; pass --draft, or serve "
+            "--method ar, greedy or mtjd"
+        )
     if args.host not in LOOPBACK:
         print(
             f"mtad serve: listening on {args.host}: reachable from other machines, with no authentication",
@@ -63,8 +69,7 @@ def _validated_defaults(args: argparse.Namespace) -> dict:
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1 for a server, got {args.max_new_tokens}")
     settings = decoding_settings(args)
-    SpeculationConfig(args.method, args.gamma, args.beam_width, args.threshold, settings["with_replacement"])
-    SamplingConfig(args.temperature, args.top_k, args.top_p)
+    validate_settings(**settings)
     return settings
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,8 +37,8 @@ from mtad.serve.schemas import ApiError, ChatMessage, ChatRequest, CompletionReq
 
 logger = logging.getLogger("mtad.serve")
 
-_STREAM_PARAMS = frozenset(inspect.signature(stream).parameters)
-# The engine's errors start with the setting's name; this is the request field that set it.
+# The engine's errors start with the setting's name ("unknown <name>" for names out of a list);
+# this is the request field that set it.
 _ENGINE_PARAMS = {
     "temperature": "temperature",
     "top_p": "top_p",
@@ -47,11 +46,11 @@ _ENGINE_PARAMS = {
     "stop": "stop",
     "top_k": "mtad.top_k",
     "method": "mtad.method",
-    "unknown": "mtad.method",  # "unknown method 'x'; allowed: ..."
     "gamma": "mtad.gamma",
     "beam_width": "mtad.beam_width",
     "threshold": "mtad.threshold",
     "tree": "mtad.tree",
+    "reference": "mtad.reference",
 }
 _OUTCOME = {"done": "ok", "error": "error", "timeout": "timeout", "gone": "cancelled"}
 
@@ -196,10 +195,6 @@ class _Server:
     def _settings(self, body: CompletionRequest | ChatRequest, prompt_len: int, prompt_param: str) -> dict:
         """Server defaults, overridden by what the request set; max_new_tokens capped by the context."""
         options = body.mtad.model_dump(exclude_none=True) if body.mtad else {}
-        if "tree" in options:
-            if "tree" not in _STREAM_PARAMS:
-                raise ApiError("mtad.tree is not supported by this engine", param="mtad.tree")
-            options["tree"] = tuple(options["tree"])
         settings = self.config.defaults | options
         for name in ("temperature", "top_p", "seed"):
             if getattr(body, name) is not None:
@@ -238,8 +233,7 @@ class _Server:
             return stream(self.target.model, draft, prompt_ids, tokenizer=self.target.tokenizer, **settings)
         except MtadError as error:
             message = str(error)
-            first = message.split(maxsplit=1)[0] if message else ""
-            param = prompt_param if first == "prompt" else _ENGINE_PARAMS.get(first)
+            param = _engine_param(message, prompt_param)
             code = "context_length_exceeded" if isinstance(error, ContextLengthError) else "invalid_parameter"
             raise ApiError(message, param=param, code=code) from None
 
@@ -313,6 +307,13 @@ class _Server:
 
     def _model_card(self) -> dict:
         return {"id": self.config.model_name, "object": "model", "created": self.started, "owned_by": "mtad"}
+
+
+def _engine_param(message: str, prompt_param: str) -> str | None:
+    """The request field an engine error names: "gamma must be ...", "unknown method 'x' ..."."""
+    words = message.split(maxsplit=2)
+    name = words[1] if len(words) > 1 and words[0] == "unknown" else words[0] if words else ""
+    return prompt_param if name == "prompt" else _ENGINE_PARAMS.get(name)
 
 
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:

@@ -1,7 +1,8 @@
 """OpenAI response shapes for completions and chat completions, whole and as stream chunks.
 
-Every finished response carries `usage` and an `mtad` object: the decoding settings used (the
-seed included, so a run can be repeated) and the request's statistics (`mtad.Stats.as_dict()`).
+Every finished response carries `usage` and an `mtad` object: the decoding settings used
+(method, gamma, ..., temperature, top_k, top_p, and the seed, so a run can be repeated) and the
+request's statistics (`mtad.Stats.as_dict()`).
 In a stream they come in the final chunk, the one with `finish_reason`.
 """
 
@@ -71,9 +72,7 @@ def _accounts(result: GenerationResult, prompt_tokens: int, settings: dict) -> d
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
     }
-    decoding = {k: settings[k] for k in ("method", "gamma", "beam_width", "threshold") if k in settings}
-    if "tree" in settings:
-        decoding["tree"] = list(settings["tree"])
+    decoding = {k: v for k, v in settings.items() if k not in ("stop", "max_new_tokens", "seed")}
     return {"usage": usage, "mtad": decoding | {"seed": result.seed} | result.stats.as_dict()}
 
 

@@ -4,7 +4,7 @@ Which OpenAI fields this server honours, and what happens to the others:
 
 - honoured: `model`, `prompt` / `messages`, `max_tokens` (chat also `max_completion_tokens`),
   `temperature`, `top_p`, `stop` (up to 4 strings), `seed`, `stream`, and the extension field
-  `mtad` (method, gamma, beam_width, threshold, top_k, with_replacement, tree).
+  `mtad` (method, gamma, beam_width, threshold, top_k, with_replacement, tree, reference).
 - accepted and ignored, because they cannot change the output: `user` (an end-user id for a
   provider's abuse monitoring) and `stream_options.include_usage` (usage is always sent, in the
   final chunk of a stream).
@@ -74,6 +74,7 @@ class DecodingOptions(_Strict):
     top_k: int | None = None
     with_replacement: bool | None = None
     tree: list[int] | None = None
+    reference: str | None = None
 
 
 class StreamOptions(_Strict):
