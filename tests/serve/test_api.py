@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import openai
 import pytest
 
 import mtad
@@ -102,6 +103,8 @@ def test_max_tokens_is_capped_by_the_context_length(client):
 def test_models_health_and_metrics(client, server):
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.BadRequestError, match="unknown model"):
+        client.models.retrieve("some/other-model")
     client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, seed=2)
     health = json.load(urllib.request.urlopen(f"{server.url}/health"))
     assert health["status"] == "ok" and health["model"] == MODEL and health["queue_depth"] == 0
@@ -116,3 +119,4 @@ def test_models_health_and_metrics(client, server):
         "mtad_queue_depth 0.0",
     ):
         assert name in metrics
+    assert "other-model" not in metrics  # paths a client invents are not metric labels

@@ -52,6 +52,7 @@ _ENGINE_PARAMS = {
     "tree": "mtad.tree",
     "reference": "mtad.reference",
 }
+_GENERATING = ("/v1/completions", "/v1/chat/completions")
 _OUTCOME = {"done": "ok", "error": "error", "timeout": "timeout", "gone": "cancelled"}
 
 
@@ -134,7 +135,7 @@ class _Server:
     # -- errors --------------------------------------------------------------------------------
 
     async def api_error(self, request: Request, error: ApiError) -> Response:
-        self.metrics.count(request.url.path, "rejected" if error.status == 429 else "invalid")
+        self.metrics.count(_endpoint(request), "rejected" if error.status == 429 else "invalid")
         return _error_response(error)
 
     async def internal_error(self, request: Request, error: Exception) -> Response:
@@ -159,7 +160,7 @@ class _Server:
         job = Job(generation, asyncio.get_running_loop(), self.config.request_timeout_s)
         self._submit(job)
         reply, prompt_tokens = Reply.new(chat, self.config.model_name), len(prompt_ids)
-        events = self._events(job, request, request.url.path, settings["method"], prompt_tokens)
+        events = self._events(job, request, _endpoint(request), settings["method"], prompt_tokens)
         if body.stream:
             chunks = self._stream(events, reply, prompt_tokens, settings)
             return StreamingResponse(
@@ -307,6 +308,11 @@ class _Server:
 
     def _model_card(self) -> dict:
         return {"id": self.config.model_name, "object": "model", "created": self.started, "owned_by": "mtad"}
+
+
+def _endpoint(request: Request) -> str:
+    """The metrics label: a generating route, or "other" (paths a client invents stay out)."""
+    return request.url.path if request.url.path in _GENERATING else "other"
 
 
 def _engine_param(message: str, prompt_param: str) -> str | None:

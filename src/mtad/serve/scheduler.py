@@ -71,10 +71,15 @@ class Scheduler:
         self._thread.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Let the worker finish every accepted job, then stop it."""
-        if self._thread.is_alive():
+        """Let the worker finish every accepted job, then stop it (give up after `timeout_s`:
+        the worker is a daemon thread and ends with the process)."""
+        if not self._thread.is_alive():
+            return
+        try:
             self._queue.put(None, timeout=timeout_s)
-            self._thread.join(timeout_s)
+        except queue.Full:
+            return
+        self._thread.join(timeout_s)
 
     @property
     def alive(self) -> bool:
