@@ -72,7 +72,16 @@ def test_demo_prints_side_by_side_table(pair_dirs, capsys):
         assert needle in out
 
 
-def test_demo_refuses_drafted_methods_without_draft(pair_dirs, capsys):
+def test_demo_without_draft_shows_target_only_methods_and_says_why(pair_dirs, capsys):
     target, _ = pair_dirs
-    assert main(["demo", "--target", target, "--prompts", "1"]) == 2
-    assert "no draft model" in capsys.readouterr().err
+    assert main(["demo", "--target", target, "--prompts", "1", "--max-new-tokens", "6"]) == 0
+    captured = capsys.readouterr()
+    assert "no draft model" in captured.err and "sd, mtad cannot run" in captured.err
+    for method in ("ar", "greedy", "mtjd"):
+        assert f"{method}: sample output" in captured.out
+
+
+def test_demo_refuses_explicit_drafted_methods_without_draft(pair_dirs, capsys):
+    target, _ = pair_dirs
+    assert main(["demo", "--target", target, "--prompts", "1", "--methods", "ar,sd"]) == 2
+    assert "no draft model for sd" in capsys.readouterr().err
