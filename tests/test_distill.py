@@ -194,3 +194,23 @@ def test_more_samples_only_add_shards(target_dir, tmp_path):
     assert all(torch.equal(a.ids, b.ids) for a, b in zip(small, grown[:12], strict=False))
     with pytest.raises(Exception, match="other settings"):
         prepare_data(model, tokenizer, tmp_path, replace(DATA, max_new_tokens=8), "t")
+
+
+def test_layers_flag_is_validated():
+    from mtad.distill.student import parse_layers
+    from mtad.errors import ConfigError
+
+    assert parse_layers(None, 30) == (0,) and parse_layers("0,-1", 30) == (0, 29)
+    for bad in ("0,0", "30", "x"):
+        with pytest.raises(ConfigError, match="--layers"):
+            parse_layers(bad, 30)
+
+
+def test_a_second_run_on_the_same_directory_is_refused(target_dir, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    with (out / ".mtad_distill.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OutputDirError, match="another mtad distill"):
+            distill(target_dir, out, TrainSettings(steps=1), DATA)

@@ -15,6 +15,7 @@ warm-up and is then constant, so extending --steps on resume changes nothing alr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from mtad.errors import ConfigError, ModelLoadError, MtadError
 from mtad.models import load_model
 
 MARKER = "mtad_distill.json"
+LOCK = ".mtad_distill.lock"
 CHECKPOINT = "checkpoint"
 # Settings a resumed run must share with the original; steps and checkpoint_every may change.
 _RESUMABLE_CHANGES = ("steps", "checkpoint_every")
@@ -89,7 +91,7 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     """Check `out_dir` against the flags; True when there is a checkpoint to resume from."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass one")
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+    if not out_dir.exists() or (out_dir.is_dir() and all(p.name == LOCK for p in out_dir.iterdir())):
         out_dir.mkdir(parents=True, exist_ok=True)
         return False
     if not out_dir.is_dir():
@@ -237,6 +239,42 @@ def distill(
     """
     out = Path(out_dir)
     train, data = train or TrainSettings(), data or DataSettings()
+    with _exclusive(out):
+        return _distill(out, train, data, target_dir, data_dir, draft_dir, resume, overwrite, on_step)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold a lock on `out` so a second run cannot write the same checkpoints (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; run one distill per directory
+        yield
+        return
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK).open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputDirError(
+                f"another mtad distill is writing to {out}; allowed: one run per directory"
+            ) from None
+        yield
+
+
+def _distill(
+    out: Path,
+    train: TrainSettings,
+    data: DataSettings,
+    target_dir,
+    data_dir,
+    draft_dir,
+    resume: bool,
+    overwrite: bool,
+    on_step,
+) -> dict:
     resuming = prepare_out_dir(out, resume, overwrite)
     train, data = _check_resumed_settings(out, train, data, resume)
     target, tokenizer = _load_target(target_dir)
@@ -401,7 +439,8 @@ def _finish(
             "draft": draft_ms,
             "ratio": round(draft_ms / target_ms, 3),
         },
-        "layers": settings.layers,
+        "draft_layers": student.config.num_hidden_layers,
+        "layers_flag": settings.layers,
         "lr": settings.lr,
         "batch_size": settings.batch_size,
     }
