@@ -43,6 +43,7 @@ def tiny_server():
     import torch
 
     from conftest import tiny_llama, tiny_tokenizer
+    from mtad.api import DEFAULT_SETTINGS
     from mtad.models import LoadedModel
     from mtad.serve import BackgroundServer, ServeConfig, create_app
 
@@ -50,18 +51,7 @@ def tiny_server():
     tokenizer = tiny_tokenizer()
     target = LoadedModel(tiny_llama(seed=0), tokenizer, "target")
     draft = LoadedModel(tiny_llama(seed=1, layers=1), tokenizer, "draft")
-    defaults = {
-        "method": "mtad",
-        "gamma": 4,
-        "beam_width": 4,
-        "threshold": 0.5,
-        "with_replacement": True,
-        "temperature": 1.0,
-        "top_k": 10,
-        "top_p": 0.9,
-        "max_new_tokens": 32,
-        "seed": None,
-    }
+    defaults = DEFAULT_SETTINGS | {"top_k": 10, "top_p": 0.9, "max_new_tokens": 32}
     return BackgroundServer(create_app(target, draft, ServeConfig("tiny-pair", defaults, max_queue=256)))
 
 

@@ -131,4 +131,6 @@ def _stop_strings(stop) -> tuple[str, ...]:
     return tuple(stop)
 
 
-SETTINGS = tuple(name for name in validate_settings.__kwdefaults__)
+#: Every decoding setting with its default, e.g. for a server's defaults or a test's baseline.
+DEFAULT_SETTINGS: dict = dict(validate_settings.__kwdefaults__)
+SETTINGS = tuple(DEFAULT_SETTINGS)

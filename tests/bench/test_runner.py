@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from mtad.api import DEFAULT_SETTINGS
 from mtad.bench import report
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import NullMeter
@@ -28,12 +29,7 @@ from mtad.errors import ConfigError
 from mtad.models import LoadedModel
 from mtad.scoring import target_logprobs
 
-DECODING = {
-    "gamma": 4,
-    "beam_width": 4,
-    "threshold": 0.5,
-    "with_replacement": True,
-    "temperature": 1.0,
+DECODING = {k: v for k, v in DEFAULT_SETTINGS.items() if k not in ("method", "seed")} | {
     "top_k": 10,
     "top_p": 0.9,
     "max_new_tokens": 8,

@@ -10,6 +10,7 @@ import pytest
 
 import mtad
 from conftest import tiny_llama, tiny_tokenizer
+from mtad.api import DEFAULT_SETTINGS
 from mtad.models import LoadedModel
 from mtad.serve import BackgroundServer, ServeConfig, create_app
 
@@ -18,18 +19,7 @@ MODEL = "tiny-pair"
 CHAT_TEMPLATE = (
     "{% for m in messages %}w3 {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w4{% endif %}"
 )
-DEFAULTS = {
-    "method": "mtad",
-    "gamma": 4,
-    "beam_width": 4,
-    "threshold": 0.5,
-    "with_replacement": True,
-    "temperature": 1.0,
-    "top_k": 0,
-    "top_p": 1.0,
-    "max_new_tokens": 24,
-    "seed": None,
-}
+DEFAULTS = DEFAULT_SETTINGS | {"max_new_tokens": 24}
 
 
 def tiny_pair(delay_s: float = 0.0) -> tuple[LoadedModel, LoadedModel]:
