@@ -285,3 +285,10 @@ def test_draft_with_padded_head_is_aligned(target, tokenizer):
         target, padded, PROMPTS[0], method="sd", max_new_tokens=20, seed=0, tokenizer=tokenizer, **NO_EOS
     )
     assert max(result.tokens) < 16
+
+
+def test_a_generation_decodes_once(target, draft):
+    generation = mtad.stream(target, draft, PROMPTS[0], method="sd", max_new_tokens=3, seed=0, **NO_EOS)
+    list(generation)
+    with pytest.raises(RuntimeError, match="decodes once"):
+        list(generation)

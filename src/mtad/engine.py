@@ -242,8 +242,12 @@ class Generation:
         self.seed = secrets.randbits(63) if seed is None else seed
         self.sequence = self.prompt
         self.result: GenerationResult | None = None
+        self._started = False
 
     def __iter__(self) -> Iterator[Block]:
+        if self._started:
+            raise RuntimeError("a Generation decodes once; call mtad.stream again for another run")
+        self._started = True
         proposer, accept = _method_parts(self.spec)
         target, drafter, stopper = self.target, self.drafter, self.stopper
         generators = _Generators(self.seed)
