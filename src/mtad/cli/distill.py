@@ -43,9 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--seq-len", type=int, help="tokens per sequence (longer ones are cut)")
     group.add_argument("--lr", type=float, help="AdamW learning rate after warm-up")
     group.add_argument("--seed", type=int, help="seed for instructions, sampling and batch order")
-    group.add_argument(
-        "--layers", help='target layers the draft keeps, e.g. "0,-1" (default: 0)'
-    )
+    group.add_argument("--layers", help='target layers the draft keeps, e.g. "0,-1" (default: 0)')
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
     group.add_argument("--draft", help="start from this draft directory instead of the target's layers")
     group = parser.add_argument_group("data (made once, cached in --data-dir)")
