@@ -60,6 +60,19 @@ def test_sweep_parsing_and_which_methods_it_affects():
     sweep = Sweep("threshold", (0.3, 0.7))
     assert sweep.affects("mtad") and not sweep.affects("sd") and not sweep.affects("ar")
     assert Sweep("gamma", (2, 4)).affects("sd") and not Sweep("gamma", (2, 4)).affects("greedy")
+    references = Sweep.parse("reference=best, max,own")
+    assert references.values == ("best", "max", "own")
+    assert references.affects("mmtad") and not references.affects("mtad") and not references.affects("sd")
+
+
+def test_reference_sweep_validates_each_value_before_models_load():
+    with pytest.raises(ConfigError, match="unknown reference 'worst'"):
+        plan_variants(make_config(methods=("ar", "mmtad"), sweep=Sweep("reference", ("best", "worst"))))
+    labels = [
+        v.label
+        for v in plan_variants(make_config(methods=("ar", "mmtad"), sweep=Sweep.parse("reference=best,max")))
+    ]
+    assert labels == ["ar", "mmtad reference=best", "mmtad reference=max"]
 
 
 def test_plan_variants_validates_every_setting_before_models_load():

@@ -9,7 +9,7 @@ from typing import Any
 
 from mtad.bench import plots
 from mtad.bench.report import render_report, summarize, write_summary_csv
-from mtad.bench.runner import CONFIG_FILE, MACHINE_FILE, BenchConfig, Variant
+from mtad.bench.runner import CONFIG_FILE, MACHINE_FILE, BenchConfig, Variant, format_sweep_value
 
 SUMMARY_FILE = "summary.csv"
 REPORT_FILE = "report.md"
@@ -32,7 +32,7 @@ def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
         "sample timeout (s)": config.sample_timeout_s,
     }
     if config.sweep is not None:
-        setup["sweep"] = f"{config.sweep.param} = {', '.join(f'{v:g}' for v in config.sweep.values)}"
+        setup["sweep"] = f"{config.sweep.param} = {', '.join(map(format_sweep_value, config.sweep.values))}"
     setup["config hash"] = config.config_hash()
     return setup
 

@@ -51,7 +51,7 @@ from mtad.scoring import target_logprobs
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
 MACHINE_FILE = "machine.json"
-SWEEP_PARAMS = {"gamma": int, "beam_width": int, "threshold": float}
+SWEEP_PARAMS = {"gamma": int, "beam_width": int, "threshold": float, "reference": str}
 # Methods a swept parameter changes; the others run once, at the base setting.
 _TARGET_ONLY = ("ar", "greedy")
 _THRESHOLD_METHODS = ("mtad", "mmtad")
@@ -66,11 +66,11 @@ class SampleTimeout(Exception):
 @dataclass(frozen=True)
 class Sweep:
     param: str
-    values: tuple[float, ...]
+    values: tuple[float | str, ...]
 
     @classmethod
     def parse(cls, text: str) -> Sweep:
-        """`gamma=2,4,6`, `threshold=0.3,0.5,0.7` or `beam_width=2,4`."""
+        """`gamma=2,4,6`, `threshold=0.3,0.5,0.7`, `beam_width=2,4` or `reference=best,max,own`."""
         param, sep, values = text.partition("=")
         param = param.strip().replace("-", "_")
         if not sep or param not in SWEEP_PARAMS:
@@ -78,7 +78,7 @@ class Sweep:
                 f"--sweep must look like gamma=2,4,6; allowed parameters: {', '.join(SWEEP_PARAMS)}"
             )
         try:
-            parsed = tuple(SWEEP_PARAMS[param](v) for v in values.split(",") if v.strip())
+            parsed = tuple(SWEEP_PARAMS[param](v.strip()) for v in values.split(",") if v.strip())
         except ValueError as exc:
             raise ConfigError(f"--sweep {param}: bad value ({exc})") from exc
         if len(parsed) < 2 or len(set(parsed)) != len(parsed):
@@ -92,6 +92,8 @@ class Sweep:
             return method in _THRESHOLD_METHODS
         if self.param == "beam_width":
             return method in _BEAM_METHODS
+        if self.param == "reference":  # MMTAD's per-depth reference draft joint
+            return method == "mmtad"
         return True
 
 
@@ -149,8 +151,8 @@ class BenchConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _format_value(value: float) -> str:
-    return f"{value:g}"
+def format_sweep_value(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def plan_variants(config: BenchConfig) -> list[Variant]:
@@ -163,7 +165,7 @@ def plan_variants(config: BenchConfig) -> list[Variant]:
             label = method
             if value is not None:
                 params[config.sweep.param] = value
-                label = f"{method} {config.sweep.param}={_format_value(value)}"
+                label = f"{method} {config.sweep.param}={format_sweep_value(value)}"
             validate_settings(**params)
             variants.append(Variant(label, method, params))
     return variants

@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_group.add_argument(
         "--repeats", type=int, default=1, help="generations per prompt and method (default 1)"
     )
-    run_group.add_argument("--sweep", help="e.g. gamma=2,4,6 or threshold=0.3,0.5,0.7 (methods it affects)")
+    run_group.add_argument(
+        "--sweep",
+        help="e.g. gamma=2,4,6, threshold=0.3,0.5,0.7 or reference=best,max,own (methods it affects)",
+    )
     run_group.add_argument("--sample-timeout", type=float, default=300.0, help="seconds per generation (300)")
     run_group.add_argument("--out", default=None, help="output directory (default: bench-<dataset>)")
     mode = run_group.add_mutually_exclusive_group()
@@ -120,7 +123,12 @@ def command_line(config, out: Path) -> str:
     words += _decoding_words(config.decoding) + ["--seed", str(config.seed)]
     words += ["--repeats", str(config.repeats), "--prompt-format", config.prompt_format]
     if config.sweep is not None:
-        words += ["--sweep", f"{config.sweep.param}=" + ",".join(f"{v:g}" for v in config.sweep.values)]
+        from mtad.bench.runner import format_sweep_value
+
+        words += [
+            "--sweep",
+            f"{config.sweep.param}=" + ",".join(map(format_sweep_value, config.sweep.values)),
+        ]
     if config.sample_timeout_s is not None:
         words += ["--sample-timeout", f"{config.sample_timeout_s:g}"]
     return shlex.join(words + ["--out", str(out)])
