@@ -136,6 +136,7 @@ def _one_hot_rows(spec: dict[int, dict[int, float]], nodes: int) -> torch.Tensor
 def test_mmtad_tree_accepts_the_deepest_passing_node_with_ties_by_target_joint():
     # nodes: 0:(0,)=t1  1:(1,)=t2  2:(0,0)=t3  3:(1,0)=t3  4:(1,0,0)=t4
     parents = torch.tensor([-1, -1, 0, 1, 3])
+    depths = torch.tensor([1, 1, 2, 2, 3])
     tokens = torch.tensor([1, 2, 3, 3, 4])
     p = _one_hot_rows(
         {
@@ -151,14 +152,14 @@ def test_mmtad_tree_accepts_the_deepest_passing_node_with_ties_by_target_joint()
     reference = torch.log(torch.tensor([0.5, 0.5, 0.2, 0.2, 0.2], dtype=torch.float64))
     g = torch.Generator().manual_seed(0)
     # target joints: n0 .5, n1 .4, n2 .45, n3 .08, n4 .0008; ratios: 1, .8, 2.25, .4, .004
-    verdict = mmtad_tree(p, tokens, parents, reference, g, threshold=0.5)
+    verdict = mmtad_tree(p, tokens, parents, depths, reference, g, threshold=0.5)
     assert verdict.path == [0, 2]  # depth 2: only n2 passes
     assert verdict.next_token == 6  # p after node 2 is one-hot on 6
-    verdict = mmtad_tree(p, tokens, parents, reference, g, threshold=0.3)
+    verdict = mmtad_tree(p, tokens, parents, depths, reference, g, threshold=0.3)
     assert verdict.path == [0, 2]  # n2 and n3 pass at depth 2: n2 has the higher target joint
-    verdict = mmtad_tree(p, tokens, parents, reference, g, threshold=0.001)
+    verdict = mmtad_tree(p, tokens, parents, depths, reference, g, threshold=0.001)
     assert verdict.path == [1, 3, 4]  # the deepest passing node wins even with a small joint
-    verdict = mmtad_tree(p, tokens, parents, reference + 10, g, threshold=0.5)
+    verdict = mmtad_tree(p, tokens, parents, depths, reference + 10, g, threshold=0.5)
     assert verdict.path == []  # nothing passes: one token from p at the root
     assert verdict.next_token in (1, 2, 7)
 

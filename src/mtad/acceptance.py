@@ -153,6 +153,7 @@ def mmtad_tree(
     p: torch.Tensor,
     tokens: torch.Tensor,
     parents: torch.Tensor,
+    depths: torch.Tensor,
     reference: torch.Tensor,
     generator: torch.Generator,
     threshold: float,
@@ -164,10 +165,9 @@ def mmtad_tree(
     """
     log_target = _tree_log_joint(p, tokens, parents)  # [nodes]
     passing = (log_target - reference) > math.log(threshold)
-    depths = _depths(parents)
     best, best_key = -1, (0, -math.inf)
     for node in torch.nonzero(passing).flatten().tolist():
-        key = (depths[node], float(log_target[node]))
+        key = (int(depths[node]), float(log_target[node]))
         if key > best_key:
             best, best_key = node, key
     path = path_to(best, parents)
@@ -227,10 +227,3 @@ def _tree_log_joint(p: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor
     for node, parent in enumerate(parents.tolist()):
         joint[node] = log_p[node] + (joint[parent] if parent >= 0 else 0.0)
     return joint
-
-
-def _depths(parents: torch.Tensor) -> list[int]:
-    depths: list[int] = []
-    for parent in parents.tolist():
-        depths.append(depths[parent] + 1 if parent >= 0 else 1)
-    return depths

@@ -37,6 +37,7 @@ from mtad.drafting import (
     chain_sample,
     empty_proposal,
 )
+from mtad.models import output_width
 from mtad.sampling import warp
 from mtad.stopping import Stopper
 from mtad.tree import tree_inputs
@@ -170,7 +171,7 @@ def _mmtad_rule(spec: SpeculationConfig) -> Acceptor:
             proposal.log_joint, tree.depths, tree.parents, proposal.best_leaf, spec.reference
         )
         verdict = acceptance.mmtad_tree(
-            p[0], proposal.tokens, tree.parents, reference, generator, spec.threshold
+            p[0], proposal.tokens, tree.parents, tree.depths, reference, generator, spec.threshold
         )
         return verdict.path, verdict.next_token
 
@@ -229,7 +230,7 @@ class Generation:
         seed: int | None = None,
         tokenizer=None,
     ) -> None:
-        self.vocab_size = _vocab_size(target)
+        self.vocab_size = output_width(target)
         self.target = CachedModel(target, self.vocab_size)
         # MTJD: the target drafts for itself, sharing one cache.
         self.drafter = (
@@ -339,8 +340,3 @@ class _Generators:
             offset = len(self.by_device)
             self.by_device[device] = torch.Generator(device=device).manual_seed(self.seed + offset)
         return self.by_device[device]
-
-
-def _vocab_size(model: PreTrainedModel) -> int:
-    head = model.get_output_embeddings()
-    return head.weight.shape[0] if head is not None else model.config.vocab_size

@@ -93,9 +93,15 @@ def check_same_vocabulary(target_tokenizer, draft_tokenizer) -> None:
     )
 
 
+def output_width(model: PreTrainedModel) -> int:
+    """Token ids the model's output head scores (may exceed the tokenizer's size by padding)."""
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.vocab_size
+
+
 def check_heads_compatible(target: PreTrainedModel, draft: PreTrainedModel, tokenizer=None) -> None:
     """Output heads may differ only by padding past the real vocabulary (e.g. Qwen2.5 0.5B vs 7B)."""
-    widths = [m.get_output_embeddings().weight.shape[0] for m in (target, draft)]
+    widths = [output_width(m) for m in (target, draft)]
     if widths[0] == widths[1]:
         return
     if tokenizer is not None and min(widths) >= len(tokenizer):

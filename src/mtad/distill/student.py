@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from mtad.errors import ConfigError, VocabularyMismatchError
-from mtad.models import check_same_vocabulary, load_model
+from mtad.models import check_same_vocabulary, load_model, output_width
 
 _LAYER_KEY = re.compile(r"(^|\.)layers\.(\d+)\.")
 
@@ -71,7 +71,7 @@ def load_initial_draft(path: str, target: PreTrainedModel, target_tokenizer) -> 
     loaded = load_model(path, dtype=torch.float32)
     if loaded.tokenizer is not None:
         check_same_vocabulary(target_tokenizer, loaded.tokenizer)
-    widths = [m.get_output_embeddings().weight.shape[0] for m in (target, loaded.model)]
+    widths = [output_width(m) for m in (target, loaded.model)]
     if widths[0] != widths[1]:
         raise VocabularyMismatchError(
             f"draft {path!r} predicts {widths[1]} token ids, the target {widths[0]}; allowed: a draft with "
