@@ -12,12 +12,14 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import mtad
 from mtad.cli import main
 from mtad.distill import DataSettings, OutputDirError, TrainSettings, distill
 from mtad.distill.data import Sample
 from mtad.distill.metrics import topk_kl
 from mtad.distill.train import Position, make_batch, next_indices
-from mtad.errors import ModelLoadError, VocabularyMismatchError
+from mtad.errors import ConfigError, ModelLoadError, VocabularyMismatchError
+from mtad.models import load_pair
 
 VOCAB = 64
 WORDS = "the a of to and is in it you that write explain list give about short poem story".split()
@@ -84,6 +86,47 @@ def test_loss_goes_down_and_the_draft_is_a_plain_model(target_dir, data_dir, tmp
     assert AutoTokenizer.from_pretrained(tmp_path / "run").get_vocab() == _tokenizer(VOCAB).get_vocab()
     manifest = json.loads((data_dir / "data_manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] == 12 and manifest["generated_tokens"] > 0
+
+
+def test_subset_draft_trains_saves_half_precision_and_decodes(target_dir, data_dir, tmp_path):
+    losses: list[float] = []
+    settings = TrainSettings(steps=30, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=2,
+                             checkpoint_every=10, draft_vocab=24, save_dtype="float16")  # fmt: skip
+    report = distill(target_dir, tmp_path / "run", settings, DATA, data_dir=data_dir,
+                     on_step=lambda step, loss: losses.append(loss))  # fmt: skip
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    # Held-out numbers stay finite although q = 0 outside the subset (KL on the renormalised p).
+    # They need not improve here: 12 random-model samples cover only part of the held-out tokens.
+    assert report["draft_vocab"] == 24 and 0.0 < report["heldout"]["subset_mass"] < 1.0
+    assert 0.0 <= report["heldout"]["kl"] < float("inf")
+    weights = _weights(tmp_path / "run")
+    assert all(w.dtype == torch.float16 for w in weights.values())
+    target, draft = load_pair(target_dir, tmp_path / "run")
+    token_ids = draft.model.config.mtad_token_ids
+    assert len(token_ids) == 24 and {0, 1, 2} <= set(token_ids) and draft.model.config.vocab_size == 25
+    assert draft.model.config.eos_token_id == token_ids.index(2)  # special ids became draft ids
+    result = mtad.generate(target.model, draft.model, "write a short poem", method="sd", max_new_tokens=12,
+                           seed=0, tokenizer=target.tokenizer, eos_token_id=[])  # fmt: skip
+    assert len(result.tokens) == 12 and result.stats.drafted_tokens > 0
+    resumed = distill(target_dir, tmp_path / "run", replace(settings, steps=32), DATA,
+                      data_dir=data_dir, resume=True)  # fmt: skip
+    assert resumed["steps"] == 32 and resumed["draft_vocab"] == 24
+
+
+def test_subset_loss_renormalises_the_teacher_over_what_the_draft_can_predict():
+    teacher = torch.log_softmax(torch.randn(5, VOCAB), -1).topk(VOCAB)
+    kept = teacher.indices < 40  # the draft predicts ids 0..39 only
+    full = torch.empty(5, VOCAB).scatter_(-1, teacher.indices, teacher.values)  # teacher logp by id
+    student = full[:, :40]  # the teacher restricted to the subset (softmax renormalises it)
+    ids = teacher.indices.where(kept, 40)
+    assert float(topk_kl(student, ids, teacher.values, kept)) == pytest.approx(0.0, abs=1e-4)
+    assert float(topk_kl(torch.zeros(5, 40), ids, teacher.values, kept)) > 0.1
+
+
+def test_draft_vocab_larger_than_the_vocabulary_is_refused(target_dir, data_dir, tmp_path):
+    settings = TrainSettings(steps=1, batch_size=2, seq_len=32, draft_vocab=VOCAB + 1)
+    with pytest.raises(ConfigError, match="--draft-vocab must be in"):
+        distill(target_dir, tmp_path / "run", settings, DATA, data_dir=data_dir)
 
 
 def test_resume_reproduces_an_uninterrupted_run(target_dir, data_dir, tmp_path):

@@ -15,12 +15,16 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from mtad.vocabulary import subset_of
+
 
 class CachedModel:
     """A causal LM, its `DynamicCache`, and a count of forward passes.
 
     vocab_size: the width every distribution is aligned to (the target's), so draft and target
-    probabilities index the same token ids even when one model pads its output head.
+    probabilities index the same token ids even when one model pads its output head, or is a
+    draft over a token subset (`mtad.vocabulary`): it is fed target ids mapped to its own, and
+    its logits come back at target width with -inf outside the subset.
     """
 
     def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
@@ -28,6 +32,9 @@ class CachedModel:
         self.vocab_size = vocab_size
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
+        self.subset = subset_of(model.config, vocab_size)
+        if self.subset is not None:
+            self.subset.to(self.device)
         self.cache = DynamicCache(config=model.config)
         self.calls = 0
 
@@ -48,14 +55,19 @@ class CachedModel:
         Tree attention passes `position_ids` [rows, m] and a 4D additive `attention_mask`
         [rows, 1, m, cached + m] (see `mtad.tree.tree_inputs`); plain causal decoding passes neither.
         """
+        tokens = tokens.to(self.device)
+        if self.subset is not None:
+            tokens = self.subset.to_draft(tokens)
         out = self.model(
-            input_ids=tokens.to(self.device), cache=self.cache, use_cache=True, logits_to_keep=keep,
+            input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=keep,
             position_ids=position_ids, attention_mask=attention_mask,
         )  # fmt: skip
         self.calls += 1
         return self._align_vocab(out.logits[:, -keep:].float())
 
     def _align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.subset is not None:
+            return self.subset.to_target_logits(logits)
         width = logits.shape[-1]
         if width > self.vocab_size:  # padded head: ids past the vocabulary are not tokens
             return logits[..., : self.vocab_size]

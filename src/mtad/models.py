@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mtad.errors import ContextLengthError, ModelLoadError, VocabularyMismatchError
+from mtad.vocabulary import subset_of
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -100,7 +101,10 @@ def output_width(model: PreTrainedModel) -> int:
 
 
 def check_heads_compatible(target: PreTrainedModel, draft: PreTrainedModel, tokenizer=None) -> None:
-    """Output heads may differ only by padding past the real vocabulary (e.g. Qwen2.5 0.5B vs 7B)."""
+    """Output heads may differ only by padding past the real vocabulary (e.g. Qwen2.5 0.5B vs 7B),
+    or the draft predicts a subset of the target's ids (`mtad.vocabulary`, checked here)."""
+    if subset_of(draft.config, output_width(target)) is not None:
+        return
     widths = [output_width(m) for m in (target, draft)]
     if widths[0] == widths[1]:
         return

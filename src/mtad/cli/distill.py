@@ -7,7 +7,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-_TRAIN_FLAGS = ("steps", "batch_size", "seq_len", "lr", "seed", "layers", "checkpoint_every")
+_TRAIN_FLAGS = (
+    "steps", "batch_size", "seq_len", "lr", "seed", "layers", "checkpoint_every", "draft_vocab", "save_dtype"
+)  # fmt: skip
 _DATA_FLAGS = {
     "samples": "train_samples",
     "heldout_samples": "heldout_samples",
@@ -44,6 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--lr", type=float, help="AdamW learning rate after warm-up")
     group.add_argument("--seed", type=int, help="seed for instructions, sampling and batch order")
     group.add_argument("--layers", help='target layers the draft keeps, e.g. "0,-1" (default: 0)')
+    group.add_argument(
+        "--draft-vocab",
+        type=int,
+        help="predict only the K target tokens with the most teacher mass (a smaller, faster head; "
+        "lossless methods stay lossless, see mtad.vocabulary). Default: the whole vocabulary",
+    )
+    group.add_argument(
+        "--save-dtype", choices=("float32", "float16", "bfloat16"), help="dtype of the final draft weights"
+    )
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
     group.add_argument("--draft", help="start from this draft directory instead of the target's layers")
     group = parser.add_argument_group("data (made once, cached in --data-dir)")

@@ -15,52 +15,95 @@ import torch
 from transformers import DynamicCache
 
 from mtad.config import SamplingConfig
+from mtad.models import output_width
 from mtad.sampling import warp
+from mtad.vocabulary import target_logits
 
 PAPER_SAMPLING = SamplingConfig(temperature=1.0, top_k=10, top_p=0.9)
 
 
-def topk_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logp: torch.Tensor) -> torch.Tensor:
+def topk_kl(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logp: torch.Tensor,
+    teacher_kept: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean KL(p || q) over positions, on the teacher's top-k tokens plus one "rest" bucket.
 
     student_logits [N, vocab]; topk_ids, topk_logp [N, k]. The rest bucket holds all mass
     outside the teacher's top-k, for both p and q. Renormalising the top-k instead would teach
     the draft a sharper distribution than the target's; with the bucket the loss is a lower
     bound of the full KL that is zero exactly when q matches p on the top-k.
+
+    teacher_kept [N, k] (a draft over a token subset): False marks teacher tokens the draft can
+    never predict. p drops them and is renormalised: on a fixed support, q = p / p(subset)
+    maximises the acceptance sum_v min(p, q). Positions with no kept token are skipped.
     """
+    teacher_p = topk_logp.float().exp()
+    teacher_rest = (1.0 - teacher_p.sum(-1)).clamp(min=0.0)  # [N], a probability
     ids = topk_ids.long()
+    if teacher_kept is not None:
+        usable = teacher_kept.any(-1)
+        teacher_p, teacher_rest, ids, teacher_kept = (
+            teacher_p[usable],
+            teacher_rest[usable],
+            ids[usable],
+            teacher_kept[usable],
+        )
+        student_logits = student_logits[usable]
+        teacher_p = teacher_p * teacher_kept
+        total = teacher_p.sum(-1) + teacher_rest
+        teacher_p, teacher_rest = teacher_p / total[:, None], teacher_rest / total
+        # Dropped entries point at the row's first kept id: harmless for both the gather (p = 0)
+        # and the scatter that empties the rest bucket (that id is removed anyway).
+        first_kept = ids.gather(-1, teacher_kept.float().argmax(-1, keepdim=True))
+        ids = torch.where(teacher_kept, ids, first_kept)
     student_all = torch.log_softmax(student_logits.float(), dim=-1)  # [N, vocab]
     student_top = student_all.gather(-1, ids)  # [N, k]
     # Clamped: with k = vocab the student's bucket is empty (-inf) while float error leaves p a sliver.
     student_rest = student_all.scatter(-1, ids, float("-inf")).logsumexp(-1).clamp(min=-30.0)  # [N]
-    teacher_top = topk_logp.float()
-    teacher_rest = (1.0 - teacher_top.exp().sum(-1)).clamp(min=0.0)  # [N], a probability
-    kl_top = (teacher_top.exp() * (teacher_top - student_top)).sum(-1)
+    kl_top = (torch.xlogy(teacher_p, teacher_p) - teacher_p * student_top).sum(-1)
     kl_rest = torch.xlogy(teacher_rest, teacher_rest) - teacher_rest * student_rest
     return (kl_top + kl_rest).mean()
 
 
 def compare(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-position sums for KL(p||q), greedy agreement and acceptance. Both logits [N, vocab]."""
+    """Per-position sums for KL, greedy agreement, acceptance and subset mass. Logits [N, vocab].
+
+    A subset draft has q = 0 outside its subset, where KL(p || q) is infinite; the KL is then
+    taken against p renormalised on the subset, and `subset_mass` (p's mass there) says how much
+    was left out.
+    """
     p_log = torch.log_softmax(target_logits.float(), -1)
     q_log = torch.log_softmax(draft_logits.float(), -1)
-    kl = (p_log.exp() * (p_log - q_log)).sum(-1)
+    support = torch.isfinite(q_log)
+    subset_mass = p_log.exp().where(support, 0.0).sum(-1)
+    p_on_support = (p_log - subset_mass.log()[:, None]).where(support, float("-inf"))
+    kl = torch.xlogy(p_on_support.exp(), p_on_support.exp()).sum(-1) - (
+        p_on_support.exp() * q_log.where(support, 0.0)
+    ).sum(-1)
     agree = (target_logits.argmax(-1) == draft_logits.argmax(-1)).float()
     accept = torch.minimum(warp(target_logits, PAPER_SAMPLING), warp(draft_logits, PAPER_SAMPLING)).sum(-1)
-    return {"kl": kl.sum(), "greedy_agreement": agree.sum(), "acceptance": accept.sum()}
+    return {
+        "kl": kl.sum(),
+        "greedy_agreement": agree.sum(),
+        "acceptance": accept.sum(),
+        "subset_mass": subset_mass.sum(),
+    }
 
 
 @torch.inference_mode()
 def heldout_metrics(target, draft, samples) -> dict[str, float]:
     """Mean held-out KL(p||q), greedy agreement and expected acceptance over answer positions."""
-    totals = {"kl": 0.0, "greedy_agreement": 0.0, "acceptance": 0.0}
+    totals = {"kl": 0.0, "greedy_agreement": 0.0, "acceptance": 0.0, "subset_mass": 0.0}
+    width = output_width(target)
     positions = 0
     for sample in samples:
         ids = sample.ids[None].long()
         span = slice(sample.start, len(sample.ids) - 1)
         if span.start >= span.stop:
             continue
-        sums = compare(target(input_ids=ids).logits[0, span], draft(input_ids=ids).logits[0, span])
+        sums = compare(target(input_ids=ids).logits[0, span], target_logits(draft, ids, width)[0, span])
         for name, value in sums.items():
             totals[name] += float(value)
         positions += span.stop - span.start

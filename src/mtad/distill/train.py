@@ -16,6 +16,7 @@ warm-up and is then constant, so extending --steps on resume changes nothing alr
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -31,15 +32,23 @@ from transformers import AutoModelForCausalLM
 
 from mtad.distill.data import DataSettings, Sample, prepare_data, target_fingerprint
 from mtad.distill.metrics import forward_ms, heldout_metrics, topk_kl
-from mtad.distill.student import build_student, load_initial_draft, parse_layers
+from mtad.distill.student import (
+    build_student,
+    choose_subset,
+    load_initial_draft,
+    parse_layers,
+    reduce_vocabulary,
+)
 from mtad.errors import ConfigError, ModelLoadError, MtadError
-from mtad.models import load_model
+from mtad.models import load_model, output_width
+from mtad.vocabulary import TokenSubset, subset_of
 
 MARKER = "mtad_distill.json"
 LOCK = ".mtad_distill.lock"
 CHECKPOINT = "checkpoint"
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings a resumed run must share with the original; steps and checkpoint_every may change.
-_RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+_RESUMABLE_CHANGES = ("steps", "checkpoint_every", "save_dtype")
 _RESUMABLE_DATA_CHANGES = ("train_samples",)  # more data may be added to a run
 
 
@@ -57,6 +66,8 @@ class TrainSettings:
     seed: int = 0
     layers: str | None = None  # target layers to keep, e.g. "0,-1" (None: the first alone)
     checkpoint_every: int = 100
+    draft_vocab: int | None = None  # target ids the draft predicts (None: all; see mtad.vocabulary)
+    save_dtype: str = "float32"  # dtype of the final draft's weights (training is float32)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every"):
@@ -64,6 +75,12 @@ class TrainSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.draft_vocab is not None and self.draft_vocab < 1:
+            raise ConfigError(f"--draft-vocab must be >= 1, got {self.draft_vocab}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ConfigError(
+                f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}"
+            )
 
 
 @dataclass
@@ -177,8 +194,14 @@ def next_indices(position: Position, count: int, size: int, seed: int) -> list[i
     return picked
 
 
-def make_batch(samples: list[Sample], seq_len: int) -> dict[str, torch.Tensor]:
-    """Right-padded inputs and the flat list of trained (row, position) pairs with teacher rows."""
+def make_batch(
+    samples: list[Sample], seq_len: int, subset: TokenSubset | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded inputs and the flat list of trained (row, position) pairs with teacher rows.
+
+    With a draft token subset, inputs and teacher ids become draft ids; `teacher_kept` marks the
+    teacher's top-k entries the draft can predict at all (the loss renormalises over those).
+    """
     width = min(seq_len, max(len(s.ids) for s in samples))
     input_ids = torch.zeros(len(samples), width, dtype=torch.long)
     attention = torch.zeros(len(samples), width, dtype=torch.long)
@@ -192,7 +215,7 @@ def make_batch(samples: list[Sample], seq_len: int) -> dict[str, torch.Tensor]:
         columns += range(sample.start, sample.start + trained)
         ids.append(sample.topk_ids[:trained])
         logp.append(sample.topk_logp[:trained])
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention,
         "rows": torch.tensor(rows, dtype=torch.long),
@@ -200,18 +223,27 @@ def make_batch(samples: list[Sample], seq_len: int) -> dict[str, torch.Tensor]:
         "topk_ids": torch.cat(ids),
         "topk_logp": torch.cat(logp),
     }
+    if subset is not None:
+        batch["teacher_kept"] = subset.contains(batch["topk_ids"])
+        batch["topk_ids"] = subset.to_draft(batch["topk_ids"])
+        batch["input_ids"] = subset.to_draft(input_ids)
+    return batch
 
 
 def batch_loss(student, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """KL on trained positions only; the output head runs on those rows alone (it dominates cost).
 
     Assumes the head reads the decoder's final hidden states directly, as in Llama-family models.
+    A subset draft's last row stands for other input tokens and is never predicted: it is dropped.
     """
     hidden = student.get_decoder()(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state  # [batch, width, hidden]
     logits = student.get_output_embeddings()(hidden[batch["rows"], batch["columns"]])  # [N, vocab]
-    return topk_kl(logits, batch["topk_ids"], batch["topk_logp"])
+    kept = batch.get("teacher_kept")
+    if kept is not None:
+        logits = logits[:, :-1]
+    return topk_kl(logits, batch["topk_ids"], batch["topk_logp"], kept)
 
 
 def learning_rate(settings: TrainSettings, step: int) -> float:
@@ -289,13 +321,14 @@ def _distill(
         # Record the grown settings (steps, samples) so the next --resume starts from them.
         _write_marker(out, train, data, target_dir, data_path, marker.get("initial_draft"), initial)
     else:
-        student = _initial_student(target, tokenizer, train, draft_dir)
+        student = _initial_student(target, tokenizer, train, draft_dir, train_set)
         optimizer = torch.optim.AdamW(student.parameters(), lr=train.lr, weight_decay=0.0)
         position = Position()
         initial = heldout_metrics(target, student.eval(), heldout)
         _write_marker(out, train, data, target_dir, data_path, draft_dir, initial)
     started = time.perf_counter()
-    _train_loop(student.train(), optimizer, position, train_set, train, out, on_step)
+    subset = subset_of(student.config, output_width(target))
+    _train_loop(student.train(), optimizer, position, train_set, train, out, on_step, subset)
     return _finish(
         out,
         student.eval(),
@@ -343,11 +376,22 @@ def _load_target(target_dir):
     return loaded.model.eval(), loaded.tokenizer
 
 
-def _initial_student(target, tokenizer, train: TrainSettings, draft_dir: str | None):
+def _initial_student(target, tokenizer, train: TrainSettings, draft_dir: str | None, train_set):
     torch.manual_seed(train.seed)
     if draft_dir is not None:
         return load_initial_draft(draft_dir, target, tokenizer)
-    return build_student(target, parse_layers(train.layers, target.config.num_hidden_layers))
+    student = build_student(target, parse_layers(train.layers, target.config.num_hidden_layers))
+    if train.draft_vocab is None:
+        return student
+    always = sorted({*tokenizer.all_special_ids, *_eos_ids(target)})
+    return reduce_vocabulary(
+        student, choose_subset(train_set, train.draft_vocab, output_width(target), always)
+    )
+
+
+def _eos_ids(model) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
 def _write_marker(
@@ -378,6 +422,7 @@ def _train_loop(
     settings: TrainSettings,
     out: Path,
     on_step: Callable[[int, float], None] | None,
+    subset: TokenSubset | None,
 ) -> None:
     bar = tqdm(
         total=settings.steps,
@@ -390,7 +435,7 @@ def _train_loop(
     smoothed, tokens, started = None, 0, time.perf_counter()
     while position.step < settings.steps:
         indices = next_indices(position, len(train_set), settings.batch_size, settings.seed)
-        batch = make_batch([train_set[i] for i in indices], settings.seq_len)
+        batch = make_batch([train_set[i] for i in indices], settings.seq_len, subset)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(settings, position.step)
         loss = batch_loss(student, batch)
@@ -422,7 +467,8 @@ def _finish(
     seconds: float,
     train_set: list[Sample],
 ) -> dict:
-    student.save_pretrained(out)
+    saved = copy.deepcopy(student).to(SAVE_DTYPES[settings.save_dtype])
+    saved.save_pretrained(out)
     tokenizer.save_pretrained(out)
     target_ms, draft_ms = forward_ms(target), forward_ms(student)
     report = {
@@ -440,6 +486,9 @@ def _finish(
             "ratio": round(draft_ms / target_ms, 3),
         },
         "draft_layers": student.config.num_hidden_layers,
+        "draft_vocab": settings.draft_vocab,
+        "saved_dtype": settings.save_dtype,
+        "weights_mb": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20, 1),
         "layers_flag": settings.layers,
         "lr": settings.lr,
         "batch_size": settings.batch_size,
