@@ -108,6 +108,13 @@ def test_subset_draft_trains_saves_half_precision_and_decodes(target_dir, data_d
     result = mtad.generate(target.model, draft.model, "write a short poem", method="sd", max_new_tokens=12,
                            seed=0, tokenizer=target.tokenizer, eos_token_id=[])  # fmt: skip
     assert len(result.tokens) == 12 and result.stats.drafted_tokens > 0
+    # A full-vocabulary draft can be the starting point of a subset draft; a subset draft keeps its own.
+    warm = distill(target_dir, tmp_path / "warm", replace(settings, steps=2, draft_vocab=16), DATA,
+                   data_dir=data_dir, draft_dir=str(target_dir))  # fmt: skip
+    assert warm["draft_vocab"] == 16 and warm["draft_layers"] == 4
+    with pytest.raises(ConfigError, match="already predicts 24 tokens"):
+        distill(target_dir, tmp_path / "again", replace(settings, draft_vocab=16), DATA, data_dir=data_dir,
+                draft_dir=str(tmp_path / "run"), overwrite=True)  # fmt: skip
     resumed = distill(target_dir, tmp_path / "run", replace(settings, steps=32), DATA,
                       data_dir=data_dir, resume=True)  # fmt: skip
     assert resumed["steps"] == 32 and resumed["draft_vocab"] == 24

@@ -379,9 +379,16 @@ def _load_target(target_dir):
 def _initial_student(target, tokenizer, train: TrainSettings, draft_dir: str | None, train_set):
     torch.manual_seed(train.seed)
     if draft_dir is not None:
-        return load_initial_draft(draft_dir, target, tokenizer)
-    student = build_student(target, parse_layers(train.layers, target.config.num_hidden_layers))
-    if train.draft_vocab is None:
+        student = load_initial_draft(draft_dir, target, tokenizer)
+    else:
+        student = build_student(target, parse_layers(train.layers, target.config.num_hidden_layers))
+    existing = subset_of(student.config, output_width(target))
+    if existing is not None and train.draft_vocab not in (None, existing.size):
+        raise ConfigError(
+            f"--draft {draft_dir!r} already predicts {existing.size} tokens, got --draft-vocab "
+            f"{train.draft_vocab}; allowed: {existing.size} or no --draft-vocab"
+        )
+    if train.draft_vocab is None or existing is not None:
         return student
     always = sorted({*tokenizer.all_special_ids, *_eos_ids(target)})
     return reduce_vocabulary(
