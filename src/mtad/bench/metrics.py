@@ -270,6 +270,16 @@ def pass_at_1_per_problem(outcomes: Mapping[str, Sequence[bool]]) -> dict[str, f
     return scores
 
 
+def mean_per_problem(scores: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Per-problem mean of a numeric score over its repeats (e.g. judge ratings); the bootstrap unit."""
+    means = {}
+    for problem, values in scores.items():
+        if len(values) == 0:
+            raise MtadError(f"problem {problem!r} has no scores")
+        means[problem] = float(np.mean(values))
+    return means
+
+
 def pass_at_1(outcomes: Mapping[str, Sequence[bool]]) -> float:
     """pass@1 over a benchmark: mean over problems of each problem's pass@1."""
     scores = pass_at_1_per_problem(outcomes)

@@ -31,10 +31,27 @@ def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
         "prompt format": config.prompt_format,
         "sample timeout (s)": config.sample_timeout_s,
     }
+    if config.judge is not None:
+        setup["judge"] = f"{config.judge.model} at {config.judge.url}"
+        setup["judge prompt / timeout (s)"] = f"{config.judge.prompt} / {config.judge.timeout_s:g}"
+        setup["judge API key variable"] = config.judge.api_key_env
     if config.sweep is not None:
         setup["sweep"] = f"{config.sweep.param} = {', '.join(map(format_sweep_value, config.sweep.values))}"
     setup["config hash"] = config.config_hash()
     return setup
+
+
+def quality_notes(config: BenchConfig) -> list[str]:
+    """What the report says under its output-quality table about MT-Bench's judge."""
+    if config.judge is not None:
+        return [
+            f"MT-Bench answers were graded 1–10 by `{config.judge.model}` at {config.judge.url} "
+            f"(prompt `{config.judge.prompt}`, temperature 0). Judge scores depend on the judge model: "
+            "compare them only between runs graded by the same judge."
+        ]
+    if config.dataset == "mtbench":
+        return ["No judge was given (`--judge-url`): MT-Bench answers are scored by perplexity only."]
+    return []
 
 
 def write_outputs(
@@ -76,6 +93,7 @@ def write_outputs(
         machine=machine,
         plots=figures,
         sweep_param=sweep_param,
+        quality_notes=quality_notes(config),
     )
     (out / REPORT_FILE).write_text(report, encoding="utf-8")
     files = {"results": out / "results.jsonl", "config": out / CONFIG_FILE, "summary": out / SUMMARY_FILE}

@@ -12,6 +12,9 @@ Aggregation rules (metric definitions are in `mtad.bench.metrics`):
 - perplexity: token-weighted (pooled log-probs) and the mean of per-sample perplexities;
 - task score: per prompt the fraction of repeats that passed, then the mean over prompts with a
   95% percentile-bootstrap CI over prompts; a failed generation counts as a wrong answer;
+- MT-Bench judge score (1-10): per prompt the mean rating over repeats, then the mean over prompts
+  with the same bootstrap CI; missing judgements (judge errors, replies without a valid rating) are
+  left out and counted, failed generations have no answer to judge and count as failed only;
 - J/token: total joules / total new tokens, or "n/a" when the machine has no meter;
 - peak memory: the largest per-sample value (the report says which kind of peak it is).
 """
@@ -30,6 +33,7 @@ import numpy as np
 
 from mtad.bench import metrics
 from mtad.bench.energy import NO_METER
+from mtad.bench.judge import METRIC as JUDGE_METRIC
 from mtad.bench.metrics import ConfidenceInterval, Spread
 
 BASELINE = "ar"
@@ -54,8 +58,9 @@ class VariantSummary:
     draft_forwards_per_token: float
     perplexity_token_weighted: float
     perplexity_sample_mean: float
-    task_metric: str | None
-    task_score: ConfidenceInterval | None
+    task_metric: str | None  # pass@1, execution accuracy or JUDGE_METRIC; None without a task score
+    task_score: ConfidenceInterval | None  # None also when every judgement is missing
+    judge_missing: int  # samples generated but not judged (judged runs only)
     joules_per_token: float | None
     peak_memory_mb: float
 
@@ -94,15 +99,29 @@ def _speedups(rows: Sequence[Mapping], baseline: Mapping[tuple[str, int], float]
     return metrics.paired_speedups([b for b, _ in pairs], [m for _, m in pairs])
 
 
-def _task_score(rows: Sequence[Mapping], seed: int) -> tuple[str | None, ConfidenceInterval | None]:
+def _task_score(rows: Sequence[Mapping], seed: int) -> tuple[str | None, ConfidenceInterval | None, int]:
+    """(metric, mean over prompts with its CI, missing judgements) of one variant's rows."""
     scored = [r for r in rows if r.get("task")]
     if not scored:
-        return None, None
+        return None, None, 0
+    metric = scored[0]["task"]["metric"]
+    if metric == JUDGE_METRIC:
+        return (metric, *_judge_score(scored, seed))
     outcomes: dict[str, list[bool]] = defaultdict(list)
     for row in rows:  # failed generations count as wrong answers
         outcomes[row["prompt_id"]].append(bool(row.get("task") and row["task"]["correct"]))
     per_prompt = list(metrics.pass_at_1_per_problem(outcomes).values())
-    return scored[0]["task"]["metric"], metrics.bootstrap_ci(per_prompt, seed=seed)
+    return metric, metrics.bootstrap_ci(per_prompt, seed=seed), 0
+
+
+def _judge_score(scored: Sequence[Mapping], seed: int) -> tuple[ConfidenceInterval | None, int]:
+    ratings: dict[str, list[float]] = defaultdict(list)
+    for row in scored:
+        if row["task"]["score"] is not None:
+            ratings[row["prompt_id"]].append(row["task"]["score"])
+    missing = sum(row["task"]["score"] is None for row in scored)
+    per_prompt = list(metrics.mean_per_problem(ratings).values())
+    return (metrics.bootstrap_ci(per_prompt, seed=seed) if per_prompt else None), missing
 
 
 def _joules_per_token(rows: Sequence[Mapping]) -> float | None:
@@ -117,7 +136,7 @@ def summarize_variant(
     """One variant's row of the report from all its samples (failed ones included)."""
     ok = _ok(rows)
     logprobs = [r["logprobs"] for r in ok]
-    metric, score = _task_score(rows, seed)
+    metric, score, judge_missing = _task_score(rows, seed)
     return VariantSummary(
         variant=rows[0]["variant"],
         method=rows[0]["method"],
@@ -137,6 +156,7 @@ def summarize_variant(
         perplexity_sample_mean=metrics.mean_sample_perplexity(logprobs),
         task_metric=metric,
         task_score=score,
+        judge_missing=judge_missing,
         joules_per_token=_joules_per_token(ok),
         peak_memory_mb=max((r["peak_memory_mb"] for r in ok), default=_NAN),
     )
@@ -165,7 +185,11 @@ def _csv_value(value: Any) -> Any:
 
 def summary_row(s: VariantSummary) -> dict[str, Any]:
     speed = s.speedup or Spread(_NAN, _NAN, _NAN, 0)
-    score = s.task_score or ConfidenceInterval(_NAN, _NAN, _NAN, 0.95)
+    none = ConfidenceInterval(_NAN, _NAN, _NAN, 0.95)
+    judged = s.task_metric == JUDGE_METRIC
+    # Pass/fail fractions (0..1) and judge ratings (1..10) never share a column.
+    score = (None if judged else s.task_score) or none
+    judge = (s.task_score if judged else None) or none
     row = {
         "variant": s.variant,
         "method": s.method,
@@ -188,10 +212,14 @@ def summary_row(s: VariantSummary) -> dict[str, Any]:
         "draft_forwards_per_token": s.draft_forwards_per_token,
         "perplexity_token_weighted": s.perplexity_token_weighted,
         "perplexity_sample_mean": s.perplexity_sample_mean,
-        "task_metric": s.task_metric,
+        "task_metric": None if judged else s.task_metric,
         "task_score": score.estimate,
         "task_ci_low": score.low,
         "task_ci_high": score.high,
+        "mtbench_judge_score_1to10": judge.estimate,
+        "mtbench_judge_ci_low": judge.low,
+        "mtbench_judge_ci_high": judge.high,
+        "mtbench_judge_missing": s.judge_missing if judged else None,
         "joules_per_token": s.joules_per_token,
         "peak_memory_mb": s.peak_memory_mb,
     }
@@ -291,20 +319,25 @@ def position_table(summaries: Sequence[VariantSummary]) -> str:
 
 def _score_cell(s: VariantSummary) -> str:
     if s.task_score is None:
+        if s.task_metric == JUDGE_METRIC:
+            return "— (every judgement missing)"
         return "n/a (no automatic score; see perplexity)"
     ci = s.task_score
-    return f"{fmt(ci.estimate, 3)} [{fmt(ci.low, 3)}–{fmt(ci.high, 3)}]"
+    digits = 2 if s.task_metric == JUDGE_METRIC else 3
+    return f"{fmt(ci.estimate, digits)} [{fmt(ci.low, digits)}–{fmt(ci.high, digits)}]"
 
 
 def quality_table(summaries: Sequence[VariantSummary]) -> str:
     metric = next((s.task_metric for s in summaries if s.task_metric), None)
     score_header = f"{metric} [95% CI]" if metric else "task score"
     header = ["method", "perplexity (token-weighted)", "perplexity (per-sample mean)", score_header]
+    judged = metric == JUDGE_METRIC
     rows = [
         [s.variant, fmt(s.perplexity_token_weighted, 3), fmt(s.perplexity_sample_mean, 3), _score_cell(s)]
+        + ([str(s.judge_missing)] if judged else [])
         for s in summaries
     ]
-    return _table(header, rows)
+    return _table(header + (["missing judgements"] if judged else []), rows)
 
 
 def resources_table(summaries: Sequence[VariantSummary]) -> str:
@@ -336,16 +369,26 @@ def sweep_table(summaries: Sequence[VariantSummary], param: str) -> str:
     return _table(header, rows)
 
 
-def _failures(rows: Sequence[Mapping], limit: int = 20) -> str:
-    failed = [r for r in rows if r.get("status") != "ok"]
-    if not failed:
+def _sample_list(rows: Sequence[Mapping], reason, limit: int = 20) -> str:
+    if not rows:
         return "None."
-    lines = [
-        f"- `{r['prompt_id']}` {r['variant']} repeat {r['repeat']}: {r.get('reason')}" for r in failed[:limit]
-    ]
-    if len(failed) > limit:
-        lines.append(f"- … and {len(failed) - limit} more (see results.jsonl)")
+    lines = [f"- `{r['prompt_id']}` {r['variant']} repeat {r['repeat']}: {reason(r)}" for r in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"- … and {len(rows) - limit} more (see results.jsonl)")
     return "\n".join(lines)
+
+
+def _failures(rows: Sequence[Mapping]) -> str:
+    return _sample_list([r for r in rows if r.get("status") != "ok"], lambda r: r.get("reason"))
+
+
+def _judged(rows: Sequence[Mapping]) -> list[Mapping]:
+    return [r for r in rows if r.get("task") and r["task"]["metric"] == JUDGE_METRIC]
+
+
+def _missing_judgements(rows: Sequence[Mapping]) -> str:
+    missing = [r for r in _judged(rows) if r["task"]["score"] is None]
+    return _sample_list(missing, lambda r: r["task"]["detail"])
 
 
 _DEFINITIONS = """\
@@ -356,7 +399,10 @@ _DEFINITIONS = """\
 - block efficiency: new tokens / target forward passes (the bonus or recovered token counts).
 - perplexity: exp(−mean log p) of the generated tokens under the unwarped target at T = 1, in a separate pass.
 - task score: per prompt the fraction of repeats correct, mean over prompts, 95% bootstrap CI over prompts;
-  a failed generation counts as wrong."""
+  a failed generation counts as wrong.
+- MT-Bench judge score: an LLM judge rates each answer 1–10 (single-answer grading, temperature 0);
+  per prompt the mean over repeats, mean over prompts, 95% bootstrap CI over prompts. A missing
+  judgement (judge error or no valid rating) is left out and counted. Scores depend on the judge."""
 
 
 def render_report(
@@ -369,8 +415,10 @@ def render_report(
     machine: Mapping[str, str],
     plots: Sequence[tuple[str, str]],
     sweep_param: str | None = None,
+    quality_notes: Sequence[str] = (),
 ) -> str:
-    """The Markdown report: tables, plots (caption, file name), the command, setup and machine."""
+    """The Markdown report: tables, plots (caption, file name), the command, setup and machine;
+    `quality_notes` are paragraphs under the output-quality table (which judge, or none)."""
     parts = [f"# {title}", "", "## Command", "", "```", command, "```", ""]
     parts += ["## Speed", "", speed_table(summaries), ""]
     if sweep_param:
@@ -378,6 +426,8 @@ def render_report(
     parts += ["## Speculation", "", speculation_table(summaries), ""]
     parts += ["### Acceptance per draft position", "", position_table(summaries), ""]
     parts += ["## Output quality", "", quality_table(summaries), ""]
+    for note in quality_notes:
+        parts += [note, ""]
     parts += ["## Energy and memory", "", resources_table(summaries), ""]
     parts += [f"Peak memory: {machine.get('peak_memory', 'n/a')}.", ""]
     if machine.get("energy_meter_notes"):
@@ -385,6 +435,8 @@ def render_report(
     if plots:
         parts += ["## Plots", ""] + [f"![{caption}]({name})" for caption, name in plots] + [""]
     parts += ["## Failed samples", "", _failures(rows), ""]
+    if _judged(rows):
+        parts += ["## Missing judgements", "", _missing_judgements(rows), ""]
     parts += ["## Setup", "", _table(["setting", "value"], [[k, f"`{v}`"] for k, v in setup.items()]), ""]
     parts += ["## Machine", "", _table(["item", "value"], [[k, str(v)] for k, v in machine.items()]), ""]
     parts += ["## Definitions", "", _DEFINITIONS, ""]

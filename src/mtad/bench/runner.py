@@ -11,13 +11,15 @@ Per generation, in this order:
 1. time, energy and peak memory around `mtad.stream` only (a cooperative timeout is checked
    between committed blocks);
 2. not timed: the perplexity scoring pass of the target over prompt + generated tokens;
-3. not timed: the task score (HumanEval tests in a sandboxed subprocess, Spider SQL on the db).
+3. not timed: the task score (HumanEval tests in a sandboxed subprocess, Spider SQL on the db,
+   MT-Bench answers graded by the judge endpoint when one is given; see `mtad.bench.judge`).
 A generation that raises or times out is written with `status: "failed"` and its reason, and
 the run goes on. Failed samples count as finished: a resume does not retry them.
 
 The output directory keeps `config.json` (the configuration and its hash): a run with another
 configuration is refused unless `overwrite`; the same configuration continues where
-`results.jsonl` stops (`--limit` is not part of the hash, so a run can be extended).
+`results.jsonl` stops (`--limit` is not part of the hash, so a run can be extended). The judge
+settings are part of the hash, so a resumed run cannot mix judges.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from mtad.api import validate_settings
 from mtad.bench import metrics
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import EnergyMeter, detect_energy_meter
+from mtad.bench.judge import Judge, JudgeSettings
 from mtad.bench.machine import PeakMemory, describe_machine
 from mtad.bench.scoring import encode_record, score_task, stop_strings
 from mtad.errors import ConfigError
@@ -125,6 +128,7 @@ class BenchConfig:
     sweep: Sweep | None = None
     prompt_format: str = "auto"
     sample_timeout_s: float | None = 300.0
+    judge: JudgeSettings | None = None  # MT-Bench only; its model is resolved before the run starts
     limit: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -140,10 +144,16 @@ class BenchConfig:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if self.sample_timeout_s is not None and self.sample_timeout_s <= 0:
             raise ConfigError(f"--sample-timeout must be > 0 seconds, got {self.sample_timeout_s}")
+        if self.judge is not None and self.dataset != "mtbench":
+            raise ConfigError(
+                f"--judge-url grades MT-Bench answers only; use it with --dataset mtbench, not {self.dataset}"
+            )
 
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("limit")
+        if data["judge"] is None:  # runs without a judge keep the hash they had before judges existed
+            data.pop("judge")
         return data
 
     def config_hash(self) -> str:
@@ -278,6 +288,7 @@ class BenchContext:
     config: BenchConfig
     meter: EnergyMeter
     memory: PeakMemory
+    judge: Judge | None = None
 
 
 def _finite(value: float | None) -> float | None:
@@ -355,7 +366,7 @@ def run_sample(
             context, prompt_ids, variant, seed, stop_strings(record.dataset)
         )
         logprobs = target_logprobs(context.target.model, prompt_ids, result.tokens)
-        task = score_task(record, result.text or "")
+        task = score_task(record, result.text or "", judge=context.judge)
     except Exception as exc:  # a failing sample is a result, not the end of the run
         return row | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
     return row | {
@@ -369,9 +380,7 @@ def run_sample(
         "joules": joules,
         "joules_per_token": _finite(metrics.joules_per_token(joules, result.stats.new_tokens)),
         "peak_memory_mb": round(peak_mb, 1),
-        "task": None
-        if task is None
-        else {"metric": task.metric, "correct": task.correct, "detail": task.detail},
+        "task": None if task is None else task.record(),
     }
 
 
@@ -414,7 +423,8 @@ def run_bench(
     memory = PeakMemory(device)
     machine["peak_memory"] = memory.kind
     (out / MACHINE_FILE).write_text(json.dumps(machine, indent=2) + "\n")
-    context = BenchContext(target, draft, config, meter, memory)
+    judge = None if config.judge is None else Judge(config.judge)
+    context = BenchContext(target, draft, config, meter, memory, judge)
 
     results_path = out / RESULTS_FILE
     done = {sample_key(r) for r in load_results(results_path)}

@@ -9,16 +9,20 @@ Prompt formats (`--prompt-format`, default `auto`):
 - plain `prompt` strings of a `--prompts` file get the chat template under `auto` (like
   `mtad generate`); `chat` or `raw` force one way for every `prompt` record.
 A tokenizer without a chat template encodes every record raw (messages joined by blank lines).
+
+Task scores: HumanEval pass@1 and Spider execution accuracy are pass/fail; MT-Bench is graded
+1..10 by an LLM judge when the run has one (`mtad.bench.judge`), and has no task score otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.execution import HUMANEVAL_STOP_SEQUENCES, check_humaneval
+from mtad.bench.judge import METRIC as JUDGE_METRIC
+from mtad.bench.judge import Judge, Judgement
 from mtad.bench.spider import execution_match, extract_sql
 from mtad.errors import ConfigError
 
@@ -56,28 +60,62 @@ def stop_strings(dataset: str) -> tuple[str, ...]:
     return {"humaneval": HUMANEVAL_STOP_SEQUENCES, "spider": SPIDER_STOP_SEQUENCES}.get(dataset, ())
 
 
-@torch.inference_mode()
 @dataclass(frozen=True)
 class TaskOutcome:
-    """One sample's task result: `correct` is pass (HumanEval) or execution match (Spider)."""
+    """One sample's task result, as written to the `task` field of results.jsonl.
+
+    `score` is the number the report averages: 1.0 or 0.0 for pass/fail tasks (HumanEval pass,
+    Spider execution match), whose `correct` holds the verdict; the judge's 1..10 rating for
+    MT-Bench, where `correct` is None and `score` None means the judgement is missing (`detail`
+    says why). `judge_model` and `judge_reply` are set for judged samples only.
+    """
 
     metric: str
-    correct: bool
+    score: float | None
     detail: str
+    correct: bool | None = None
+    judge_model: str | None = None
+    judge_reply: str | None = None
+
+    @classmethod
+    def pass_fail(cls, metric: str, correct: bool, detail: str) -> TaskOutcome:
+        return cls(metric, float(correct), detail, correct=correct)
+
+    @classmethod
+    def judged(cls, judgement: Judgement) -> TaskOutcome:
+        return cls(
+            JUDGE_METRIC,
+            judgement.score,
+            judgement.reason or "judged",
+            judge_model=judgement.model,
+            judge_reply=judgement.reply,
+        )
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-TASK_METRICS = {"humaneval": "pass@1", "spider": "execution accuracy"}
+TASK_METRICS = {"humaneval": "pass@1", "spider": "execution accuracy", "mtbench": JUDGE_METRIC}
 
 
-def score_task(record: PromptRecord, text: str, timeout_s: float = 10.0) -> TaskOutcome | None:
-    """The task score of one output, or None for datasets without an automatic one (MT-Bench)."""
+def judge_question(record: PromptRecord) -> str:
+    """What the judge is shown as the question: the last user turn of the record."""
+    users = [m["content"] for m in record.messages or () if m["role"] == "user"]
+    return users[-1] if users else record.prompt or ""
+
+
+def score_task(
+    record: PromptRecord, text: str, timeout_s: float = 10.0, judge: Judge | None = None
+) -> TaskOutcome | None:
+    """The task score of one output; None for MT-Bench without a judge and for prompts files."""
     if record.dataset == "humaneval":
         result = check_humaneval(record.reference, text, timeout_s=timeout_s)
-        return TaskOutcome(
-            "pass@1", result.passed, result.status + (f": {result.reason}" if result.reason else "")
-        )
+        detail = result.status + (f": {result.reason}" if result.reason else "")
+        return TaskOutcome.pass_fail("pass@1", result.passed, detail)
     if record.dataset == "spider":
         sql = extract_sql(text)
         match = execution_match(record.reference["db_path"], record.reference["gold_sql"], sql, timeout_s)
-        return TaskOutcome("execution accuracy", match.correct, match.reason)
+        return TaskOutcome.pass_fail("execution accuracy", match.correct, match.reason)
+    if record.dataset == "mtbench" and judge is not None:
+        return TaskOutcome.judged(judge.grade(judge_question(record), text))
     return None

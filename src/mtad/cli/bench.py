@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
@@ -46,6 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--resume", action="store_true", help="continue the run in --out (must match)")
     mode.add_argument("--overwrite", action="store_true", help="discard the results in --out and start over")
     run_group.add_argument("--quiet", action="store_true", help="no progress bar")
+    judge = parser.add_argument_group("MT-Bench judge (single-answer grading 1-10 by an LLM)")
+    judge.add_argument(
+        "--judge-url", help="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1"
+    )
+    judge.add_argument("--judge-model", help="the judge model (default: the first one the endpoint lists)")
+    judge.add_argument(
+        "--judge-api-key-env",
+        help="environment variable holding the judge's API key (default OPENAI_API_KEY; unset: 'none')",
+    )
+    judge.add_argument(
+        "--judge-timeout", type=float, help="seconds per judge request (default 120; up to 3 tries)"
+    )
     add_pair_arguments(parser)
     add_decoding_arguments(parser, method=None)
     parser.set_defaults(func=run)
@@ -65,6 +78,30 @@ def _data_source(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.dataset == "prompts":
         raise DatasetError("use --prompts FILE for a prompts file")
     return args.dataset, str(Path(args.data_path).resolve()) if args.data_path else None
+
+
+def _judge_settings(args: argparse.Namespace):
+    from mtad.bench.judge import JudgeSettings
+
+    if args.judge_url is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--judge-model", args.judge_model),
+                ("--judge-api-key-env", args.judge_api_key_env),
+                ("--judge-timeout", args.judge_timeout),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --judge-url")
+        return None
+    optional = {
+        "model": args.judge_model,
+        "api_key_env": args.judge_api_key_env,
+        "timeout_s": args.judge_timeout,
+    }
+    return JudgeSettings(args.judge_url, **{k: v for k, v in optional.items() if v is not None})
 
 
 def build_config(args: argparse.Namespace):
@@ -91,6 +128,7 @@ def build_config(args: argparse.Namespace):
         sweep=Sweep.parse(args.sweep) if args.sweep else None,
         prompt_format=args.prompt_format,
         sample_timeout_s=args.sample_timeout,
+        judge=_judge_settings(args),
         limit=args.limit,
     )
 
@@ -131,6 +169,12 @@ def command_line(config, out: Path) -> str:
         ]
     if config.sample_timeout_s is not None:
         words += ["--sample-timeout", f"{config.sample_timeout_s:g}"]
+    if config.judge is not None:
+        words += ["--judge-url", config.judge.url] + (
+            ["--judge-model", config.judge.model] if config.judge.model else []
+        )
+        words += ["--judge-api-key-env", config.judge.api_key_env]
+        words += ["--judge-timeout", f"{config.judge.timeout_s:g}"]
     return shlex.join(words + ["--out", str(out)])
 
 
@@ -159,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
     if needs_draft(config) and config.draft is None:
         drafted = ", ".join(m for m in config.methods if m in _drafted_methods())
         raise ConfigError(f"{drafted} need a draft model: pass --draft (the default pair ships none yet)")
+    if config.judge is not None and config.judge.model is None:
+        from mtad.bench.judge import resolve_model
+
+        config = replace(config, judge=resolve_model(config.judge))  # hashed with the model it names
     out = Path(args.out or f"bench-{config.dataset}")
     prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
     target, draft = load_pair_from_args(args, need_draft=needs_draft(config))
