@@ -57,7 +57,8 @@ def default_target_path() -> Path:
 
 
 def default_draft_path() -> Path | None:
-    """The draft shipped inside the package, or None while the repository ships none."""
+    """The draft shipped inside the package (`src/mtad/data/draft/`, made by
+    `scripts/make_default_draft.sh`), or None in a checkout that lacks it."""
     return _DRAFT_DIR if (_DRAFT_DIR / "config.json").is_file() else None
 
 

@@ -202,7 +202,10 @@ def run(args: argparse.Namespace) -> int:
     records = load_dataset(config.dataset, Path(config.data_path) if config.data_path else None, args.limit)
     if needs_draft(config) and config.draft is None:
         drafted = ", ".join(m for m in config.methods if m in _drafted_methods())
-        raise ConfigError(f"{drafted} need a draft model: pass --draft (the default pair ships none yet)")
+        raise ConfigError(
+            f"{drafted} need a draft model: pass --draft "
+            "(the built-in draft pairs only with the default target)"
+        )
     if config.judge is not None and config.judge.model is None:
         from mtad.bench.judge import resolve_model
 

@@ -70,17 +70,17 @@ def run(args: argparse.Namespace) -> int:
     target, draft = load_pair_from_args(args, need_draft=True)
     needs_draft = [m for m in methods if SpeculationConfig(method=m).needs_draft]
     if draft is None and needs_draft and args.methods is None:
-        # No draft ships with the package yet: show what runs honestly instead of failing the
-        # README's first command, and say how to get the drafted methods.
+        # A --target without --draft (the built-in draft pairs only with the default target): show
+        # what runs instead of failing, and say how to get the drafted methods.
         console.print(
-            f"[yellow]no draft model[/yellow]: the default pair ships none yet, so {', '.join(needs_draft)} "
+            f"[yellow]no draft model[/yellow] for this target, so {', '.join(needs_draft)} "
             f"cannot run; showing {TARGET_ONLY_METHODS}. Pass --draft DIR (see `mtad distill`) for them."
         )
         methods = _split_methods(TARGET_ONLY_METHODS)
     elif draft is None and needs_draft:
         raise ConfigError(
-            f"no draft model for {', '.join(needs_draft)}: pass --draft DIR (the default pair ships none "
-            f"yet), or --methods {TARGET_ONLY_METHODS}"
+            f"no draft model for {', '.join(needs_draft)}: pass --draft DIR (the built-in draft pairs "
+            f"only with the default target), or --methods {TARGET_ONLY_METHODS}"
         )
     prompts = [encode_prompt(target.tokenizer, text) for text in DEMO_PROMPTS[: args.prompts]]
     draft_model = draft.model if draft else None
