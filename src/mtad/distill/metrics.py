@@ -78,10 +78,8 @@ def compare(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> dict[str
     q_log = torch.log_softmax(draft_logits.float(), -1)
     support = torch.isfinite(q_log)
     subset_mass = p_log.exp().where(support, 0.0).sum(-1)
-    p_on_support = (p_log - subset_mass.log()[:, None]).where(support, float("-inf"))
-    kl = torch.xlogy(p_on_support.exp(), p_on_support.exp()).sum(-1) - (
-        p_on_support.exp() * q_log.where(support, 0.0)
-    ).sum(-1)
+    p_log_on_support = p_log - subset_mass.log()[:, None]
+    kl = (p_log_on_support.exp() * (p_log_on_support - q_log)).where(support, 0.0).sum(-1)
     agree = (target_logits.argmax(-1) == draft_logits.argmax(-1)).float()
     accept = torch.minimum(warp(target_logits, PAPER_SAMPLING), warp(draft_logits, PAPER_SAMPLING)).sum(-1)
     return {

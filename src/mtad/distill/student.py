@@ -77,8 +77,9 @@ def choose_subset(samples, size: int, width: int, always: list[int]) -> list[int
         mass.index_add_(0, sample.topk_ids.flatten().long(), sample.topk_logp.flatten().double().exp())
     mass[always] = float("inf")
     order = torch.sort(-mass, stable=True).indices  # stable: ties keep id order
-    kept = [int(i) for i in order[:size]]
-    return list(dict.fromkeys(always)) + [i for i in kept if i not in set(always)]
+    special = list(dict.fromkeys(always))
+    excluded = set(special)
+    return special + [i for i in order[:size].tolist() if i not in excluded]
 
 
 def reduce_vocabulary(student: PreTrainedModel, token_ids: list[int]) -> PreTrainedModel:

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from mtad.distill.data import DataSettings, Sample, prepare_data, target_fingerprint
+from mtad.distill.data import DataSettings, Sample, eos_ids, prepare_data, target_fingerprint
 from mtad.distill.metrics import forward_ms, heldout_metrics, topk_kl
 from mtad.distill.student import (
     build_student,
@@ -390,15 +390,10 @@ def _initial_student(target, tokenizer, train: TrainSettings, draft_dir: str | N
         )
     if train.draft_vocab is None or existing is not None:
         return student
-    always = sorted({*tokenizer.all_special_ids, *_eos_ids(target)})
+    always = sorted({*tokenizer.all_special_ids, *eos_ids(target, tokenizer)})
     return reduce_vocabulary(
         student, choose_subset(train_set, train.draft_vocab, output_width(target), always)
     )
-
-
-def _eos_ids(model) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
 def _write_marker(
