@@ -7,10 +7,17 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from mtad.config import DEFAULT_MAX_NEW_TOKENS, SamplingConfig, SpeculationConfig, StopConfig
+from mtad.config import (
+    DEFAULT_MAX_NEW_TOKENS,
+    SEED_LIMIT,
+    Limits,
+    SamplingConfig,
+    SpeculationConfig,
+    StopConfig,
+)
 from mtad.engine import Generation, GenerationResult
 from mtad.errors import ConfigError
-from mtad.models import check_fits_context, check_heads_compatible
+from mtad.models import check_fits_context, check_heads_compatible, context_length, output_width
 
 
 def stream(
@@ -21,14 +28,21 @@ def stream(
     eos_token_id: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     tokenizer=None,
+    limits: Limits | None = None,
     **settings,
 ) -> Generation:
     """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end.
 
     `settings` are the keyword arguments of `validate_settings` (method, gamma, beam_width, ...).
+    `limits` caps the settings that size a round's tensors (default `Limits()`), lowered further
+    to what the pair's context and vocabulary allow; a setting over its cap is a `ConfigError`
+    before any work is done.
     """
     spec, sampling = validate_settings(**settings)
     max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    models = [target] + ([draft] if spec.needs_draft and draft is not None else [])
+    contexts = [n for n in map(context_length, models) if n is not None]
+    (limits or Limits()).for_models(output_width(target), min(contexts, default=None)).check(spec)
     prompt = _prompt_tensor(input_ids, tokenizer)
     stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
     if spec.needs_draft:
@@ -60,13 +74,18 @@ def validate_settings(
 ) -> tuple[SpeculationConfig, SamplingConfig]:
     """Check every decoding setting at once (before any model is loaded, where callers can)."""
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(SETTINGS)}")
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(SETTINGS)}",
+            sorted(unknown)[0],
+        )
     tree = tuple(tree) if isinstance(tree, (list, tuple)) else tree
     spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement, tree, reference)
     sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
     StopConfig(max_new_tokens)
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if seed is not None and (
+        not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT
+    ):
+        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}", "seed")
     return spec, sampling
 
 
@@ -96,7 +115,8 @@ def _prompt_tensor(input_ids, tokenizer) -> torch.Tensor:
         if tokenizer is None:
             raise ConfigError("a string prompt needs tokenizer=...; or pass token ids")
         if not input_ids:
-            raise ConfigError("prompt is empty; allowed: at least one token")
+            raise ConfigError("prompt is empty; allowed: at least one token", "prompt")
+        check_text(input_ids, "prompt")
         input_ids = tokenizer(input_ids)["input_ids"]
     prompt = torch.as_tensor(input_ids, dtype=torch.long)
     if prompt.dim() == 1:
@@ -106,8 +126,21 @@ def _prompt_tensor(input_ids, tokenizer) -> torch.Tensor:
             f"input_ids must be one prompt of shape [len] or [1, len], got {tuple(prompt.shape)}"
         )
     if prompt.shape[1] == 0:
-        raise ConfigError("prompt is empty; allowed: at least one token")
+        raise ConfigError("prompt is empty; allowed: at least one token", "prompt")
     return prompt
+
+
+def check_text(text: str, name: str) -> None:
+    """Refuse a string that is not valid Unicode text (a lone surrogate, e.g. from "\\ud800" in
+    JSON or from undecodable bytes in a command-line argument): tokenizers raise TypeError on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ConfigError(
+            f"{name} is not valid UTF-8 text: {error.object[error.start : error.end]!r} at character "
+            f"{error.start}; allowed: text without lone surrogates",
+            name,
+        ) from None
 
 
 def _eos_ids(eos_token_id, target: PreTrainedModel, tokenizer) -> tuple[int, ...]:

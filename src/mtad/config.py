@@ -17,6 +17,13 @@ DRAFTED_METHODS = ("sd", "mtad", "mmtad", "specinfer")
 DEFAULT_MAX_NEW_TOKENS = 128
 #: MMTAD's per-depth reference draft joint: best final beam's prefix, max over beams, node's own.
 REFERENCES = ("best", "max", "own")
+#: Seeds are integers in [0, SEED_LIMIT) everywhere: library, CLI and server (a signed 64-bit int).
+SEED_LIMIT = 2**63
+#: Bytes of vocabulary-wide work one drafted row may cost (logits, float32 probabilities, the
+#: warp's sort and cumulative sum: about 32 bytes per vocabulary entry), and how many such rows
+#: one round may hold: 1 GiB. `Limits.for_models` turns it into a node and beam ceiling.
+ROW_BYTES_PER_ENTRY = 32
+ROUND_MEMORY_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -34,12 +41,13 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not _is_finite_number(self.temperature) or self.temperature < 0:
             raise ConfigError(
-                f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}"
+                f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}",
+                "temperature",
             )
         if not _is_int(self.top_k) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}", "top_k")
         if not _is_finite_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p")
 
     @property
     def greedy(self) -> bool:
@@ -68,32 +76,123 @@ class SpeculationConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}", "method")
         if not _is_int(self.gamma) or self.gamma < 1:
-            raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}")
+            raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}", "gamma")
         if not _is_int(self.beam_width) or self.beam_width < 1:
-            raise ConfigError(f"beam_width must be an integer >= 1, got {self.beam_width!r}")
+            raise ConfigError(f"beam_width must be an integer >= 1, got {self.beam_width!r}", "beam_width")
         if not _is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
-            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold!r}")
+            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold!r}", "threshold")
         if (
             not isinstance(self.tree, tuple)
             or not self.tree
             or not all(_is_int(b) and b >= 1 for b in self.tree)
         ):
             raise ConfigError(
-                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2), got {self.tree!r}"
+                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2), got {_shown(self.tree)}",
+                "tree",
             )
         if self.reference not in REFERENCES:
-            raise ConfigError(f"unknown reference {self.reference!r}; allowed: {', '.join(REFERENCES)}")
+            raise ConfigError(
+                f"unknown reference {self.reference!r}; allowed: {', '.join(REFERENCES)}", "reference"
+            )
 
     @property
     def depth(self) -> int:
         """Draft tokens per round along one path: gamma, or the SpecInfer tree's depth."""
         return len(self.tree) if self.method == "specinfer" else self.gamma
 
+    def verified_nodes(self, stop_above: int | None = None) -> int:
+        """Draft nodes the target verifies in one round (each gets a vocabulary-wide row of p).
+
+        sd and mtad verify a chain of gamma tokens; mmtad every beam at every depth; specinfer the
+        whole branching tree; target-only methods nothing. Counting stops early once past
+        `stop_above`, so a tree like (1000, 1000, 1000, ...) is refused without big arithmetic.
+        """
+        if self.method in ("sd", "mtad"):
+            return self.gamma
+        if self.method == "mmtad":
+            return self.gamma * self.beam_width
+        if self.method != "specinfer":
+            return 0
+        nodes, width = 0, 1
+        for branches in self.tree:
+            width *= branches
+            nodes += width
+            if stop_above is not None and nodes > stop_above:
+                break
+        return nodes
+
+    @property
+    def uses_gamma(self) -> bool:
+        return self.method in ("sd", "mtad", "mmtad", "mtjd")
+
+    @property
+    def uses_beams(self) -> bool:
+        return self.method in ("mtad", "mmtad", "mtjd")
+
     @property
     def needs_draft(self) -> bool:
         return self.method in DRAFTED_METHODS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ceilings on the settings that size a round's tensors, checked before any work is done.
+
+    A round holds a vocabulary-wide row of probabilities for every node the target verifies and
+    for every beam the draft extends, so one request asking for a tree of a million nodes (or
+    20,000 beams, or gamma 2000) would take the machine's memory, or one block minutes. The
+    defaults are far above what pays off (the paper's settings are gamma 3-5, beam width 4, trees
+    of a few dozen nodes) and far below what hurts. An operator sets them (`--max-gamma`,
+    `--max-beam-width`, `--max-tree-nodes`); `for_models` lowers them to what the model allows.
+    """
+
+    max_gamma: int = 32
+    max_beam_width: int = 32
+    max_tree_nodes: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_gamma", "max_beam_width", "max_tree_nodes"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", name)
+
+    def for_models(self, vocab_size: int, context_length: int | None) -> Limits:
+        """These limits, lowered to what one model pair allows: draft tokens per round fit its
+        context window, and nodes (and beams) x vocabulary fit `ROUND_MEMORY_BYTES`."""
+        rows = max(1, ROUND_MEMORY_BYTES // (ROW_BYTES_PER_ENTRY * vocab_size))
+        gamma = self.max_gamma if context_length is None else min(self.max_gamma, max(1, context_length - 1))
+        return Limits(gamma, min(self.max_beam_width, rows), min(self.max_tree_nodes, rows))
+
+    def check(self, spec: SpeculationConfig) -> None:
+        """Raise `ConfigError` naming the first setting of `spec` over its limit."""
+        if spec.method == "specinfer" and len(spec.tree) > self.max_gamma:
+            raise ConfigError(
+                f"tree depth {len(spec.tree)} is over the limit of {self.max_gamma} (max_gamma)", "tree"
+            )
+        if spec.uses_gamma and spec.gamma > self.max_gamma:
+            raise ConfigError(
+                f"gamma {spec.gamma} is over the limit of {self.max_gamma} (max_gamma)", "gamma"
+            )
+        if spec.uses_beams and spec.beam_width > self.max_beam_width:
+            raise ConfigError(
+                f"beam_width {spec.beam_width} is over the limit of {self.max_beam_width} (max_beam_width)",
+                "beam_width",
+            )
+        nodes = spec.verified_nodes(stop_above=self.max_tree_nodes)
+        if nodes > self.max_tree_nodes and spec.method == "specinfer":
+            raise ConfigError(
+                f"tree {_shown(spec.tree)} has more than {self.max_tree_nodes} nodes, "
+                f"the limit (max_tree_nodes)",
+                "tree",
+            )
+        if nodes > self.max_tree_nodes:
+            raise ConfigError(
+                f"beam_width {spec.beam_width} x gamma {spec.gamma} = {nodes} tree nodes a round is over "
+                f"the limit of {self.max_tree_nodes} (max_tree_nodes)",
+                "beam_width",
+            )
 
 
 @dataclass(frozen=True)
@@ -106,13 +205,23 @@ class StopConfig:
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+            raise ConfigError(
+                f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}", "max_new_tokens"
+            )
         for token_id in self.eos_token_ids:
             if not _is_int(token_id) or token_id < 0:
-                raise ConfigError(f"eos_token_id must be a non-negative integer, got {token_id!r}")
+                raise ConfigError(
+                    f"eos_token_id must be a non-negative integer, got {token_id!r}", "eos_token_id"
+                )
         for stop in self.stop_strings:
             if not isinstance(stop, str) or not stop:
-                raise ConfigError(f"stop strings must be non-empty strings, got {stop!r}")
+                raise ConfigError(f"stop strings must be non-empty strings, got {stop!r}", "stop")
+
+
+def _shown(value: object, width: int = 60) -> str:
+    """`repr(value)`, cut to `width` characters: an error message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _is_int(value: object) -> bool:

@@ -51,6 +51,9 @@ class Stats:
                        shortened at the end of the budget)
     block_efficiency = new tokens / target forward passes (the bonus/recovered token counts)
     tokens_per_s     = new tokens / wall time of the decode loop (no loading, no scoring)
+
+    A ratio with nothing to divide by is None, not 0: `ar` drafts nothing, so its acceptance
+    rate is undefined (the bench writes null for it too), and max_new_tokens 0 measures nothing.
     """
 
     new_tokens: int = 0
@@ -65,20 +68,20 @@ class Stats:
     wall_time_s: float = 0.0
 
     @property
-    def acceptance_rate(self) -> float:
-        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
     @property
-    def block_efficiency(self) -> float:
-        return self.new_tokens / self.target_calls if self.target_calls else 0.0
+    def block_efficiency(self) -> float | None:
+        return self.new_tokens / self.target_calls if self.target_calls else None
 
     @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+    def tokens_per_s(self) -> float | None:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 and self.new_tokens else None
 
     @property
-    def ms_per_token(self) -> float:
-        return 1000 * self.wall_time_s / self.new_tokens if self.new_tokens else 0.0
+    def ms_per_token(self) -> float | None:
+        return 1000 * self.wall_time_s / self.new_tokens if self.new_tokens else None
 
     @property
     def mean_tree_size(self) -> float:
@@ -285,15 +288,14 @@ class Generation:
             )
             text_delta = ""
             if self.tokenizer is not None:
-                text = stopper.decode(generated)
-                safe = stopper.stream_safe_length(text, finished=finish is not None)
-                text_delta, streamed_chars = text[streamed_chars:safe], max(streamed_chars, safe)
+                text = stopper.visible_text(generated, finished=finish is not None)
+                text_delta, streamed_chars = text[streamed_chars:], max(streamed_chars, len(text))
             yield Block(block, text_delta)
         stats.wall_time_s = time.perf_counter() - start
         stats.new_tokens = len(generated)
         stats.target_calls = target.calls
         stats.draft_calls = drafter.calls if drafter is not None and drafter is not target else 0
-        text = stopper.decode(generated) if self.tokenizer is not None else None
+        text = stopper.visible_text(generated, finished=True) if self.tokenizer is not None else None
         self.result = GenerationResult(generated, text, stats, finish, self.seed)
 
     def _verify(self, sequence: torch.Tensor, proposal: Proposal | TreeProposal) -> torch.Tensor:

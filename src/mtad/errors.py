@@ -6,7 +6,15 @@ class MtadError(ValueError):
 
 
 class ConfigError(MtadError):
-    """A decoding or sampling setting is outside its allowed range."""
+    """A decoding or sampling setting is outside its allowed range.
+
+    `setting` names it (e.g. "gamma", "tree", "seed", "prompt") where one setting is at fault, so
+    a caller (the server) can point at the field without parsing the message.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class ModelLoadError(MtadError):

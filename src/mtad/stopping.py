@@ -41,14 +41,21 @@ class Stopper:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return text if self.stop_at_char is None else text[: self.stop_at_char]
 
+    def visible_text(self, tokens: list[int], finished: bool) -> str:
+        """The text of `tokens` that can be shown now (see `stream_safe_length`)."""
+        text = self.decode(tokens)
+        return text[: self.stream_safe_length(text, finished)]
+
     def stream_safe_length(self, text: str, finished: bool) -> int:
-        """How much of `text` can be streamed: hold back what may still become a stop string,
-        and a trailing U+FFFD that a later byte-level token may complete."""
+        """How much of `text` can be shown: never a trailing U+FFFD, the decoder's stand-in for
+        the first bytes of a character whose last bytes a later token brings (when the budget
+        ends the text there, those bytes never come: the tokens keep them, the text drops them);
+        before the end, also not what may still become a stop string."""
         end = len(text)
-        if finished:
-            return end
         while end and text[end - 1] == "\ufffd":
             end -= 1
+        if finished:
+            return end
         hold = 0
         for stop in self.stop.stop_strings:
             for overlap in range(min(len(stop) - 1, end), hold, -1):

@@ -7,7 +7,13 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
-from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
+from mtad.cli.common import (
+    add_decoding_arguments,
+    add_pair_arguments,
+    decoding_settings,
+    limits,
+    load_pair_from_args,
+)
 from mtad.errors import ConfigError, DatasetError
 
 _DEFAULT_METHODS = "ar,sd,mtad"
@@ -130,6 +136,7 @@ def build_config(args: argparse.Namespace):
         sample_timeout_s=args.sample_timeout,
         judge=_judge_settings(args),
         limit=args.limit,
+        limits=limits(args),
     )
 
 
@@ -195,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     from mtad.bench.datasets import load_dataset
     from mtad.bench.outputs import write_outputs
     from mtad.bench.report import speed_table, summarize
-    from mtad.bench.runner import needs_draft, plan_variants, prepare_output_dir, run_bench
+    from mtad.bench.runner import LOCK_FILE, needs_draft, plan_variants, prepare_output_dir, run_bench
+    from mtad.locking import exclusive_directory
 
     config = build_config(args)
     variants = plan_variants(config)
@@ -211,10 +219,11 @@ def run(args: argparse.Namespace) -> int:
 
         config = replace(config, judge=resolve_model(config.judge))  # hashed with the model it names
     out = Path(args.out or f"bench-{config.dataset}")
-    prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
-    target, draft = load_pair_from_args(args, need_draft=needs_draft(config))
-    rows = run_bench(config, records, target, draft, out, progress=not args.quiet)
-    files = write_outputs(out, config, variants, rows, command_line(config, out))
+    with exclusive_directory(out, LOCK_FILE, "mtad bench"):  # a second run on --out is refused
+        prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
+        target, draft = load_pair_from_args(args, need_draft=needs_draft(config))
+        rows = run_bench(config, records, target, draft, out, progress=not args.quiet)
+        files = write_outputs(out, config, variants, rows, command_line(config, out))
     print(speed_table(summarize(rows, [v.label for v in variants], seed=config.seed)))
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
     return 0

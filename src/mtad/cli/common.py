@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtad.config import METHODS
+from mtad.config import METHODS, SEED_LIMIT, Limits
 from mtad.models import LoadedModel, load_pair
 
 
@@ -35,7 +35,23 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad"
     group.add_argument("--top-k", type=int, default=10, help="0 = off (default 10, the paper's)")
     group.add_argument("--top-p", type=float, default=0.9, help="1 = off (default 0.9, the paper's)")
     group.add_argument("--max-new-tokens", type=int, default=128, help="exact upper bound (default 128)")
-    group.add_argument("--seed", type=int, default=None, help="same seed, same output")
+    group.add_argument("--seed", type=_seed, default=None, help="same seed, same output (0 <= seed < 2**63)")
+    ceilings = parser.add_argument_group("limits (settings that size a round's tensors; see mtad.Limits)")
+    default = Limits()
+    ceilings.add_argument(
+        "--max-gamma",
+        type=int,
+        default=default.max_gamma,
+        help=f"largest gamma or tree depth ({default.max_gamma})",
+    )
+    ceilings.add_argument(
+        "--max-beam-width", type=int, default=default.max_beam_width,
+        help=f"largest beam width ({default.max_beam_width})",
+    )  # fmt: skip
+    ceilings.add_argument(
+        "--max-tree-nodes", type=int, default=default.max_tree_nodes,
+        help=f"most draft nodes the target verifies a round ({default.max_tree_nodes})",
+    )  # fmt: skip
 
 
 def _branching(text: str) -> tuple[int, ...]:
@@ -45,6 +61,21 @@ def _branching(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"invalid tree {text!r}; allowed: comma-separated integers like 4,2,2"
         ) from None
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}; allowed: an integer in [0, 2**63)")
+    return seed
+
+
+def limits(args: argparse.Namespace) -> Limits:
+    """The --max-* flags as `mtad.Limits` (a bad value is a `ConfigError` naming the flag's setting)."""
+    return Limits(args.max_gamma, args.max_beam_width, args.max_tree_nodes)
 
 
 def decoding_settings(args: argparse.Namespace) -> dict:

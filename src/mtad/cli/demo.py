@@ -15,7 +15,13 @@ from rich.table import Table
 
 from mtad.api import generate, validate_settings
 from mtad.bench.metrics import perplexity
-from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
+from mtad.cli.common import (
+    add_decoding_arguments,
+    add_pair_arguments,
+    decoding_settings,
+    limits,
+    load_pair_from_args,
+)
 from mtad.config import METHODS, SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
@@ -62,9 +68,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown method(s) {unknown or methods!r}; allowed: {', '.join(METHODS)}")
     if not 1 <= args.prompts <= len(DEMO_PROMPTS):
         raise ConfigError(f"--prompts must be in 1..{len(DEMO_PROMPTS)}, got {args.prompts}")
-    settings = decoding_settings(args)
+    if args.max_new_tokens < 1:
+        raise ConfigError(
+            f"--max-new-tokens must be >= 1 for the demo's speed table, got {args.max_new_tokens}"
+        )
+    settings, ceilings = decoding_settings(args), limits(args)
     for method in methods:
-        validate_settings(**(settings | {"method": method}))
+        ceilings.check(validate_settings(**(settings | {"method": method}))[0])
     console = Console(stderr=True)
     console.print("[bold]mtad demo[/bold]: loading the model pair (the first run converts the target)...")
     target, draft = load_pair_from_args(args, need_draft=True)
@@ -86,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     draft_model = draft.model if draft else None
 
     def run_one(method: str, prompt: list[int], seed: int):
-        return generate(target.model, draft_model, prompt, tokenizer=target.tokenizer,
+        return generate(target.model, draft_model, prompt, tokenizer=target.tokenizer, limits=ceilings,
                         **(settings | {"method": method, "seed": seed}))  # fmt: skip
 
     run_one(methods[0], prompts[0], 0)  # warm-up: first-call allocations are not anybody's cost

@@ -6,8 +6,14 @@ import argparse
 import json
 import sys
 
-from mtad.api import stream, validate_settings
-from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
+from mtad.api import check_text, stream, validate_settings
+from mtad.cli.common import (
+    add_decoding_arguments,
+    add_pair_arguments,
+    decoding_settings,
+    limits,
+    load_pair_from_args,
+)
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
 
@@ -30,8 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.prompt:
         raise ConfigError("prompt is empty; allowed: a non-empty string")
+    check_text(args.prompt, "prompt")
+    for stop in args.stop or ():
+        check_text(stop, "stop")
     settings = decoding_settings(args)
     spec, _ = validate_settings(**settings)  # before the (slow) model loading
+    ceilings = limits(args)
+    ceilings.check(spec)
     target, draft = load_pair_from_args(args, need_draft=spec.needs_draft)
     input_ids = encode_prompt(target.tokenizer, args.prompt, chat=not args.raw)
     generation = stream(
@@ -40,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         input_ids,
         stop=args.stop,
         tokenizer=target.tokenizer,
+        limits=ceilings,
         **settings,
     )
     for block in generation:
@@ -59,9 +71,14 @@ def run(args: argparse.Namespace) -> int:
         print()
         stats = result.stats
         print(
-            f"[{args.method}] {stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tok/s, acceptance "
-            f"{stats.acceptance_rate:.2f}, block efficiency {stats.block_efficiency:.2f}, "
+            f"[{args.method}] {stats.new_tokens} tokens, {_shown(stats.tokens_per_s, 1)} tok/s, "
+            f"acceptance {_shown(stats.acceptance_rate)}, block efficiency {_shown(stats.block_efficiency)}, "
             f"finish {result.finish_reason}",
             file=sys.stderr,
         )
     return 0
+
+
+def _shown(value: float | None, digits: int = 2) -> str:
+    """A statistic, or n/a where it is undefined (nothing drafted, nothing generated)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"

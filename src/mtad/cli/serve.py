@@ -6,9 +6,16 @@ import argparse
 import sys
 
 from mtad.api import validate_settings
-from mtad.cli.common import add_decoding_arguments, add_pair_arguments, decoding_settings, load_pair_from_args
+from mtad.cli.common import (
+    add_decoding_arguments,
+    add_pair_arguments,
+    decoding_settings,
+    limits,
+    load_pair_from_args,
+)
 from mtad.config import SpeculationConfig
 from mtad.errors import ConfigError
+from mtad.serve.app import ServeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -24,12 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_decoding_arguments(parser)
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback)")
-    group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    group.add_argument("--served-model-name", default=None, help="the `model` clients send (default: target)")
+    group.add_argument("--port", type=_port, default=8000, help="port, 0-65535 (default 8000)")
+    group.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the `model` clients send (default: SmolLM2-135M-Instruct for the built-in pair, "
+        "else --target as given)",
+    )
     group.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429 (default 64)")
     group.add_argument(
         "--request-timeout", type=float, default=120.0, help="seconds of decoding per request (default 120)"
     )
+    group.add_argument(
+        "--max-request-bytes", type=int, default=ServeConfig.max_request_bytes,
+        help=f"largest request body; more is a 413 (default {ServeConfig.max_request_bytes})",
+    )  # fmt: skip
     group.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     parser.set_defaults(func=run)
 
@@ -37,13 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mtad.serve import ServeConfig, create_app
+    from mtad.serve import create_app
 
     config = ServeConfig(
         model_name=_model_name(args),
         defaults=_validated_defaults(args),
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
+        limits=limits(args),
+        max_request_bytes=args.max_request_bytes,
     )
     target, draft = load_pair_from_args(args, need_draft=True)
     if draft is None and SpeculationConfig(args.method).needs_draft:
@@ -68,9 +86,21 @@ def _validated_defaults(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1 for a server, got {args.max_new_tokens}")
+    if args.max_request_bytes < 1024:
+        raise ConfigError(f"--max-request-bytes must be >= 1024, got {args.max_request_bytes}")
     settings = decoding_settings(args)
-    validate_settings(**settings)
+    limits(args).check(validate_settings(**settings)[0])
     return settings
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}; allowed: an integer in 0..65535")
+    return port
 
 
 def _model_name(args: argparse.Namespace) -> str:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,9 +27,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mtad.api import stream
-from mtad.config import SpeculationConfig
+from mtad.config import Limits, SpeculationConfig
 from mtad.engine import Generation
-from mtad.errors import ContextLengthError, MtadError
+from mtad.errors import ConfigError, ContextLengthError, MtadError
 from mtad.models import LoadedModel, context_length
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
 from mtad.serve.responses import Reply, sse
@@ -37,18 +38,19 @@ from mtad.serve.schemas import ApiError, ChatMessage, ChatRequest, CompletionReq
 
 logger = logging.getLogger("mtad.serve")
 
-# The engine's errors start with the setting's name ("unknown <name>" for names out of a list);
-# this is the request field that set it.
+# The request field behind each engine setting a `ConfigError` names (`error.setting`).
 _ENGINE_PARAMS = {
     "temperature": "temperature",
     "top_p": "top_p",
     "seed": "seed",
     "stop": "stop",
+    "max_new_tokens": "max_tokens",
     "top_k": "mtad.top_k",
     "method": "mtad.method",
     "gamma": "mtad.gamma",
     "beam_width": "mtad.beam_width",
     "threshold": "mtad.threshold",
+    "with_replacement": "mtad.with_replacement",
     "tree": "mtad.tree",
     "reference": "mtad.reference",
 }
@@ -65,6 +67,8 @@ class ServeConfig:
     defaults: dict
     max_queue: int = 64
     request_timeout_s: float | None = 120.0
+    limits: Limits = field(default_factory=Limits)  # ceilings on gamma, beams and tree nodes
+    max_request_bytes: int = 4 * 2**20  # a larger body is refused (413) before it is read whole
 
 
 def create_app(target: LoadedModel, draft: LoadedModel | None, config: ServeConfig) -> Starlette:
@@ -103,12 +107,12 @@ class _Server:
     # -- routes ------------------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Response:
-        body = self._parse(await request.body(), CompletionRequest)
+        body = self._parse(await self._body(request), CompletionRequest)
         prompt_ids = self.tokenizer(body.prompt, add_special_tokens=True)["input_ids"]
         return await self._respond(request, body, prompt_ids, chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
-        body = self._parse(await request.body(), ChatRequest)
+        body = self._parse(await self._body(request), ChatRequest)
         prompt_ids = self._chat_prompt(body.messages)
         return await self._respond(request, body, prompt_ids, chat=True)
 
@@ -126,6 +130,7 @@ class _Server:
             "model": self.config.model_name,
             "queue_depth": self.scheduler.depth,
             "busy": self.scheduler.busy,
+            "limits": dataclasses.asdict(self.config.limits),
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 
@@ -140,9 +145,24 @@ class _Server:
 
     async def internal_error(self, request: Request, error: Exception) -> Response:
         logger.error("unhandled error on %s", request.url.path, exc_info=error)
+        self.metrics.count(_endpoint(request), "error")  # every 5xx is counted, expected or not
         return _error_response(_server_error(error))
 
     # -- one generation request -----------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused (413) past `max_request_bytes` without reading it whole."""
+        limit = self.config.max_request_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _parse(
         self, raw: bytes, schema: type[CompletionRequest | ChatRequest]
@@ -211,7 +231,7 @@ class _Server:
         try:
             return SpeculationConfig(method=method).needs_draft
         except MtadError as error:
-            raise ApiError(str(error), param="mtad.method") from None
+            raise ApiError(str(error), param="mtad.method", code="invalid_parameter") from None
 
     def _room(self, prompt_len: int, needs_draft: bool, prompt_param: str) -> int | None:
         """Tokens the context window leaves after the prompt (None: no known limit)."""
@@ -231,12 +251,20 @@ class _Server:
     def _generation(self, prompt_ids: list[int], settings: dict, prompt_param: str) -> Generation:
         draft = self.draft.model if self.draft else None
         try:
-            return stream(self.target.model, draft, prompt_ids, tokenizer=self.target.tokenizer, **settings)
+            return stream(
+                self.target.model,
+                draft,
+                prompt_ids,
+                tokenizer=self.target.tokenizer,
+                limits=self.config.limits,
+                **settings,
+            )
         except MtadError as error:
-            message = str(error)
-            param = _engine_param(message, prompt_param)
-            code = "context_length_exceeded" if isinstance(error, ContextLengthError) else "invalid_parameter"
-            raise ApiError(message, param=param, code=code) from None
+            if isinstance(error, ContextLengthError):
+                raise ApiError(str(error), param=prompt_param, code="context_length_exceeded") from None
+            setting = error.setting if isinstance(error, ConfigError) else None
+            param = prompt_param if setting == "prompt" else _ENGINE_PARAMS.get(setting)
+            raise ApiError(str(error), param=param, code="invalid_parameter") from None
 
     def _submit(self, job: Job) -> None:
         try:
@@ -315,13 +343,6 @@ def _endpoint(request: Request) -> str:
     return request.url.path if request.url.path in _GENERATING else "other"
 
 
-def _engine_param(message: str, prompt_param: str) -> str | None:
-    """The request field an engine error names: "gamma must be ...", "unknown method 'x' ..."."""
-    words = message.split(maxsplit=2)
-    name = words[1] if len(words) > 1 and words[0] == "unknown" else words[0] if words else ""
-    return prompt_param if name == "prompt" else _ENGINE_PARAMS.get(name)
-
-
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:
     """Wait for the client to go away; then cancel its job and wake whoever waits on its events."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -340,6 +361,14 @@ def _failure(event: Event) -> ApiError:
             code="time_limit_exceeded",
         )
     return _server_error(event.payload)
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        f"request body is {size} bytes or more; allowed: at most {limit} bytes",
+        status=413,
+        code="request_too_large",
+    )
 
 
 def _server_error(error: BaseException) -> ApiError:

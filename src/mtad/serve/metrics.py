@@ -70,12 +70,13 @@ class Metrics:
         self.accepted.inc(stats.accepted_tokens)
         self.target_calls.inc(stats.target_calls)
         self.decode_seconds.inc(stats.wall_time_s)
-        if stats.drafted_tokens:
-            self.acceptance_rate.labels(method=method).observe(stats.acceptance_rate)
-        if stats.target_calls:
-            self.block_efficiency.labels(method=method).observe(stats.block_efficiency)
-        if stats.wall_time_s > 0:
-            self.tokens_per_s.labels(method=method).observe(stats.tokens_per_s)
+        for histogram, value in (
+            (self.acceptance_rate, stats.acceptance_rate),
+            (self.block_efficiency, stats.block_efficiency),
+            (self.tokens_per_s, stats.tokens_per_s),
+        ):
+            if value is not None:  # undefined for this request (nothing drafted, nothing generated)
+                histogram.labels(method=method).observe(value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -146,7 +146,9 @@ class ChatRequest(_Request):
     def new_tokens_requested(self) -> int | None:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ApiError(
-                "give max_tokens or max_completion_tokens, not both", param="max_completion_tokens"
+                "give max_tokens or max_completion_tokens, not both",
+                param="max_completion_tokens",
+                code="invalid_parameter",
             )
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
@@ -154,6 +156,7 @@ class ChatRequest(_Request):
 def parse_request(raw: bytes, schema: type[_Request]) -> _Request:
     """Validate a JSON body against `schema`; raise `ApiError` (400) naming the first bad field."""
     data = _json_object(raw)
+    _check_text(data)
     _check_neutral(data)
     try:
         return schema.model_validate(data)
@@ -166,9 +169,39 @@ def _json_object(raw: bytes) -> dict:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(f"request body is not valid JSON: {error}", code="invalid_json") from None
+    except RecursionError:  # '[[[[...' nested deeper than the parser's stack
+        raise ApiError(
+            "request body nests arrays or objects too deeply; allowed: a flat request object",
+            code="invalid_json",
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     return data
+
+
+def _check_text(data: dict) -> None:
+    """Refuse strings that are not valid Unicode text (JSON allows a lone surrogate like
+    "\\ud800"; no tokenizer does), naming the field. Iterative: nesting is bounded only by json."""
+    pending: list[tuple[str, object]] = [("", data)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            pending += [(f"{path}.{k}" if path else k, v) for k, v in reversed(list(value.items()))]
+            pending += [(f"{path} (a key)" if path else "body (a key)", k) for k in value]
+        elif isinstance(value, list):
+            pending += [(f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value)))]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                bad = error.object[error.start : error.end].encode("utf-8", "backslashreplace").decode()
+                field = path.encode("utf-8", "backslashreplace").decode()
+                raise ApiError(
+                    f"invalid {field!r}: not valid Unicode text ({bad} at character {error.start}); "
+                    "allowed: text without lone surrogates",
+                    param=field,
+                    code="invalid_parameter",
+                ) from None
 
 
 def _check_neutral(data: dict) -> None:
