@@ -217,3 +217,42 @@ def test_the_reported_command_reproduces_the_configuration(pair_dirs, prompts_fi
     command = command_line(config, tmp_path / "o")
     again = build_config(build_parser().parse_args(shlex.split(command)[1:]))
     assert again == config and again.config_hash() == config.config_hash() and again.limit == 2
+
+
+def test_a_second_run_on_a_busy_directory_is_refused(pair_dirs, prompts_file, tmp_path, capsys):
+    """Two benches on one --out used to both append: every sample twice (issue 15)."""
+    from mtad.bench.runner import LOCK_FILE
+    from mtad.locking import exclusive_directory
+
+    out = tmp_path / "busy"
+    with exclusive_directory(out, LOCK_FILE, "mtad bench"):  # what a running bench holds
+        assert main(bench_args(pair_dirs, prompts_file, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another mtad bench is writing to" in err
+    assert not (out / "results.jsonl").exists()
+
+
+def test_a_stale_lock_file_from_a_killed_run_does_not_block_a_resume(pair_dirs, prompts_file, tmp_path):
+    from mtad.bench.runner import LOCK_FILE
+
+    out = tmp_path / "stale"
+    assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar")) == 0
+    (out / LOCK_FILE).write_text("")  # left behind; no process holds it
+    assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar", "--limit", "3")) == 0
+    assert len(read_results(out)) == 3
+
+
+def test_reordered_methods_resume_the_same_run(pair_dirs, prompts_file, tmp_path, capsys):
+    out = tmp_path / "order"
+    assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar,sd")) == 0
+    assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "sd,ar")) == 0
+    assert len(read_results(out)) == 4  # nothing redone, nothing twice
+
+
+def test_the_refusal_names_only_the_changed_setting(pair_dirs, prompts_file, tmp_path, capsys):
+    out = tmp_path / "changed"
+    assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar")) == 0
+    capsys.readouterr()
+    assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar", "--top-k", "5")) == 2
+    err = capsys.readouterr().err
+    assert "(decoding.top_k: 10 -> 5)" in err and "gamma" not in err

@@ -18,8 +18,9 @@ the run goes on. Failed samples count as finished: a resume does not retry them.
 
 The output directory keeps `config.json` (the configuration and its hash): a run with another
 configuration is refused unless `overwrite`; the same configuration continues where
-`results.jsonl` stops (`--limit` is not part of the hash, so a run can be extended). The judge
-settings are part of the hash, so a resumed run cannot mix judges.
+`results.jsonl` stops (`--limit` and the order of the methods are not part of the hash, so a run
+can be extended). The judge settings are part of the hash, so a resumed run cannot mix judges.
+One run writes a directory at a time: `mtad bench` holds `LOCK_FILE` there (`mtad.locking`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ from mtad.scoring import target_logprobs
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
 MACHINE_FILE = "machine.json"
+#: Held (flock) by the run writing the directory; see `mtad.locking`.
+LOCK_FILE = ".mtad_bench.lock"
 SWEEP_PARAMS = {"gamma": int, "beam_width": int, "threshold": float, "reference": str}
 # Methods a swept parameter changes; the others run once, at the base setting.
 _TARGET_ONLY = ("ar", "greedy")
@@ -130,6 +133,8 @@ class BenchConfig:
     sample_timeout_s: float | None = 300.0
     judge: JudgeSettings | None = None  # MT-Bench only; its model is resolved before the run starts
     limit: int | None = field(default=None, compare=False)
+    # ceilings on gamma, beams and tree nodes: they refuse settings, never change results
+    limits: mtad_config.Limits = field(default_factory=mtad_config.Limits, compare=False)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -150,8 +155,12 @@ class BenchConfig:
             )
 
     def identity(self) -> dict[str, Any]:
+        """What decides the results. The order of `methods` does not (samples are keyed by method
+        and the order rotates per prompt), so it is sorted: a reordered --methods resumes."""
         data = asdict(self)
         data.pop("limit")
+        data.pop("limits")
+        data["methods"] = sorted(data["methods"])
         if data["judge"] is None:  # runs without a judge keep the hash they had before judges existed
             data.pop("judge")
         return data
@@ -176,7 +185,7 @@ def plan_variants(config: BenchConfig) -> list[Variant]:
             if value is not None:
                 params[config.sweep.param] = value
                 label = f"{method} {config.sweep.param}={format_sweep_value(value)}"
-            validate_settings(**params)
+            config.limits.check(validate_settings(**params)[0])
             variants.append(Variant(label, method, params))
     return variants
 
@@ -220,7 +229,7 @@ def prepare_output_dir(out: Path, config: BenchConfig, *, resume: bool, overwrit
         raise ConfigError(
             f"{out} holds {RESULTS_FILE} without {CONFIG_FILE}; pass --overwrite or another --out"
         )
-    if stored is not None and stored.get("hash") != config.config_hash() and not overwrite:
+    if stored is not None and not overwrite and not _same_configuration(stored, config):
         changed = _differences(stored.get("config", {}), config.identity())
         raise ConfigError(
             f"{out} holds results of a different configuration ({changed}); "
@@ -244,10 +253,37 @@ def read_stored_config(out: Path) -> dict | None:
     return stored if isinstance(stored, dict) else None
 
 
+def _same_configuration(stored: Mapping[str, Any], config: BenchConfig) -> bool:
+    """The stored run is this configuration: same hash, or the same identity once the stored
+    methods are sorted too (runs stored before the order stopped counting)."""
+    if stored.get("hash") == config.config_hash():
+        return True
+    old = dict(stored.get("config") or {})
+    if isinstance(old.get("methods"), list):
+        old["methods"] = sorted(old["methods"])
+    return not _changed_keys(old, _as_stored(config.identity()))
+
+
+def _as_stored(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))  # tuples -> lists, as config.json holds them
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every leaf that differs, e.g. ("decoding.gamma", 4, 2)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        changes = []
+        for key in sorted(set(old) | set(new), key=str):
+            changes += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return changes
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    new = json.loads(json.dumps(new, default=list))  # tuples -> lists, as stored
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]) or "unknown difference"
+    """The changed settings by name, e.g. "decoding.gamma: 4 -> 2" (at most three)."""
+    changes = _changed_keys(old, _as_stored(new))
+    shown = "; ".join(f"{key}: {was!r} -> {now!r}" for key, was, now in changes[:3])
+    more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return shown + more if changes else "unknown difference"
 
 
 def _remove_outputs(out: Path) -> None:
@@ -310,6 +346,7 @@ def _measured_generation(context: BenchContext, prompt_ids: list[int], variant: 
         seed=seed,
         stop=stop,
         tokenizer=context.target.tokenizer,
+        limits=context.config.limits,
         **variant.params,
     )
     start = time.perf_counter()

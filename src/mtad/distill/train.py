@@ -15,7 +15,6 @@ warm-up and is then constant, so extending --steps on resume changes nothing alr
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -39,7 +38,8 @@ from mtad.distill.student import (
     parse_layers,
     reduce_vocabulary,
 )
-from mtad.errors import ConfigError, ModelLoadError, MtadError
+from mtad.errors import ConfigError, ModelLoadError
+from mtad.locking import OutputDirError, exclusive_directory
 from mtad.models import load_model, output_width
 from mtad.vocabulary import TokenSubset, subset_of
 
@@ -50,10 +50,6 @@ SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": t
 # Settings a resumed run must share with the original; steps and checkpoint_every may change.
 _RESUMABLE_CHANGES = ("steps", "checkpoint_every", "save_dtype")
 _RESUMABLE_DATA_CHANGES = ("train_samples",)  # more data may be added to a run
-
-
-class OutputDirError(MtadError):
-    """The distillation output directory cannot be used as asked."""
 
 
 @dataclass(frozen=True)
@@ -271,29 +267,8 @@ def distill(
     """
     out = Path(out_dir)
     train, data = train or TrainSettings(), data or DataSettings()
-    with _exclusive(out):
+    with exclusive_directory(out, LOCK, "mtad distill"):
         return _distill(out, train, data, target_dir, data_dir, draft_dir, resume, overwrite, on_step)
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path):
-    """Hold a lock on `out` so a second run cannot write the same checkpoints (POSIX only)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here; run one distill per directory
-        yield
-        return
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"{out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / LOCK).open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise OutputDirError(
-                f"another mtad distill is writing to {out}; allowed: one run per directory"
-            ) from None
-        yield
 
 
 def _distill(
