@@ -7,7 +7,7 @@ result.text, result.stats.acceptance_rate, result.stats.block_efficiency
 """
 
 from mtad.api import generate, stream
-from mtad.config import METHODS, SamplingConfig, SpeculationConfig, StopConfig
+from mtad.config import METHODS, Limits, SamplingConfig, SpeculationConfig, StopConfig
 from mtad.engine import Block, Generation, GenerationResult, Stats
 from mtad.errors import (
     ConfigError,
@@ -26,6 +26,7 @@ __all__ = [
     "ContextLengthError",
     "Generation",
     "GenerationResult",
+    "Limits",
     "LoadedModel",
     "ModelLoadError",
     "MtadError",
