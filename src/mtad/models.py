@@ -14,9 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mtad.errors import ContextLengthError, ModelLoadError, VocabularyMismatchError
+from mtad.precision import resolve_dtype
 from mtad.vocabulary import subset_of
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -32,9 +31,13 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer. `device_map` (accelerate) overrides `device`."""
+    """Load a causal LM and its tokenizer. `device_map` (accelerate) overrides `device`.
+
+    `dtype` None or "auto": the fastest dtype this device runs natively (`mtad.precision`:
+    bfloat16 on CPUs with AVX-512 BF16/AMX and on GPUs that support it, else float32).
+    """
     source, kwargs = _resolve_source(str(name))
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, _load_device(device, device_map))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, **kwargs
@@ -66,14 +69,12 @@ def _resolve_source(name: str) -> tuple[str, dict]:
     return name, {}  # a hub id such as "org/model": works where a hub is reachable
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; allowed: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+def _load_device(device: str | None, device_map: str | dict | None) -> str:
+    """Where the weights will live, for choosing the dtype: a device map places them on the GPU
+    when there is one."""
+    if device_map is not None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device or "cpu"
 
 
 def _first_line(error: Exception) -> str:
@@ -142,14 +143,20 @@ def load_pair(
     draft_device: str | None = None,
     dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
+    draft_dtype: str | torch.dtype | None = None,
 ) -> tuple[LoadedModel, LoadedModel | None]:
-    """Load target and draft; refuse a pair without a shared vocabulary."""
+    """Load target and draft; refuse a pair without a shared vocabulary.
+
+    `dtype` (None/"auto" = the device's best, see `load_model`) is the target's; the draft
+    follows the dtype the target got unless `draft_dtype` says otherwise.
+    """
     loaded_target = load_model(target, device=device, dtype=dtype, device_map=device_map)
     if loaded_target.tokenizer is None:
         raise ModelLoadError(f"target {str(target)!r} has no tokenizer; allowed: a model directory with one")
     if draft is None:
         return loaded_target, None
-    loaded_draft = load_model(draft, device=draft_device or device, dtype=dtype)
+    draft_dtype = loaded_target.model.dtype if draft_dtype is None else draft_dtype
+    loaded_draft = load_model(draft, device=draft_device or device, dtype=draft_dtype)
     if loaded_draft.tokenizer is not None:
         check_same_vocabulary(loaded_target.tokenizer, loaded_draft.tokenizer)
     check_heads_compatible(loaded_target.model, loaded_draft.model, loaded_target.tokenizer)

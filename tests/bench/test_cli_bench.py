@@ -256,3 +256,27 @@ def test_the_refusal_names_only_the_changed_setting(pair_dirs, prompts_file, tmp
     assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar", "--top-k", "5")) == 2
     err = capsys.readouterr().err
     assert "(decoding.top_k: 10 -> 5)" in err and "gamma" not in err
+
+
+def test_the_dtype_is_resolved_and_hashed_and_old_runs_read_as_float32(pair_dirs, prompts_file, tmp_path):
+    out = tmp_path / "dtype"
+    assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar", "--dtype", "float32")) == 0
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["config"]["dtype"] == "float32"
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine["dtype"] == "float32"
+    # a run stored before dtype auto existed: dtype null meant float32
+    stored["config"]["dtype"], stored["hash"] = None, "0" * 16
+    (out / "config.json").write_text(json.dumps(stored))
+    assert (
+        main(
+            bench_args(pair_dirs, prompts_file, out, "--methods", "ar", "--dtype", "float32", "--limit", "3")
+        )
+        == 0
+    )
+    assert len(read_results(out)) == 3
+    auto = tmp_path / "auto"
+    assert main(bench_args(pair_dirs, prompts_file, auto, "--methods", "ar")) == 0
+    resolved = json.loads((auto / "config.json").read_text())["config"]["dtype"]
+    assert resolved in ("float32", "bfloat16")
+    assert json.loads((auto / "machine.json").read_text())["dtype"] == resolved

@@ -40,6 +40,7 @@ def test_the_operator_sets_the_limits_and_health_shows_them(start_server):
     assert status == 400 and "gamma 3 is over the limit of 2" in body["error"]["message"]
     status, _, health = request(server.url, "GET", "/health")
     assert health["limits"] == {"max_gamma": 2, "max_beam_width": 32, "max_tree_nodes": 256}
+    assert health["dtype"] == health["draft_dtype"] == "float32"  # the tiny pair is built in float32
 
 
 MALFORMED = [

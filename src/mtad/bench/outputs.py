@@ -24,7 +24,8 @@ def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
         "repeats": config.repeats,
         "target": config.target,
         "draft": config.draft or "none",
-        "device / dtype": f"{config.device or 'auto'} / {config.dtype or 'default'}",
+        "device / dtype": f"{config.device or 'auto'} / {config.dtype or 'float32'}"
+        + (f" (draft {config.draft_dtype})" if config.draft_dtype else ""),
         "methods": ",".join(config.methods),
         **{k.replace("_", " "): v for k, v in config.decoding.items()},
         "seed": config.seed,

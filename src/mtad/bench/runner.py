@@ -125,7 +125,8 @@ class BenchConfig:
     target: str
     draft: str | None
     device: str | None = None
-    dtype: str | None = None
+    dtype: str | None = None  # None: float32 (runs made before dtype auto existed)
+    draft_dtype: str | None = None  # None: the target's
     repeats: int = 1
     seed: int = 0
     sweep: Sweep | None = None
@@ -160,6 +161,8 @@ class BenchConfig:
         data = asdict(self)
         data.pop("limit")
         data.pop("limits")
+        if data["draft_dtype"] is None:  # keeps the hash of runs made before --draft-dtype existed
+            data.pop("draft_dtype")
         data["methods"] = sorted(data["methods"])
         if data["judge"] is None:  # runs without a judge keep the hash they had before judges existed
             data.pop("judge")
@@ -261,6 +264,8 @@ def _same_configuration(stored: Mapping[str, Any], config: BenchConfig) -> bool:
     old = dict(stored.get("config") or {})
     if isinstance(old.get("methods"), list):
         old["methods"] = sorted(old["methods"])
+    if "dtype" in old and old["dtype"] is None:  # the default was float32 before dtype auto
+        old["dtype"] = "float32"
     return not _changed_keys(old, _as_stored(config.identity()))
 
 

@@ -15,6 +15,7 @@ from mtad.cli.common import (
     load_pair_from_args,
 )
 from mtad.errors import ConfigError, DatasetError
+from mtad.precision import auto_dtype
 
 _DEFAULT_METHODS = "ar,sd,mtad"
 
@@ -128,7 +129,9 @@ def build_config(args: argparse.Namespace):
         target=args.target or "default pair target",
         draft=args.draft or _default_draft(args),
         device=args.device,
-        dtype=args.dtype,
+        # resolved now, so the hash says what the run computes in (auto differs between machines)
+        dtype=auto_dtype(_weights_device(args)).name if args.dtype == "auto" else args.dtype,
+        draft_dtype=args.draft_dtype,
         repeats=args.repeats,
         seed=0 if args.seed is None else args.seed,
         sweep=Sweep.parse(args.sweep) if args.sweep else None,
@@ -138,6 +141,14 @@ def build_config(args: argparse.Namespace):
         limit=args.limit,
         limits=limits(args),
     )
+
+
+def _weights_device(args: argparse.Namespace) -> str:
+    if args.device_map is not None:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return args.device or "cpu"
 
 
 def _default_draft(args: argparse.Namespace) -> str | None:
@@ -162,7 +173,8 @@ def command_line(config, out: Path) -> str:
     for flag, value in (("--target", config.target), ("--draft", config.draft)):
         if value and value != "default pair target":
             words += [flag, value]
-    for flag, value in (("--device", config.device), ("--dtype", config.dtype), ("--limit", config.limit)):
+    flags = (("--device", config.device), ("--dtype", config.dtype), ("--draft-dtype", config.draft_dtype))
+    for flag, value in (*flags, ("--limit", config.limit)):
         if value is not None:
             words += [flag, str(value)]
     words += _decoding_words(config.decoding) + ["--seed", str(config.seed)]
@@ -221,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-{config.dataset}")
     with exclusive_directory(out, LOCK_FILE, "mtad bench"):  # a second run on --out is refused
         prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
-        target, draft = load_pair_from_args(args, need_draft=needs_draft(config))
+        resolved = argparse.Namespace(**(vars(args) | {"dtype": config.dtype}))  # the dtype hashed
+        target, draft = load_pair_from_args(resolved, need_draft=needs_draft(config))
         rows = run_bench(config, records, target, draft, out, progress=not args.quiet)
         files = write_outputs(out, config, variants, rows, command_line(config, out))
     print(speed_table(summarize(rows, [v.label for v in variants], seed=config.seed)))

@@ -14,7 +14,19 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--draft", help="draft model sharing the target's vocabulary")
     group.add_argument("--device", default=None, help="device for both models, e.g. cpu, cuda, cuda:1")
     group.add_argument("--draft-device", default=None, help="device for the draft, if not --device")
-    group.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="auto (default): bfloat16 where this CPU (AVX-512 BF16/AMX) or GPU runs it natively, "
+        "else float32",
+    )
+    group.add_argument(
+        "--draft-dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="the draft's dtype (default: the dtype the target got)",
+    )
     group.add_argument("--device-map", default=None, help="accelerate device map for the target, e.g. auto")
 
 
@@ -96,6 +108,11 @@ def decoding_settings(args: argparse.Namespace) -> dict:
     }
 
 
+def dtype_name(model) -> str:
+    """ "bfloat16", "float32", ...: the dtype a loaded model computes in, for reports."""
+    return str(model.dtype).removeprefix("torch.")
+
+
 def load_pair_from_args(
     args: argparse.Namespace, need_draft: bool = True
 ) -> tuple[LoadedModel, LoadedModel | None]:
@@ -116,4 +133,5 @@ def load_pair_from_args(
         draft_device=args.draft_device,
         dtype=args.dtype,
         device_map=args.device_map,
+        draft_dtype=args.draft_dtype,
     )

@@ -19,6 +19,7 @@ from mtad.cli.common import (
     add_decoding_arguments,
     add_pair_arguments,
     decoding_settings,
+    dtype_name,
     limits,
     load_pair_from_args,
 )
@@ -113,7 +114,8 @@ def print_table(results: dict, prompts: list[list[int]], target_model, methods: 
     console = Console()
     speed = {m: statistics.median(r.stats.tokens_per_s for r in rs) for m, rs in results.items()}
     baseline = speed.get("ar")
-    table = Table(title=f"mtad demo: {len(prompts)} prompts, medians (gamma {args.gamma}, beam width "
+    table = Table(title=f"mtad demo: {len(prompts)} prompts, {dtype_name(target_model)}, medians "
+                        f"(gamma {args.gamma}, beam width "
                         f"{args.beam_width}, tau {args.threshold}, T {args.temperature}, top-k {args.top_k}, "
                         f"top-p {args.top_p})")  # fmt: skip
     for column in ("method", "tokens/s", "speed-up vs ar", "acceptance", "block eff.", "perplexity"):

@@ -11,6 +11,7 @@ from mtad.cli.common import (
     add_decoding_arguments,
     add_pair_arguments,
     decoding_settings,
+    dtype_name,
     limits,
     load_pair_from_args,
 )
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             "method": args.method,
             "target": target.name,
             "draft": draft.name if draft else None,
+            "dtype": dtype_name(target.model),
+            "draft_dtype": dtype_name(draft.model) if draft else None,
             "settings": settings,
         }
         print(json.dumps(record, indent=2))
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"[{args.method}] {stats.new_tokens} tokens, {_shown(stats.tokens_per_s, 1)} tok/s, "
             f"acceptance {_shown(stats.acceptance_rate)}, block efficiency {_shown(stats.block_efficiency)}, "
-            f"finish {result.finish_reason}",
+            f"finish {result.finish_reason}, {dtype_name(target.model)}",
             file=sys.stderr,
         )
     return 0

@@ -131,6 +131,8 @@ class _Server:
             "queue_depth": self.scheduler.depth,
             "busy": self.scheduler.busy,
             "limits": dataclasses.asdict(self.config.limits),
+            "dtype": str(self.target.model.dtype).removeprefix("torch."),
+            "draft_dtype": str(self.draft.model.dtype).removeprefix("torch.") if self.draft else None,
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 
