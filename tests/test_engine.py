@@ -139,7 +139,9 @@ def test_caches_equal_fresh_forward_after_every_step(target, draft, method):
     for block in generation:
         rejections += len(block.tokens) < (4 if method == "specinfer" else 5)  # tree (4, 2, 2) has depth 3
         _assert_cache_matches_fresh_forward(generation.target, generation.sequence)
-        if method != "mtjd":
+        # A last round with a budget of one token drafts nothing, so the draft does not catch up.
+        drafted_nothing = generation.sequence.shape[1] - len(PROMPTS[2]) == 40 and len(block.tokens) == 1
+        if method != "mtjd" and not drafted_nothing:
             _assert_cache_matches_fresh_forward(generation.drafter, generation.sequence)
     if method != "mtjd":
         assert rejections > 0  # the steps really included rejections

@@ -135,8 +135,9 @@ def reference_log_joints(
     """
     if rule == "own":
         return log_joint.clone()
+    depths = depths.to(log_joint.device)
     max_depth = int(depths.max())
-    per_depth = torch.full((max_depth + 1,), -math.inf, dtype=log_joint.dtype)
+    per_depth = torch.full((max_depth + 1,), -math.inf, dtype=log_joint.dtype, device=log_joint.device)
     if rule == "max":
         per_depth = per_depth.scatter_reduce(0, depths, log_joint, reduce="amax")
     elif rule == "best":
@@ -221,7 +222,7 @@ def _residual(target: torch.Tensor, draft: torch.Tensor) -> torch.Tensor:
 
 def _tree_log_joint(p: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
     """log prod p(token | path) over each node's root-to-node path [nodes] (parents precede children)."""
-    token_probs = p[parents + 1, tokens].double()  # p row of the parent context
+    token_probs = p[parents.to(p.device) + 1, tokens.to(p.device)].double()  # p row of the parent context
     log_p = torch.where(token_probs > 0, token_probs.log(), torch.full_like(token_probs, -math.inf))
     joint = torch.empty_like(log_p)
     for node, parent in enumerate(parents.tolist()):

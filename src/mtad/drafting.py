@@ -15,7 +15,7 @@ import torch
 
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig
-from mtad.sampling import normalise, sample, warp
+from mtad.sampling import draw, normalise, sample, warp
 from mtad.tree import TreeBuffers, paths_from_parents, tree_from_paths, tree_inputs
 
 
@@ -23,6 +23,10 @@ from mtad.tree import TreeBuffers, paths_from_parents, tree_from_paths, tree_inp
 class Proposal:
     tokens: torch.Tensor  # [rows, n] draft tokens x_1..x_n
     probs: torch.Tensor  # [rows, n, vocab] q(. | x_<j) for each draft position
+
+    def to(self, device: torch.device) -> Proposal:
+        """The proposal on `device` (the target's, where the acceptance rules meet p)."""
+        return Proposal(self.tokens.to(device), self.probs.to(device))
 
 
 def empty_proposal(sequence: torch.Tensor, vocab_size: int) -> Proposal:
@@ -114,9 +118,10 @@ def _draw(
     weights: torch.Tensor, count: int, with_replacement: bool, generator: torch.Generator
 ) -> torch.Tensor:
     """`count` indices drawn from non-negative `weights` [k]; without replacement, at most the support."""
-    if not with_replacement:
-        count = min(count, int((weights > 0).sum()))
-    return torch.multinomial(normalise(weights), count, replacement=with_replacement, generator=generator)
+    if with_replacement:
+        return draw(weights, count, generator)
+    count = min(count, int((weights > 0).sum()))
+    return torch.multinomial(normalise(weights), count, replacement=False, generator=generator)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,11 @@ class TreeProposal:
     probs: torch.Tensor  # [1 + nodes, vocab] q at the root context and after each fed node (0 elsewhere)
     log_joint: torch.Tensor  # [nodes] log q of each node's root-to-node path
     best_leaf: int  # the final beam with the largest draft joint (beam trees), else -1
+
+    def to(self, device: torch.device) -> TreeProposal:
+        """The proposal's tensors on `device` (the target's); the tree's index buffers stay put."""
+        moved = (self.tokens.to(device), self.probs.to(device), self.log_joint.to(device))
+        return TreeProposal(moved[0], self.tree, moved[1], moved[2], self.best_leaf)
 
 
 class _TreeBuilder:

@@ -272,8 +272,9 @@ class Generation:
                 proposal = empty_proposal(sequence, self.vocab_size)
             # 2. verify: one target forward over what it has not seen (pending tokens + block or tree)
             p = self._verify(sequence, proposal)
-            # 3. accept
-            path, next_token = (accept if n > 0 else _TARGET_ONLY)(p, proposal, generators.on(target.device))
+            # 3. accept, on the target's device (a draft may live on another one)
+            rule = accept if n > 0 else _TARGET_ONLY
+            path, next_token = rule(p, proposal.to(p.device), generators.on(target.device))
             # 4. commit (stop conditions first: nothing past them is appended or streamed)
             node_tokens = proposal.tokens.flatten().tolist()
             block, finish = stopper.cut(generated, [node_tokens[i] for i in path] + [next_token])

