@@ -1,0 +1,180 @@
+"""Where a decode step's time goes, per method: target forward, draft forward, sampling and
+acceptance, cache operations, and the rest (the loop, tree buffers, stop checks, detokenizing).
+
+    python benchmarks/step_profile.py                              # the default pair, dtype auto
+    python benchmarks/step_profile.py --methods ar,sd --prompts 4 --max-new-tokens 64 --dtype float32
+    python benchmarks/step_profile.py --target T --draft D
+
+It wraps the engine's parts with wall-clock timers (the wrappers cost well under a microsecond a
+call) and runs every method on the same MT-Bench prompts, interleaved per prompt, after one
+warm-up generation per method. It prints the CPU model and its relevant flags beside the table.
+On CUDA each timed part synchronises the device first, so its time is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import functools
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+import mtad
+from mtad import acceptance, cache, drafting, engine
+from mtad.bench.datasets import load_dataset
+from mtad.bench.scoring import encode_record
+from mtad.precision import cpu_flags
+
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+PARTS = ("target forward", "draft forward", "sampling + acceptance", "cache ops", "rest")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target"), parser.add_argument("--draft")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--methods", default="ar,sd,mtad,mmtad")
+    parser.add_argument("--prompts", type=int, default=4, help="MT-Bench questions (first N)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target, draft = load(args)
+    settings = {
+        "gamma": args.gamma,
+        "beam_width": 4,
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "top_k": 10,
+        "top_p": 0.9,
+        "max_new_tokens": args.max_new_tokens,
+    }  # fmt: skip — the paper's settings
+    methods = args.methods.split(",")
+    records = load_dataset("mtbench", None, args.prompts)
+    prompts = [encode_record(record, target.tokenizer) for record in records]
+    timer = PartTimer(target.model)
+    with timer.installed():
+        for method in methods:  # warm-up: first-call allocations are nobody's cost
+            generate(target, draft, prompts[0], method, settings | {"max_new_tokens": 8}, seed=0)
+        timer.reset()
+        profiles: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+        for i, prompt in enumerate(prompts):
+            for method in methods[i % len(methods) :] + methods[: i % len(methods)]:
+                timer.reset()
+                start = time.perf_counter()
+                result = generate(target, draft, prompt, method, settings, seed=i)
+                wall = time.perf_counter() - start
+                profiles[method].append(timer.split(wall, result.stats.new_tokens))
+    print(machine_line(target.model))
+    print(f"{len(prompts)} MT-Bench prompts, {args.max_new_tokens} new tokens, gamma {args.gamma}, "
+          "beam width 4, T 1, top-k 10, top-p 0.9; medians over prompts")  # fmt: skip
+    print(table(profiles, methods))
+
+
+def load(args: argparse.Namespace) -> tuple[mtad.LoadedModel, mtad.LoadedModel]:
+    if args.target is None:
+        from mtad.default_pair import default_draft_path, default_target_path
+
+        return mtad.load_pair(default_target_path(), args.draft or default_draft_path(), dtype=args.dtype)
+    return mtad.load_pair(args.target, args.draft, dtype=args.dtype)
+
+
+def generate(target, draft, prompt, method, settings, seed) -> mtad.GenerationResult:
+    return mtad.generate(target.model, draft.model if draft else None, prompt, method=method, seed=seed,
+                         tokenizer=target.tokenizer, **settings)  # fmt: skip
+
+
+class PartTimer:
+    """Wall time per part, accumulated by wrappers installed on the engine's modules."""
+
+    def __init__(self, target_model: torch.nn.Module) -> None:
+        self.target_model = target_model
+        self.seconds: collections.Counter = collections.Counter()
+
+    def reset(self) -> None:
+        self.seconds.clear()
+
+    def split(self, wall: float, new_tokens: int) -> dict[str, float]:
+        """Milliseconds per new token of each part, and of the whole generation."""
+        parts = {part: self.seconds[part] for part in PARTS[:-1]}
+        parts["rest"] = max(0.0, wall - sum(parts.values()))
+        scale = 1000 / max(1, new_tokens)
+        return {part: seconds * scale for part, seconds in parts.items()} | {"total": wall * scale}
+
+    def _timed(self, part: str | Callable[..., str], function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            name = part(*args) if callable(part) else part
+            _synchronise()
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _synchronise()
+                self.seconds[name] += time.perf_counter() - start
+
+        return wrapper
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        def which_forward(model: cache.CachedModel, *_: object) -> str:
+            return "target forward" if model.model is self.target_model else "draft forward"
+
+        patches = [(cache.CachedModel, "forward", which_forward)]
+        patches += [
+            (cache.CachedModel, op, "cache ops") for op in ("truncate", "keep", "repeat", "reorder", "select")
+        ]
+        patches += [(module, "warp", "sampling + acceptance") for module in (engine, drafting)]
+        patches += [(drafting, name, "sampling + acceptance") for name in ("sample", "_draw")]
+        rules = ("speculative", "mtad_joint", "accept_none", "accept_all", "mmtad_tree", "specinfer_tree",
+                 "reference_log_joints")  # fmt: skip
+        patches += [(acceptance, name, "sampling + acceptance") for name in rules]
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+        for owner, name, part in patches:
+            setattr(owner, name, self._timed(part, getattr(owner, name)))
+        try:
+            yield
+        finally:
+            for owner, name, original in saved:
+                setattr(owner, name, original)
+
+
+def _synchronise() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def machine_line(model: torch.nn.Module) -> str:
+    from mtad.bench.machine import describe_machine
+
+    info = describe_machine(model.get_input_embeddings().weight.device, model.dtype)
+    flags = cpu_flags()
+    shown = " ".join(flag for flag in RELEVANT_FLAGS if flag in flags) or "none of " + " ".join(
+        RELEVANT_FLAGS
+    )
+    return (f"CPU {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads), flags: "
+            f"{shown}; device {info['device']}, dtype {info['dtype']}, torch {info['torch']}")  # fmt: skip
+
+
+def table(profiles: dict[str, list[dict[str, float]]], methods: list[str]) -> str:
+    header = "| method | ms/token | " + " | ".join(PARTS) + " | outside forwards |"
+    lines = [header, "|" + "---|" * (len(PARTS) + 3)]
+    for method in methods:
+        median = {key: statistics.median(p[key] for p in profiles[method]) for key in (*PARTS, "total")}
+        total = sum(median[part] for part in PARTS)
+        cells = [f"{median[part]:.1f} ({100 * median[part] / total:.0f}%)" for part in PARTS]
+        outside = 1 - (median["target forward"] + median["draft forward"]) / total
+        lines.append(
+            f"| {method} | {median['total']:.1f} | " + " | ".join(cells) + f" | {100 * outside:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
