@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 import mtad
-from mtad import acceptance, cache, drafting, engine
+from mtad import acceptance, cache, drafting, vocabulary
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
 from mtad.precision import cpu_flags
@@ -126,11 +126,14 @@ class PartTimer:
         def which_forward(model: cache.CachedModel, *_: object) -> str:
             return "target forward" if model.model is self.target_model else "draft forward"
 
-        patches = [(cache.CachedModel, "forward", which_forward)]
+        patches = [(cache.CachedModel, "_own_logits", which_forward)]
         patches += [
             (cache.CachedModel, op, "cache ops") for op in ("truncate", "keep", "repeat", "reorder", "select")
         ]
-        patches += [(module, "warp", "sampling + acceptance") for module in (engine, drafting)]
+        patches += [
+            (cache, "warp", "sampling + acceptance"),
+            (vocabulary.TokenSubset, "to_target_probs", "sampling + acceptance"),
+        ]
         patches += [(drafting, name, "sampling + acceptance") for name in ("sample", "_draw")]
         rules = ("speculative", "mtad_joint", "accept_none", "accept_all", "mmtad_tree", "specinfer_tree",
                  "reference_log_joints")  # fmt: skip

@@ -10,8 +10,10 @@ import torch
 import mtad
 from conftest import tiny_llama, tiny_subset_draft, tiny_tokenizer
 from mtad.cache import CachedModel
+from mtad.config import SamplingConfig
 from mtad.errors import VocabularyMismatchError
 from mtad.models import load_pair
+from mtad.sampling import warp
 from mtad.vocabulary import TokenSubset, subset_of, target_logits
 from test_distribution import PROMPT, RUNS, VOCAB, WARP, chi_square_p_value, exact_first_two
 
@@ -113,3 +115,21 @@ def test_subset_draft_round_trips_through_a_model_directory(tmp_path):
     broken.config.mtad_token_ids = [0, 16] + SUBSET[2:]
     with pytest.raises(VocabularyMismatchError, match=r"\[0, 16\)"):
         mtad.generate(target.model, broken, "w5", method="sd", max_new_tokens=2, tokenizer=target.tokenizer)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingConfig(1.0, 2, 0.9),
+        SamplingConfig(0.7, 0, 1.0),
+        SamplingConfig(1.0, 10, 0.5),
+        SamplingConfig(0.0),
+    ],
+)
+def test_warping_in_the_subset_equals_warping_at_target_width(sampling):
+    """CachedModel.distributions warps a subset draft over its own K ids, then scatters: the same
+    distribution as the warp of target-width logits that are -inf outside the subset."""
+    subset = TokenSubset([5, 1, 9, 3], target_width=12)
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))  # K + 1 = 5 head rows
+    dense = warp(subset.to_target_logits(logits), sampling)
+    torch.testing.assert_close(subset.to_target_probs(warp(logits[:, :4], sampling)), dense)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from mtad.config import SamplingConfig
+from mtad.sampling import warp
 from mtad.vocabulary import subset_of
 
 
@@ -55,6 +57,36 @@ class CachedModel:
         Tree attention passes `position_ids` [rows, m] and a 4D additive `attention_mask`
         [rows, 1, m, cached + m] (see `mtad.tree.tree_inputs`); plain causal decoding passes neither.
         """
+        return self._align_vocab(self._own_logits(tokens, keep, position_ids, attention_mask))
+
+    @torch.inference_mode()
+    def distributions(
+        self,
+        tokens: torch.Tensor,
+        sampling: SamplingConfig,
+        keep: int = 1,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward`, then the warp: distributions of the last `keep` positions [rows, keep, V].
+
+        A subset draft is warped over its own K ids and only then scattered to target width: the
+        same distribution as warping target-width logits that are -inf outside the subset (the
+        warp never gives those ids mass), with K / V of the vocabulary-wide work.
+        """
+        logits = self._own_logits(tokens, keep, position_ids, attention_mask)
+        if self.subset is not None:
+            return self.subset.to_target_probs(warp(logits[..., : self.subset.size], sampling))
+        return warp(self._align_vocab(logits), sampling)
+
+    def _own_logits(
+        self,
+        tokens: torch.Tensor,
+        keep: int,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Float32 logits over the model's own output ids [rows, keep, own width]."""
         tokens = tokens.to(self.device)
         if self.subset is not None:
             tokens = self.subset.to_draft(tokens)
@@ -63,7 +95,7 @@ class CachedModel:
             position_ids=position_ids, attention_mask=attention_mask,
         )  # fmt: skip
         self.calls += 1
-        return self._align_vocab(out.logits[:, -keep:].float())
+        return out.logits[:, -keep:].float()
 
     def _align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         if self.subset is not None:

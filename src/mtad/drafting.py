@@ -15,7 +15,7 @@ import torch
 
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig
-from mtad.sampling import draw, normalise, sample, warp
+from mtad.sampling import draw, normalise, sample
 from mtad.tree import TreeBuffers, paths_from_parents, tree_from_paths, tree_inputs
 
 
@@ -45,7 +45,7 @@ def chain_sample(
     feed = sequence[:, drafter.length :]  # the committed tokens the draft has not seen yet
     tokens, probs = [], []
     for _ in range(n):
-        q = warp(drafter.forward(feed)[:, -1], sampling)  # [rows, vocab]
+        q = drafter.distributions(feed, sampling)[:, -1]  # [rows, vocab]
         token = sample(q, generator)  # [rows]
         tokens.append(token)
         probs.append(q)
@@ -75,7 +75,7 @@ def beam_sample(
     if sequence.shape[0] != 1:
         raise NotImplementedError("beam sampling drafts for one prompt at a time")
     feed = sequence[:, drafter.length :]
-    q = warp(drafter.forward(feed)[:, -1], sampling)  # [1, vocab]
+    q = drafter.distributions(feed, sampling)[:, -1]  # [1, vocab]
     first = _draw(q[0], width, with_replacement, generator)  # [beams]
     joint = normalise(q[0, first])  # [beams]
     beam_tokens = first.unsqueeze(-1)  # [beams, steps]
@@ -83,7 +83,7 @@ def beam_sample(
     if n > 1:
         drafter.repeat(len(first))
     for _ in range(1, n):
-        q = warp(drafter.forward(beam_tokens[:, -1:])[:, -1], sampling)  # [beams, vocab]
+        q = drafter.distributions(beam_tokens[:, -1:], sampling)[:, -1]  # [beams, vocab]
         parent, token, joint = _beam_step(joint, q, width, with_replacement, generator)
         beam_tokens = torch.cat([beam_tokens[parent], token.unsqueeze(-1)], dim=1)
         beam_probs = torch.cat([beam_probs[parent], q[parent].unsqueeze(1)], dim=1)
@@ -147,7 +147,7 @@ class _TreeBuilder:
     def __init__(self, drafter: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> None:
         self.drafter, self.sampling = drafter, sampling
         self.context = sequence.shape[1]
-        root = warp(drafter.forward(sequence[:, drafter.length :])[:, -1], sampling)[0]  # [vocab]
+        root = drafter.distributions(sequence[:, drafter.length :], sampling)[0, -1]  # [vocab]
         self.tokens: list[int] = []
         self.parents: list[int] = []
         self.log_joint: list[float] = []
@@ -170,8 +170,7 @@ class _TreeBuilder:
         positions, mask = tree_inputs(tree, self.context, pending=0, fed=frontier[0], new=len(frontier),
                                       dtype=self.drafter.dtype, device=self.drafter.device)  # fmt: skip
         feed = torch.tensor([[self.tokens[i] for i in frontier]])
-        logits = self.drafter.forward(feed, keep=len(frontier), position_ids=positions, attention_mask=mask)
-        q = warp(logits[0], self.sampling)
+        q = self.drafter.distributions(feed, self.sampling, len(frontier), positions, mask)[0]
         self.rows.update({node: q[k] for k, node in enumerate(frontier)})
         return q
 

@@ -38,7 +38,6 @@ from mtad.drafting import (
     empty_proposal,
 )
 from mtad.models import output_width
-from mtad.sampling import warp
 from mtad.stopping import Stopper
 from mtad.tree import tree_inputs
 
@@ -308,12 +307,11 @@ class Generation:
             positions, mask = tree_inputs(proposal.tree, sequence.shape[1], pending.shape[1], 0, nodes,
                                           dtype=target.dtype, device=target.device)  # fmt: skip
             feed = torch.cat([pending, proposal.tokens.unsqueeze(0).to(pending.device)], dim=1)
-            logits = target.forward(feed, keep=nodes + 1, position_ids=positions, attention_mask=mask)
-            return warp(logits, self.sampling)
+            return target.distributions(feed, self.sampling, nodes + 1, positions, mask)
         n = proposal.tokens.shape[1]
         feed = torch.cat([sequence, proposal.tokens.to(sequence.device)], dim=1)[:, target.length :]
         keep = min(n + 1, feed.shape[1])
-        p = warp(target.forward(feed, keep=keep), self.sampling)  # [1, keep, vocab]
+        p = target.distributions(feed, self.sampling, keep)  # [1, keep, vocab]
         if keep < n + 1:  # the target drafted the block itself (MTJD): its q rows are its p rows
             p = torch.cat([proposal.probs[:, : n + 1 - keep].to(p.device), p], dim=1)
         return p

@@ -17,22 +17,23 @@ from mtad.errors import NumericalError
 def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     """Warped probabilities, float32, same shape as `logits` (`[..., vocab]`)."""
     check_finite(logits)
-    logits = logits.float()
     if sampling.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
-        # Fast path: top-p only ever keeps a subset of the top-k, so sort k values, not the vocabulary.
+        # Fast path: top-p only ever keeps a subset of the top-k, so sort k values, not the
+        # vocabulary; dividing by the temperature keeps the order, so it waits for the k values.
         # One value past the k-th shows a tie across the cut without a vocabulary-wide comparison.
         values, order = torch.topk(logits, sampling.top_k + 1, dim=-1)  # sorted, largest first
         kth_largest = values[..., -2:-1]
         # Ties with the k-th value are kept, as a threshold on logits would keep them.
         if bool((values[..., -1:] == kth_largest).any()):
-            return _warp_sorted_full(logits.masked_fill(logits < kth_largest, float("-inf")), sampling.top_p)
-        values, order = values[..., :-1], order[..., :-1]
+            masked = logits.float().masked_fill(logits < kth_largest, float("-inf"))
+            return _warp_sorted_full(masked / sampling.temperature, sampling.top_p)
+        values = values[..., :-1].float() / sampling.temperature
         kept = _nucleus_sorted(torch.softmax(values, dim=-1), sampling.top_p)
-        return torch.zeros_like(logits).scatter(-1, order, kept)
-    return _warp_sorted_full(logits, sampling.top_p)
+        probs = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+        return probs.scatter(-1, order[..., :-1], kept)
+    return _warp_sorted_full(logits.float() / sampling.temperature, sampling.top_p)
 
 
 def _warp_sorted_full(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -60,6 +60,12 @@ class TokenSubset:
         full[..., self.token_ids.to(draft_logits.device)] = draft_logits[..., : self.size]
         return full
 
+    def to_target_probs(self, draft_probs: torch.Tensor) -> torch.Tensor:
+        """[..., K] probabilities over the subset -> [..., target_width], 0 outside it."""
+        full = draft_probs.new_zeros((*draft_probs.shape[:-1], self.target_width))
+        index = self.token_ids.to(draft_probs.device).expand(*draft_probs.shape[:-1], -1)
+        return full.scatter(-1, index, draft_probs)
+
     def to(self, device: torch.device | str) -> TokenSubset:
         self.token_ids = self.token_ids.to(device)
         self._to_draft = self._to_draft.to(device)
