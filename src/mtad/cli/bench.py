@@ -35,14 +35,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument(
         "--prompt-format",
         default="auto",
-        help="auto (chat template for chat data, raw completion for humaneval/spider), chat or raw",
+        help="auto (default): chat template for chat data and for humaneval when the target has one "
+        "(the program is extracted from the answer), raw completion for spider; chat or raw",
     )
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
         "--methods", default=None, help=f"comma list of methods (default {_DEFAULT_METHODS})"
     )
     run_group.add_argument(
-        "--repeats", type=int, default=1, help="generations per prompt and method (default 1)"
+        "--repeats",
+        type=int,
+        default=1,
+        help="generations per prompt and method (default 1); n for HumanEval pass@k, k <= n",
     )
     run_group.add_argument(
         "--sweep",
