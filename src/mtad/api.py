@@ -59,7 +59,7 @@ def stream(
 def validate_settings(
     *,
     method: str = "mtad",
-    gamma: int = 4,
+    gamma: int | str = 4,
     beam_width: int = 4,
     threshold: float = 0.5,
     with_replacement: bool = True,

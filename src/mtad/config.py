@@ -17,6 +17,9 @@ DRAFTED_METHODS = ("sd", "mtad", "mmtad", "specinfer")
 DEFAULT_MAX_NEW_TOKENS = 128
 #: MMTAD's per-depth reference draft joint: best final beam's prefix, max over beams, node's own.
 REFERENCES = ("best", "max", "own")
+#: gamma "auto": the draft length is chosen every round, from 0 (a plain target step) up to this.
+AUTO = "auto"
+AUTO_MAX_GAMMA = 8
 #: Seeds are integers in [0, SEED_LIMIT) everywhere: library, CLI and server (a signed 64-bit int).
 SEED_LIMIT = 2**63
 #: Bytes of vocabulary-wide work one drafted row may cost (logits, float32 probabilities, the
@@ -24,6 +27,11 @@ SEED_LIMIT = 2**63
 #: one round may hold: 1 GiB. `Limits.for_models` turns it into a node and beam ceiling.
 ROW_BYTES_PER_ENTRY = 32
 ROUND_MEMORY_BYTES = 2**30
+
+
+def parse_gamma(text: str) -> int | str:
+    """gamma as typed on a command line: "auto" or an integer (ValueError otherwise)."""
+    return AUTO if text.strip() == AUTO else int(text)
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,9 @@ class SamplingConfig:
 class SpeculationConfig:
     """How a block is proposed and verified.
 
-    gamma: draft tokens per round. beam_width: beams of the draft's beam sampling (mtad, mtjd).
+    gamma: draft tokens per round, or "auto": chosen each round, 0..AUTO_MAX_GAMMA, to maximise
+    expected tokens per second (`mtad.adaptive`; sd, mtad, mmtad, specinfer up to its tree depth).
+    beam_width: beams of the draft's beam sampling (mtad, mtjd).
     threshold: tau, MTAD's joint-likelihood-ratio threshold, in (0, 1].
     with_replacement: beam sampling draws (beam, token) pairs with replacement (the paper) or without;
     SpecInfer draws each node's children with or without replacement.
@@ -67,7 +77,7 @@ class SpeculationConfig:
     """
 
     method: str = "mtad"
-    gamma: int = 4
+    gamma: int | str = 4
     beam_width: int = 4
     threshold: float = 0.5
     with_replacement: bool = True
@@ -77,8 +87,14 @@ class SpeculationConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}", "method")
-        if not _is_int(self.gamma) or self.gamma < 1:
-            raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}", "gamma")
+        if self.gamma != AUTO and (not _is_int(self.gamma) or self.gamma < 1):
+            raise ConfigError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}", "gamma")
+        if self.gamma == AUTO and self.method == "mtjd":
+            raise ConfigError(
+                "gamma 'auto' weighs a draft's cost against the target's, and mtjd drafts with the "
+                "target; allowed for mtjd: an integer >= 1",
+                "gamma",
+            )
         if not _is_int(self.beam_width) or self.beam_width < 1:
             raise ConfigError(f"beam_width must be an integer >= 1, got {self.beam_width!r}", "beam_width")
         if not _is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
@@ -98,9 +114,17 @@ class SpeculationConfig:
             )
 
     @property
+    def adaptive(self) -> bool:
+        """gamma "auto" on a method that drafts: the depth is chosen round by round."""
+        return self.gamma == AUTO and self.needs_draft
+
+    @property
     def depth(self) -> int:
-        """Draft tokens per round along one path: gamma, or the SpecInfer tree's depth."""
-        return len(self.tree) if self.method == "specinfer" else self.gamma
+        """Draft tokens per round along one path (at most, when adaptive): gamma, AUTO_MAX_GAMMA
+        for gamma "auto", or the SpecInfer tree's depth."""
+        if self.method == "specinfer":
+            return len(self.tree)
+        return AUTO_MAX_GAMMA if self.gamma == AUTO else self.gamma
 
     def verified_nodes(self, stop_above: int | None = None) -> int:
         """Draft nodes the target verifies in one round (each gets a vocabulary-wide row of p).
@@ -110,9 +134,9 @@ class SpeculationConfig:
         `stop_above`, so a tree like (1000, 1000, 1000, ...) is refused without big arithmetic.
         """
         if self.method in ("sd", "mtad"):
-            return self.gamma
+            return self.depth
         if self.method == "mmtad":
-            return self.gamma * self.beam_width
+            return self.depth * self.beam_width
         if self.method != "specinfer":
             return 0
         nodes, width = 0, 1
@@ -171,9 +195,12 @@ class Limits:
             raise ConfigError(
                 f"tree depth {len(spec.tree)} is over the limit of {self.max_gamma} (max_gamma)", "tree"
             )
-        if spec.uses_gamma and spec.gamma > self.max_gamma:
+        if spec.uses_gamma and spec.depth > self.max_gamma:
             raise ConfigError(
-                f"gamma {spec.gamma} is over the limit of {self.max_gamma} (max_gamma)", "gamma"
+                f"gamma {spec.gamma} (depth {spec.depth}) is over the limit of {self.max_gamma} (max_gamma)"
+                if spec.gamma == AUTO
+                else f"gamma {spec.gamma} is over the limit of {self.max_gamma} (max_gamma)",
+                "gamma",
             )
         if spec.uses_beams and spec.beam_width > self.max_beam_width:
             raise ConfigError(
@@ -189,7 +216,7 @@ class Limits:
             )
         if nodes > self.max_tree_nodes:
             raise ConfigError(
-                f"beam_width {spec.beam_width} x gamma {spec.gamma} = {nodes} tree nodes a round is over "
+                f"beam_width {spec.beam_width} x gamma {spec.depth} = {nodes} tree nodes a round is over "
                 f"the limit of {self.max_tree_nodes} (max_tree_nodes)",
                 "beam_width",
             )

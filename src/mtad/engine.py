@@ -26,6 +26,7 @@ import torch
 from transformers import PreTrainedModel
 
 from mtad import acceptance
+from mtad.adaptive import GammaPolicy, measure_costs
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
 from mtad.drafting import (
@@ -64,6 +65,7 @@ class Stats:
     drafted_per_position: list[int] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
     tree_nodes: int = 0  # draft tree nodes the target verified, summed over rounds (tree methods)
+    rounds_per_gamma: list[int] = field(default_factory=list)  # [g] = rounds that drafted g deep
     wall_time_s: float = 0.0
 
     @property
@@ -104,6 +106,7 @@ class Stats:
             "acceptance_rate",
             "block_efficiency",
             "acceptance_per_position",
+            "rounds_per_gamma",
             "tree_nodes",
             "mean_tree_size",
             "wall_time_s",
@@ -115,6 +118,8 @@ class Stats:
     def record_round(self, drafted: int, accepted: int, tree_nodes: int = 0) -> None:
         self.rounds += 1
         self.tree_nodes += tree_nodes
+        self.rounds_per_gamma += [0] * (drafted + 1 - len(self.rounds_per_gamma))
+        self.rounds_per_gamma[drafted] += 1
         self.drafted_tokens += drafted
         self.accepted_tokens += accepted
         grow = max(0, drafted - len(self.drafted_per_position))
@@ -253,6 +258,10 @@ class Generation:
         self._started = True
         proposer, accept = _method_parts(self.spec)
         target, drafter, stopper = self.target, self.drafter, self.stopper
+        policy = None
+        if self.spec.adaptive and proposer is not None:  # measured once per pair, before the clock
+            costs = measure_costs(target.model, drafter.model, self.spec, self.sampling)
+            policy = GammaPolicy(self.spec, costs)
         generators = _Generators(self.seed)
         stats = Stats()
         sequence = self.prompt  # [1, committed]
@@ -263,7 +272,8 @@ class Generation:
         while finish is None:
             budget = stopper.stop.max_new_tokens - len(generated)
             # Draft no more than the budget can hold: the round always adds one target token.
-            n = min(self.spec.depth, budget - 1) if proposer else 0
+            depth = policy.choose(budget - 1) if policy else self.spec.depth
+            n = min(depth, budget - 1) if proposer else 0
             # 1. propose
             if n > 0:
                 proposal = proposer(drafter, sequence, n, self.sampling, generators.on(drafter.device))
@@ -282,7 +292,9 @@ class Generation:
             generated += block
             sequence = torch.cat([sequence, torch.tensor([block], device=sequence.device)], dim=1)
             self.sequence = sequence  # prompt + committed tokens, for inspection between blocks
-            # 6. statistics
+            # 6. statistics (and what gamma "auto" learns from the round)
+            if policy:
+                policy.observe(n, len(path))
             stats.record_round(
                 n, len(path), tree_nodes=len(node_tokens) if isinstance(proposal, TreeProposal) else 0
             )

@@ -61,7 +61,7 @@ CONFIG_FILE = "config.json"
 MACHINE_FILE = "machine.json"
 #: Held (flock) by the run writing the directory; see `mtad.locking`.
 LOCK_FILE = ".mtad_bench.lock"
-SWEEP_PARAMS = {"gamma": int, "beam_width": int, "threshold": float, "reference": str}
+SWEEP_PARAMS = {"gamma": mtad_config.parse_gamma, "beam_width": int, "threshold": float, "reference": str}
 # Methods a swept parameter changes; the others run once, at the base setting.
 _TARGET_ONLY = ("ar", "greedy")
 _THRESHOLD_METHODS = ("mtad", "mmtad")

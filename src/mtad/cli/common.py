@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtad.config import METHODS, SEED_LIMIT, Limits
+from mtad.config import METHODS, SEED_LIMIT, Limits, parse_gamma
 from mtad.models import LoadedModel, load_pair
 
 
@@ -33,7 +33,14 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
 def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad") -> None:
     group = parser.add_argument_group("decoding")
     group.add_argument("--method", default=method, help=f"one of {', '.join(METHODS)} (default: {method})")
-    group.add_argument("--gamma", type=int, default=4, help="draft tokens per round (default 4)")
+    group.add_argument(
+        "--gamma",
+        type=gamma_value,
+        default=4,
+        help="draft tokens per round (default 4), or auto: chosen every round (0 = a plain target step) "
+        "to maximise expected tokens/s from measured costs and acceptance so far; ignored by ar and "
+        "greedy, refused for mtjd",
+    )
     group.add_argument(
         "--beam-width", type=int, default=4, help="beams of the draft's beam sampling (default 4)"
     )
@@ -72,6 +79,16 @@ def _branching(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid tree {text!r}; allowed: comma-separated integers like 4,2,2"
+        ) from None
+
+
+def gamma_value(text: str) -> int | str:
+    """`--gamma`: an integer, or "auto"."""
+    try:
+        return parse_gamma(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid gamma {text!r}; allowed: an integer >= 1 or auto"
         ) from None
 
 

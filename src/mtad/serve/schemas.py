@@ -68,7 +68,7 @@ class DecodingOptions(_Strict):
     """The `mtad` extension field; unset values take the server's defaults (its CLI flags)."""
 
     method: str | None = None
-    gamma: int | None = None
+    gamma: int | Literal["auto"] | None = None
     beam_width: int | None = None
     threshold: float | None = None
     top_k: int | None = None

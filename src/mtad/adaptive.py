@@ -1,0 +1,193 @@
+"""gamma "auto": each round drafts as many tokens as pays, and none when speculation cannot pay.
+
+A round that drafts g tokens returns 1 + sum_{j<=g} P(L >= j) tokens on average (L: accepted
+length) and costs one target forward over its new nodes plus the draft's steps. `GammaPolicy`
+picks the g in 0..depth that maximises expected tokens per second:
+
+    g* = argmax_g  (1 + sum_{j=1..g} a_j) / (T_target(1 + nodes(g)) + T_draft(g))
+
+- Costs (`Costs`) are measured once per model pair and process, before the first auto round:
+  target forwards of k new tokens after a prefix and draft steps of 1 and of `beam_width` tokens,
+  median of interleaved repeats, through `CachedModel.distributions` so the warp is included.
+- a_j = P(L >= j) are estimated online from the rounds so far as a chain of conditional rates
+  (see `GammaPolicy`), from counts decayed by `DECAY` each round. The decay also runs in rounds
+  that draft nothing, so a policy that stopped drafting drifts back to its prior and probes
+  again: acceptance changes with the text (code, lists, prose).
+- g = 0 is a plain target step: with a weak draft on a CPU where verification is not free, the
+  policy stops paying for speculation.
+
+Losslessness is untouched: g depends only on rounds already committed, never on the tokens of
+the round it sizes, so sd and specinfer still sample exactly the target distribution.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from dataclasses import dataclass, replace
+
+import torch
+from transformers import PreTrainedModel
+
+from mtad.cache import CachedModel
+from mtad.config import SamplingConfig, SpeculationConfig
+from mtad.models import context_length, output_width
+
+DECAY = 0.97  # per round: evidence from ~30 rounds back weighs a third of the latest
+PRIOR_ROUNDS = 2.0
+PRIOR_RATE = 0.5
+PREFIX_TOKENS = 128  # context in front of the timed forwards: a typical chat prompt's order
+REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds of one forward, by the number of new tokens it feeds (measured points; linear in
+    between and beyond)."""
+
+    target_s: dict[int, float]
+    draft_s: dict[int, float]
+
+    def target(self, tokens: int) -> float:
+        return _interpolate(self.target_s, tokens)
+
+    def draft(self, tokens: int) -> float:
+        return _interpolate(self.draft_s, tokens)
+
+
+def _interpolate(points: dict[int, float], x: int) -> float:
+    xs = sorted(points)
+    if x <= xs[0]:
+        return points[xs[0]]
+    for low, high in zip(xs, xs[1:], strict=False):
+        if x <= high:
+            return points[low] + (points[high] - points[low]) * (x - low) / (high - low)
+    low, high = xs[-2], xs[-1]  # extrapolate with the last slope
+    return points[high] + (points[high] - points[low]) * (x - high) / (high - low)
+
+
+def round_cost(spec: SpeculationConfig, drafted: int, costs: Costs) -> float:
+    """Seconds of one round of `spec.method` drafting `drafted` tokens deep (0: a target step)."""
+    if drafted == 0:
+        return costs.target(1)
+    width = spec.beam_width
+    if spec.method == "sd":
+        nodes, draft = drafted, drafted * costs.draft(1)
+    elif spec.method == "specinfer":
+        widths, level = [], 1
+        for branches in spec.tree[:drafted]:
+            level *= branches
+            widths.append(level)
+        nodes = sum(widths)
+        draft = costs.draft(1) + sum(costs.draft(w) for w in widths[:-1])
+    else:  # mtad (beams as rows) and mmtad (beams as tree nodes): width tokens a step after the first
+        nodes = drafted * width if spec.method == "mmtad" else drafted
+        draft = costs.draft(1) + (drafted - 1) * costs.draft(width)
+    return costs.target(1 + nodes) + draft
+
+
+class GammaPolicy:
+    """Chooses each round's draft depth from measured costs and decayed acceptance counts.
+
+    Acceptance is modelled as a chain: c_j = P(position j accepted | positions < j accepted),
+    so P(L >= j) = c_1 ... c_j. Each c_j is estimated from the rounds that reached position j
+    (decayed), shrunk toward a prior worth `PRIOR_ROUNDS` rounds: `PRIOR_RATE` for c_1, and
+    the estimate of c_{j-1} for deeper positions, so a draft that is right at position 1 is
+    trusted at positions it has not been tried at yet, and one that is wrong is not.
+    """
+
+    def __init__(self, spec: SpeculationConfig, costs: Costs) -> None:
+        self.spec, self.costs = spec, costs
+        self.tried = [0.0] * spec.depth  # rounds that drafted position j + 1 with all before it accepted
+        self.passed = [0.0] * spec.depth  # ... and accepted it
+        self.cost = [round_cost(spec, g, costs) for g in range(spec.depth + 1)]
+
+    def reach(self) -> list[float]:
+        """Estimated P(L >= j) for j = 1..depth (non-increasing by construction)."""
+        estimates, prior, reach = [], PRIOR_RATE, 1.0
+        for tried, passed in zip(self.tried, self.passed, strict=True):
+            rate = (passed + prior * PRIOR_ROUNDS) / (tried + PRIOR_ROUNDS)
+            reach *= rate
+            estimates.append(reach)
+            prior = rate
+        return estimates
+
+    def choose(self, most: int) -> int:
+        """The depth in 0..min(most, depth) with the most expected tokens per second."""
+        best, best_rate, expected = 0, 1.0 / self.cost[0], 1.0
+        for g, reach in enumerate(self.reach()[: max(0, most)], start=1):
+            expected += reach
+            rate = expected / self.cost[g]
+            if rate > best_rate:
+                best, best_rate = g, rate
+        return best
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        """Record a round (drafted 0 included: evidence decays toward the prior either way)."""
+        for j in range(len(self.tried)):
+            self.tried[j] *= DECAY
+            self.passed[j] *= DECAY
+            if j < drafted and j <= accepted:  # position j + 1 was drafted and reached
+                self.tried[j] += 1
+                self.passed[j] += j < accepted
+
+
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def measure_costs(
+    target: PreTrainedModel, draft: PreTrainedModel, spec: SpeculationConfig, sampling: SamplingConfig
+) -> Costs:
+    """Forward times of this pair for the round shapes `spec` can ask for; measured once per pair,
+    method shape and warp in this process (~1 s on the default pair on a CPU), then remembered."""
+    key = (id(draft), spec.method, spec.beam_width, spec.tree, spec.depth, sampling)
+    remembered = _MEASURED.setdefault(target, {})
+    if key not in remembered:
+        width = max(spec.beam_width, max(spec.tree) if spec.method == "specinfer" else 1)
+        most = max(round_nodes(spec, g) for g in range(spec.depth + 1)) + 1
+        target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
+        vocab = output_width(target)  # a subset draft maps target ids to its own
+        remembered[key] = Costs(
+            _forward_seconds(target, vocab, target_sizes, sampling),
+            _forward_seconds(draft, vocab, sorted({1, 2, width}), sampling),
+        )
+    return remembered[key]
+
+
+def round_nodes(spec: SpeculationConfig, drafted: int) -> int:
+    """Nodes the target verifies in a round drafting `drafted` deep."""
+    if drafted == 0:
+        return 0
+    shape = replace(
+        spec, gamma=drafted, tree=spec.tree[:drafted] if spec.method == "specinfer" else spec.tree
+    )
+    return shape.verified_nodes()
+
+
+def _forward_seconds(
+    model: PreTrainedModel, vocab: int, sizes: list[int], sampling: SamplingConfig
+) -> dict[int, float]:
+    """Median seconds of a forward of k new tokens after a prefix, per k (interleaved repeats)."""
+    room = context_length(model) or PREFIX_TOKENS * 4
+    prefix_len = max(1, min(PREFIX_TOKENS, room - max(sizes) - 1))
+    cached = CachedModel(model, vocab)
+    generator = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, vocab, (1, prefix_len), generator=generator)
+    cached.forward(prefix)
+    times: dict[int, list[float]] = {k: [] for k in sizes}
+    for _ in range(REPEATS + 1):  # the first pass warms kernels up and is dropped
+        for k in sizes:
+            block = torch.randint(0, vocab, (1, k), generator=generator)
+            _synchronise(cached.device)
+            start = time.perf_counter()
+            cached.distributions(block, sampling, keep=k)
+            _synchronise(cached.device)
+            times[k].append(time.perf_counter() - start)
+            cached.truncate(prefix_len)
+    return {k: statistics.median(seconds[1:]) for k, seconds in times.items()}
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

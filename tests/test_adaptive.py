@@ -1,0 +1,144 @@
+"""gamma "auto": each round's depth from measured costs and the acceptance seen so far (issue 11).
+
+Costs are injected here (never measured: timings are not asserted in tests), so every choice the
+policy makes is deterministic.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtad
+from conftest import tiny_llama
+from mtad import adaptive
+from mtad.adaptive import Costs, GammaPolicy, round_cost
+from mtad.cli import main
+from mtad.config import AUTO_MAX_GAMMA, SpeculationConfig
+from mtad.errors import ConfigError
+from test_distribution import PROMPT, RUNS, VOCAB, WARP, chi_square_p_value, exact_first_two
+from test_engine import NO_EOS, PROMPTS, greedy_tokens
+
+FLAT = Costs({1: 0.010, 33: 0.010}, {1: 0.001, 4: 0.001})  # verification free, draft 10x cheaper
+STEEP = Costs({1: 0.010, 33: 0.042}, {1: 0.0025, 4: 0.0025})  # every verified token costs 10%
+
+
+@pytest.fixture
+def costs(monkeypatch):
+    """Make the engine use given costs instead of measuring: `costs(FLAT)`."""
+
+    def use(given: Costs) -> None:
+        monkeypatch.setattr(mtad.engine, "measure_costs", lambda *args: given)
+
+    return use
+
+
+def test_round_costs_follow_each_method_s_shape():
+    costs = Costs({1: 10.0, 2: 11.0, 3: 12.0, 33: 42.0}, {1: 1.0, 4: 4.0})
+    assert round_cost(SpeculationConfig("sd", "auto"), 0, costs) == 10.0
+    assert round_cost(SpeculationConfig("sd", "auto"), 2, costs) == 12.0 + 2 * 1.0
+    assert round_cost(SpeculationConfig("mtad", "auto", beam_width=4), 2, costs) == 12.0 + 1.0 + 4.0
+    assert round_cost(SpeculationConfig("mmtad", "auto", beam_width=4), 2, costs) == costs.target(9) + 5.0
+    assert (
+        round_cost(SpeculationConfig("specinfer", tree=(4, 2, 2)), 2, costs) == costs.target(13) + 1.0 + 4.0
+    )
+    assert costs.target(33) == 42.0 and costs.target(18) == pytest.approx(27.0)  # linear between points
+
+
+def test_a_draft_that_is_always_right_is_drafted_deep():
+    policy = GammaPolicy(SpeculationConfig("sd", "auto"), FLAT)
+    for _ in range(30):
+        depth = policy.choose(most=100)
+        policy.observe(depth, accepted=depth)
+    assert policy.choose(most=100) == AUTO_MAX_GAMMA
+    assert policy.choose(most=3) == 3  # never past the budget
+
+
+def test_a_draft_that_is_always_wrong_is_not_drafted_and_is_probed_again_later():
+    policy = GammaPolicy(SpeculationConfig("sd", "auto"), STEEP)
+    chosen = []
+    for _ in range(200):
+        depth = policy.choose(most=100)
+        chosen.append(depth)
+        policy.observe(depth, accepted=0)
+    assert chosen[0] >= 1  # the prior (P(L >= j) = 0.5^j) makes the first round draft
+    assert chosen[-50:].count(0) >= 40  # then it stops paying for speculation ...
+    assert 0 < sum(d > 0 for d in chosen[-150:]) <= 15  # ... but probes now and then
+
+
+def test_estimates_are_non_increasing_in_depth():
+    policy = GammaPolicy(SpeculationConfig("sd", "auto"), FLAT)
+    policy.observe(4, accepted=4)
+    policy.observe(2, accepted=0)
+    reach = policy.reach()
+    assert all(a >= b for a, b in zip(reach, reach[1:], strict=False))
+
+
+@pytest.mark.parametrize("method", ["sd", "mtad", "mmtad", "specinfer"])
+def test_auto_at_temperature_zero_equals_greedy(target, draft, costs, method):
+    costs(FLAT)
+    for prompt in PROMPTS:
+        result = mtad.generate(target, draft, prompt, method=method, gamma="auto", temperature=0,
+                               max_new_tokens=30, **NO_EOS)  # fmt: skip
+        assert result.tokens == greedy_tokens(target, prompt, 30)
+        assert result.stats.drafted_tokens > 0  # guard: it really drafted
+        assert sum(result.stats.rounds_per_gamma) == result.stats.rounds
+
+
+def test_auto_with_a_perfect_draft_drafts_deep_and_accepts_all(target, costs):
+    costs(FLAT)
+    result = mtad.generate(target, target, PROMPTS[0], method="sd", gamma="auto", top_k=8, seed=1,
+                           max_new_tokens=80, **NO_EOS)  # fmt: skip
+    assert result.stats.acceptance_rate == 1.0
+    assert result.stats.rounds_per_gamma[AUTO_MAX_GAMMA] >= result.stats.rounds - 3
+
+
+def test_sd_with_auto_still_samples_the_target_distribution(costs):
+    """The first two tokens, when the second round's depth depends on the first's outcome
+    (STEEP: draft 1; after a rejection, a plain target step). Chi-square at 1e-3, fixed seeds."""
+    costs(STEEP)
+    target = tiny_llama(seed=10, vocab=VOCAB, sharpness=3.0)
+    draft = tiny_llama(seed=11, vocab=VOCAB, sharpness=3.0, layers=1)
+    counts = torch.zeros(VOCAB, VOCAB)
+    second_rounds = set()
+    for seed in range(RUNS):
+        result = mtad.generate(target, draft, PROMPT, method="sd", gamma="auto", max_new_tokens=3, seed=seed,
+                               eos_token_id=[], **WARP)  # fmt: skip
+        counts[result.tokens[0], result.tokens[1]] += 1
+        second_rounds.add(tuple(result.stats.rounds_per_gamma))
+    assert len(second_rounds) > 1  # the depth really varied with the outcome
+    assert chi_square_p_value(counts, exact_first_two(target)) > 1e-3
+
+
+def test_auto_is_refused_for_mtjd_and_ignored_by_target_only_methods(target):
+    with pytest.raises(ConfigError, match="mtjd") as error:
+        mtad.generate(target, None, PROMPTS[0], method="mtjd", gamma="auto")
+    assert error.value.setting == "gamma"
+    assert (
+        len(mtad.generate(target, None, PROMPTS[0], method="ar", gamma="auto", max_new_tokens=3).tokens) == 3
+    )
+
+
+@pytest.mark.parametrize("gamma", ["fast", 0, 2.5])
+def test_bad_gamma_values_name_auto(target, gamma):
+    with pytest.raises(ConfigError, match="an integer >= 1 or 'auto'"):
+        mtad.generate(target, target, PROMPTS[0], method="sd", gamma=gamma)
+
+
+def test_cli_takes_gamma_auto(pair_dirs, capsys, monkeypatch):
+    monkeypatch.setattr(adaptive, "REPEATS", 1)
+    target, draft = pair_dirs
+    argv = ["generate", "--target", target, "--draft", draft, "--method", "sd", "--gamma", "auto"]
+    assert main([*argv, "--max-new-tokens", "6", "--json", "--raw", "w3"]) == 0
+    assert '"rounds_per_gamma"' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv[:-1], "fast", "w3"])
+    assert exit_info.value.code == 2 and "invalid gamma 'fast'" in capsys.readouterr().err
+
+
+def test_measured_costs_are_remembered_per_pair(target, draft):
+    spec, sampling = SpeculationConfig("sd", "auto"), mtad.SamplingConfig()
+    first = adaptive.measure_costs(target, draft, spec, sampling)
+    assert adaptive.measure_costs(target, draft, spec, sampling) is first
+    assert set(first.target_s) >= {1, 2, AUTO_MAX_GAMMA + 1} and set(first.draft_s) >= {1}
+    assert all(seconds > 0 for seconds in (*first.target_s.values(), *first.draft_s.values()))
