@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    target, draft = load(args)
+    target, draft = load(args, args.dtype)
     settings = {
         "gamma": args.gamma,
         "beam_width": 4,
@@ -77,12 +77,13 @@ def main() -> None:
     print(table(profiles, methods))
 
 
-def load(args: argparse.Namespace) -> tuple[mtad.LoadedModel, mtad.LoadedModel]:
+def load(args: argparse.Namespace, dtype: str) -> tuple[mtad.LoadedModel, mtad.LoadedModel]:
+    """The pair named by --target/--draft, or the built-in default pair, in `dtype`."""
     if args.target is None:
         from mtad.default_pair import default_draft_path, default_target_path
 
-        return mtad.load_pair(default_target_path(), args.draft or default_draft_path(), dtype=args.dtype)
-    return mtad.load_pair(args.target, args.draft, dtype=args.dtype)
+        return mtad.load_pair(default_target_path(), args.draft or default_draft_path(), dtype=dtype)
+    return mtad.load_pair(args.target, args.draft, dtype=dtype)
 
 
 def generate(target, draft, prompt, method, settings, seed) -> mtad.GenerationResult:

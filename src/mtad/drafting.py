@@ -78,20 +78,30 @@ def beam_sample(
     q = drafter.distributions(feed, sampling)[:, -1]  # [1, vocab]
     first = _draw(q[0], width, with_replacement, generator)  # [beams]
     joint = normalise(q[0, first])  # [beams]
-    beam_tokens = first.unsqueeze(-1)  # [beams, steps]
-    beam_probs = q.expand(len(first), -1).unsqueeze(1)  # [beams, steps, vocab]
+    # Per step: each beam's new token, its parent beam and the q it was drawn from. Only the best
+    # beam's path is gathered at the end, not [beams, steps, vocab] copied at every step.
+    tokens, parents, qs = [first], [torch.zeros_like(first)], [q]  # step 0: every beam's parent is the root
     if n > 1:
         drafter.repeat(len(first))
     for _ in range(1, n):
-        q = drafter.distributions(beam_tokens[:, -1:], sampling)[:, -1]  # [beams, vocab]
+        q = drafter.distributions(tokens[-1].unsqueeze(-1), sampling)[:, -1]  # [beams, vocab]
         parent, token, joint = _beam_step(joint, q, width, with_replacement, generator)
-        beam_tokens = torch.cat([beam_tokens[parent], token.unsqueeze(-1)], dim=1)
-        beam_probs = torch.cat([beam_probs[parent], q[parent].unsqueeze(1)], dim=1)
+        tokens.append(token)
+        parents.append(parent)
+        qs.append(q)
         drafter.reorder(parent)
     best = int(joint.argmax())
     if n > 1:
         drafter.select(best)
-    return Proposal(beam_tokens[best : best + 1], beam_probs[best : best + 1])
+    path_tokens, path_probs, beam = [], [], best
+    for step in reversed(range(n)):  # walk the best beam back to the root
+        parent = int(parents[step][beam])
+        path_tokens.append(int(tokens[step][beam]))
+        path_probs.append(qs[step][parent])
+        beam = parent
+    return Proposal(
+        torch.tensor([path_tokens[::-1]], device=first.device), torch.stack(path_probs[::-1]).unsqueeze(0)
+    )
 
 
 def _beam_step(

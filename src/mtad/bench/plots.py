@@ -82,6 +82,10 @@ def tokens_per_s_distribution(rows: Sequence[Mapping], order: Sequence[str], pat
     return _save(figure, path)
 
 
+def _sweep_order(value: float | str) -> tuple[bool, float, str]:
+    return (isinstance(value, str), 0.0 if isinstance(value, str) else float(value), str(value))
+
+
 def sweep_plot(summaries: Sequence[VariantSummary], param: str, path: Path) -> str:
     """Speed-up, acceptance rate and perplexity against the swept parameter, one line per method."""
     figure, panels = plt.subplots(1, 3, figsize=(13, 4))
@@ -90,8 +94,11 @@ def sweep_plot(summaries: Sequence[VariantSummary], param: str, path: Path) -> s
         if param in s.params and s.method != BASELINE:
             by_method[s.method].append(s)
     for method, group in by_method.items():
-        group = sorted(group, key=lambda s: s.params[param])
+        # Numbers in order, then words ("auto"); a mixed axis is categorical, in that order.
+        group = sorted(group, key=lambda s: _sweep_order(s.params[param]))
         xs = [s.params[param] for s in group]
+        if any(isinstance(x, str) for x in xs):
+            xs = [str(x) for x in xs]
         panels[0].plot(
             xs, [s.speedup.median if s.speedup else math.nan for s in group], marker="o", label=method
         )

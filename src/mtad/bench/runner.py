@@ -391,6 +391,7 @@ def _stats_fields(stats: mtad.Stats) -> dict[str, Any]:
         "accepted_tokens": stats.accepted_tokens,
         "drafted_per_position": list(stats.drafted_per_position),
         "accepted_per_position": list(stats.accepted_per_position),
+        "rounds_per_gamma": list(stats.rounds_per_gamma),  # the depth gamma "auto" chose, as a histogram
         # Undefined (null) when nothing was drafted, e.g. ar; engine Stats would say 0.
         "acceptance_rate": stats.accepted_tokens / stats.drafted_tokens if stats.drafted_tokens else None,
         "block_efficiency": _finite(metrics.block_efficiency(stats.new_tokens, stats.target_calls)),
