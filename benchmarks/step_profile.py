@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--methods", default="ar,sd,mtad,mmtad")
     parser.add_argument("--prompts", type=int, default=4, help="MT-Bench questions (first N)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--gamma", type=mtad.config.parse_gamma, default="auto", help="an integer or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:

@@ -14,7 +14,7 @@ from conftest import tiny_llama
 from mtad import adaptive
 from mtad.adaptive import Costs, GammaPolicy, round_cost
 from mtad.cli import main
-from mtad.config import AUTO_MAX_GAMMA, SpeculationConfig
+from mtad.config import AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SpeculationConfig
 from mtad.errors import ConfigError
 from test_distribution import PROMPT, RUNS, VOCAB, WARP, chi_square_p_value, exact_first_two
 from test_engine import NO_EOS, PROMPTS, greedy_tokens
@@ -110,10 +110,12 @@ def test_sd_with_auto_still_samples_the_target_distribution(costs):
     assert chi_square_p_value(counts, exact_first_two(target)) > 1e-3
 
 
-def test_auto_is_refused_for_mtjd_and_ignored_by_target_only_methods(target):
-    with pytest.raises(ConfigError, match="mtjd") as error:
-        mtad.generate(target, None, PROMPTS[0], method="mtjd", gamma="auto")
-    assert error.value.setting == "gamma"
+def test_auto_is_the_paper_s_block_for_mtjd_and_ignored_by_target_only_methods(target):
+    auto = mtad.generate(target, None, PROMPTS[0], method="mtjd", gamma="auto", max_new_tokens=20, seed=0)
+    fixed = mtad.generate(
+        target, None, PROMPTS[0], method="mtjd", gamma=MTJD_AUTO_GAMMA, max_new_tokens=20, seed=0
+    )
+    assert auto.tokens == fixed.tokens
     assert (
         len(mtad.generate(target, None, PROMPTS[0], method="ar", gamma="auto", max_new_tokens=3).tokens) == 3
     )

@@ -45,10 +45,16 @@ def chi_square_p_value(observed: torch.Tensor, expected_probs: torch.Tensor) -> 
     return float(chisquare(obs[keep].numpy(), exp[keep].numpy()).pvalue)
 
 
-@pytest.mark.parametrize(("method", "gamma"), [("ar", 1), ("sd", 2)])
-def test_first_two_tokens_follow_the_target_distribution(method, gamma):
-    target = tiny_llama(seed=10, vocab=VOCAB, sharpness=3.0)
-    draft = tiny_llama(seed=11, vocab=VOCAB, sharpness=3.0, layers=1)
+@pytest.mark.parametrize(
+    ("method", "gamma", "dtype"),
+    [("ar", 1, torch.float32), ("sd", 2, torch.float32), ("sd", 2, torch.bfloat16)],
+)
+def test_first_two_tokens_follow_the_target_distribution(method, gamma, dtype):
+    """In bfloat16 too (dtype auto picks it on CPUs with native bf16): the reference is the bf16
+    model's own warped distribution, whose rounding differs from a cached verification's by far
+    less than 2000 samples can resolve."""
+    target = tiny_llama(seed=10, vocab=VOCAB, sharpness=3.0).to(dtype)
+    draft = tiny_llama(seed=11, vocab=VOCAB, sharpness=3.0, layers=1).to(dtype)
     counts = torch.zeros(VOCAB, VOCAB)
     accepted = 0
     for seed in range(RUNS):

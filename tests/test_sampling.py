@@ -114,3 +114,15 @@ def test_draw_is_reproducible_by_seed():
     weights = torch.rand(3, 1000, generator=torch.Generator().manual_seed(1))
     first = draw(weights, 5, torch.Generator().manual_seed(9))
     assert torch.equal(first, draw(weights, 5, torch.Generator().manual_seed(9)))
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.5])
+def test_many_ties_across_the_top_k_cut_are_all_kept(top_p):
+    """30 logits tie at the k-th value (bfloat16 logits tie often): the fast path reads on until the
+    ties end, and matches the reference."""
+    logits = torch.cat([torch.tensor([5.0, 4.0]), torch.full((30,), 3.0), torch.linspace(2.0, -2.0, 68)])
+    logits = logits[torch.randperm(100, generator=torch.Generator().manual_seed(0))].unsqueeze(0)
+    ours = warp(logits, SamplingConfig(1.0, 3, top_p))
+    torch.testing.assert_close(ours, reference_warp(logits, 1.0, 3, top_p))
+    if top_p == 1.0:
+        assert int((ours > 0).sum()) == 32

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -133,26 +132,34 @@ class GammaPolicy:
                 self.passed[j] += j < accepted
 
 
-_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Costs by (target shape, draft shape, round shape). A shape is the architecture, dtype and
+#: device, not the weights: forward time does not depend on the weights, and two loads of one
+#: pair in a process must choose the same depths, so a seed replays exactly within a process.
+_MEASURED: dict[tuple, Costs] = {}
+
+
+def _shape(model: PreTrainedModel) -> tuple:
+    weight = model.get_input_embeddings().weight
+    return (model.config.to_json_string(use_diff=False), str(weight.dtype), str(weight.device))
 
 
 def measure_costs(
     target: PreTrainedModel, draft: PreTrainedModel, spec: SpeculationConfig, sampling: SamplingConfig
 ) -> Costs:
-    """Forward times of this pair for the round shapes `spec` can ask for; measured once per pair,
-    method shape and warp in this process (~1 s on the default pair on a CPU), then remembered."""
-    key = (id(draft), spec.method, spec.beam_width, spec.tree, spec.depth, sampling)
-    remembered = _MEASURED.setdefault(target, {})
-    if key not in remembered:
+    """Forward times of this pair for the round shapes `spec` can ask for, warp included; measured
+    once per pair and round shape in this process (~1 s on the default pair on a CPU, with the
+    first caller's warp: its cost is small beside the forwards), then remembered."""
+    key = (_shape(target), _shape(draft), spec.method, spec.beam_width, spec.tree, spec.depth)
+    if key not in _MEASURED:
         width = max(spec.beam_width, max(spec.tree) if spec.method == "specinfer" else 1)
         most = max(round_nodes(spec, g) for g in range(spec.depth + 1)) + 1
         target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
         vocab = output_width(target)  # a subset draft maps target ids to its own
-        remembered[key] = Costs(
+        _MEASURED[key] = Costs(
             _forward_seconds(target, vocab, target_sizes, sampling),
             _forward_seconds(draft, vocab, sorted({1, 2, width}), sampling),
         )
-    return remembered[key]
+    return _MEASURED[key]
 
 
 def round_nodes(spec: SpeculationConfig, drafted: int) -> int:

@@ -20,6 +20,9 @@ REFERENCES = ("best", "max", "own")
 #: gamma "auto": the draft length is chosen every round, from 0 (a plain target step) up to this.
 AUTO = "auto"
 AUTO_MAX_GAMMA = 8
+#: mtjd drafts with the target itself, a quality reference slow by design: no cost to weigh, so
+#: gamma "auto" means the paper's block length there.
+MTJD_AUTO_GAMMA = 4
 #: Seeds are integers in [0, SEED_LIMIT) everywhere: library, CLI and server (a signed 64-bit int).
 SEED_LIMIT = 2**63
 #: Bytes of vocabulary-wide work one drafted row may cost (logits, float32 probabilities, the
@@ -67,7 +70,8 @@ class SpeculationConfig:
     """How a block is proposed and verified.
 
     gamma: draft tokens per round, or "auto": chosen each round, 0..AUTO_MAX_GAMMA, to maximise
-    expected tokens per second (`mtad.adaptive`; sd, mtad, mmtad, specinfer up to its tree depth).
+    expected tokens per second (`mtad.adaptive`; sd, mtad, mmtad, specinfer up to its tree depth;
+    mtjd, which drafts with the target, takes MTJD_AUTO_GAMMA; ar and greedy ignore gamma).
     beam_width: beams of the draft's beam sampling (mtad, mtjd).
     threshold: tau, MTAD's joint-likelihood-ratio threshold, in (0, 1].
     with_replacement: beam sampling draws (beam, token) pairs with replacement (the paper) or without;
@@ -89,12 +93,6 @@ class SpeculationConfig:
             raise ConfigError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}", "method")
         if self.gamma != AUTO and (not _is_int(self.gamma) or self.gamma < 1):
             raise ConfigError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}", "gamma")
-        if self.gamma == AUTO and self.method == "mtjd":
-            raise ConfigError(
-                "gamma 'auto' weighs a draft's cost against the target's, and mtjd drafts with the "
-                "target; allowed for mtjd: an integer >= 1",
-                "gamma",
-            )
         if not _is_int(self.beam_width) or self.beam_width < 1:
             raise ConfigError(f"beam_width must be an integer >= 1, got {self.beam_width!r}", "beam_width")
         if not _is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
@@ -124,7 +122,9 @@ class SpeculationConfig:
         for gamma "auto", or the SpecInfer tree's depth."""
         if self.method == "specinfer":
             return len(self.tree)
-        return AUTO_MAX_GAMMA if self.gamma == AUTO else self.gamma
+        if self.gamma != AUTO:
+            return self.gamma
+        return MTJD_AUTO_GAMMA if self.method == "mtjd" else AUTO_MAX_GAMMA
 
     def verified_nodes(self, stop_above: int | None = None) -> int:
         """Draft nodes the target verifies in one round (each gets a vocabulary-wide row of p).

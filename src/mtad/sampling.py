@@ -22,17 +22,25 @@ def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     if 0 < sampling.top_k < logits.shape[-1]:
         # Fast path: top-p only ever keeps a subset of the top-k, so sort k values, not the
         # vocabulary; dividing by the temperature keeps the order, so it waits for the k values.
-        # One value past the k-th shows a tie across the cut without a vocabulary-wide comparison.
-        values, order = torch.topk(logits, sampling.top_k + 1, dim=-1)  # sorted, largest first
-        kth_largest = values[..., -2:-1]
-        # Ties with the k-th value are kept, as a threshold on logits would keep them.
-        if bool((values[..., -1:] == kth_largest).any()):
-            masked = logits.float().masked_fill(logits < kth_largest, float("-inf"))
-            return _warp_sorted_full(masked / sampling.temperature, sampling.top_p)
-        values = values[..., :-1].float() / sampling.temperature
+        # Ties with the k-th value are kept, as a threshold on logits would keep them; bf16 logits
+        # tie often. One value past the cut shows a tie without a vocabulary-wide comparison; while
+        # the last value read still ties, read twice as many (never a full sort).
+        k, width = sampling.top_k, sampling.top_k + 1
+        values, order = torch.topk(logits, width, dim=-1)  # sorted, largest first
+        kth_largest = values[..., k - 1 : k]
+        while width < logits.shape[-1] and bool((values[..., -1:] == kth_largest).any()):
+            width = min(2 * width, logits.shape[-1])
+            values, order = torch.topk(logits, width, dim=-1)
+        # Equal values in token-id order, so which tied token top-p keeps is fixed (lowest id
+        # first), not whatever order topk's kernel returns on this device.
+        order, by_id = order.sort(dim=-1)
+        values, by_value = values.gather(-1, by_id).sort(dim=-1, descending=True, stable=True)
+        order = order.gather(-1, by_value)
+        outside = values < kth_largest
+        values = values.float().masked_fill(outside, float("-inf")) / sampling.temperature
         kept = _nucleus_sorted(torch.softmax(values, dim=-1), sampling.top_p)
         probs = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
-        return probs.scatter(-1, order[..., :-1], kept)
+        return probs.scatter(-1, order, kept)
     return _warp_sorted_full(logits.float() / sampling.temperature, sampling.top_p)
 
 
@@ -40,7 +48,7 @@ def _warp_sorted_full(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     probs = torch.softmax(logits, dim=-1)
     if top_p >= 1.0:
         return probs
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # ties: lowest id first
     return torch.zeros_like(probs).scatter(-1, order, _nucleus_sorted(sorted_probs, top_p))
 
 

@@ -50,6 +50,8 @@ def bench_args(pair_dirs, prompts_file, out, *extra):
         "2",
         "--max-new-tokens",
         "10",
+        "--gamma",  # fixed: on tiny models, whose draft costs as much as the target, auto never drafts
+        "4",
         "--quiet",
         "--out",
         str(out),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtad.config import METHODS, SEED_LIMIT, Limits, parse_gamma
+from mtad.config import AUTO, AUTO_MAX_GAMMA, METHODS, MTJD_AUTO_GAMMA, SEED_LIMIT, Limits, parse_gamma
 from mtad.models import LoadedModel, load_pair
 
 
@@ -36,10 +36,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad"
     group.add_argument(
         "--gamma",
         type=gamma_value,
-        default=4,
-        help="draft tokens per round (default 4), or auto: chosen every round (0 = a plain target step) "
-        "to maximise expected tokens/s from measured costs and acceptance so far; ignored by ar and "
-        "greedy, refused for mtjd",
+        default=AUTO,
+        help="draft tokens per round, or auto (default): chosen every round, 0 (a plain target step) "
+        f"to {AUTO_MAX_GAMMA}, to maximise expected tokens/s from costs measured once and the acceptance "
+        f"so far; ignored by ar and greedy; auto is {MTJD_AUTO_GAMMA} for mtjd. The paper used 4",
     )
     group.add_argument(
         "--beam-width", type=int, default=4, help="beams of the draft's beam sampling (default 4)"

@@ -131,11 +131,17 @@ def print_table(results: dict, prompts: list[list[int]], target_model, methods: 
             method,
             f"{speed[method]:.1f}",
             f"{speed[method] / baseline:.2f}x" if baseline else "n/a",
-            f"{statistics.median(r.stats.acceptance_rate for r in runs):.2f}" if drafted else "-",
-            f"{statistics.median(r.stats.block_efficiency for r in runs):.2f}",
+            _median(r.stats.acceptance_rate for r in runs) if drafted else "-",
+            _median(r.stats.block_efficiency for r in runs),
             f"{ppl:.2f}",
         )
     console.print(table)
     for method in methods:
         console.rule(f"{method}: sample output (prompt 1)")
         console.print(results[method][0].text, highlight=False, markup=False)
+
+
+def _median(values) -> str:
+    """The median of the defined values ("n/a" when none is: gamma auto may never draft)."""
+    defined = [v for v in values if v is not None]
+    return f"{statistics.median(defined):.2f}" if defined else "n/a"
