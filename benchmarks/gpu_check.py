@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import mtad  # noqa: E402
 from mtad.bench.energy import NullMeter, detect_energy_meter  # noqa: E402
 from mtad.cache import CachedModel  # noqa: E402
-from mtad.config import DRAFTED_METHODS, SamplingConfig  # noqa: E402
+from mtad.config import SamplingConfig  # noqa: E402
+from mtad.methods import get_method  # noqa: E402
 from mtad.models import output_width  # noqa: E402
 from mtad.sampling import warp  # noqa: E402
 
@@ -636,7 +637,7 @@ def method_scenarios(methods: list[str]) -> list[tuple[str, str]]:
     """(method, draft behaviour): ar needs no draft; every drafted method runs at both bounds."""
     scenarios = []
     for method in methods:
-        drafted = method in DRAFTED_METHODS
+        drafted = get_method(method).needs_draft
         scenarios += (
             [(method, kind) for kind in ("accept-all", "accept-none")] if drafted else [(method, "-")]
         )

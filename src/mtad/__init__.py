@@ -7,7 +7,7 @@ result.text, result.stats.acceptance_rate, result.stats.block_efficiency
 """
 
 from mtad.api import generate, stream
-from mtad.config import METHODS, Limits, SamplingConfig, SpeculationConfig, StopConfig
+from mtad.config import Limits, SamplingConfig, SpeculationConfig, StopConfig
 from mtad.engine import Block, Generation, GenerationResult, Stats
 from mtad.errors import (
     ConfigError,
@@ -17,6 +17,7 @@ from mtad.errors import (
     NumericalError,
     VocabularyMismatchError,
 )
+from mtad.methods import METHODS, Method, methods, register_method
 from mtad.models import LoadedModel, encode_prompt, load_model, load_pair
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Generation",
     "GenerationResult",
     "Limits",
+    "Method",
     "LoadedModel",
     "ModelLoadError",
     "MtadError",
@@ -40,5 +42,7 @@ __all__ = [
     "generate",
     "load_model",
     "load_pair",
+    "methods",
+    "register_method",
     "stream",
 ]

@@ -67,21 +67,21 @@ def _interpolate(points: dict[int, float], x: int) -> float:
 
 
 def round_cost(spec: SpeculationConfig, drafted: int, costs: Costs) -> float:
-    """Seconds of one round of `spec.method` drafting `drafted` tokens deep (0: a target step)."""
+    """Seconds of one round of `spec`'s method drafting `drafted` tokens deep (0: a target step)."""
     if drafted == 0:
         return costs.target(1)
     width = spec.beam_width
-    if spec.method == "sd":
+    if spec.shape == "chain":
         nodes, draft = drafted, drafted * costs.draft(1)
-    elif spec.method == "specinfer":
+    elif spec.shape == "branching_tree":
         widths, level = [], 1
         for branches in spec.tree[:drafted]:
             level *= branches
             widths.append(level)
         nodes = sum(widths)
         draft = costs.draft(1) + sum(costs.draft(w) for w in widths[:-1])
-    else:  # mtad (beams as rows) and mmtad (beams as tree nodes): width tokens a step after the first
-        nodes = drafted * width if spec.method == "mmtad" else drafted
+    else:  # beams (as rows) and a beam tree (beams as nodes): width tokens a step after the first
+        nodes = drafted * width if spec.shape == "beam_tree" else drafted
         draft = costs.draft(1) + (drafted - 1) * costs.draft(width)
     return costs.target(1 + nodes) + draft
 
@@ -149,9 +149,9 @@ def measure_costs(
     """Forward times of this pair for the round shapes `spec` can ask for, warp included; measured
     once per pair and round shape in this process (~1 s on the default pair on a CPU, with the
     first caller's warp: its cost is small beside the forwards), then remembered."""
-    key = (_shape(target), _shape(draft), spec.method, spec.beam_width, spec.tree, spec.depth)
+    key = (_shape(target), _shape(draft), spec.shape, spec.beam_width, spec.tree, spec.depth)
     if key not in _MEASURED:
-        width = max(spec.beam_width, max(spec.tree) if spec.method == "specinfer" else 1)
+        width = max(spec.beam_width, max(spec.tree) if spec.shape == "branching_tree" else 1)
         most = max(round_nodes(spec, g) for g in range(spec.depth + 1)) + 1
         target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
         vocab = output_width(target)  # a subset draft maps target ids to its own
@@ -167,7 +167,7 @@ def round_nodes(spec: SpeculationConfig, drafted: int) -> int:
     if drafted == 0:
         return 0
     shape = replace(
-        spec, gamma=drafted, tree=spec.tree[:drafted] if spec.method == "specinfer" else spec.tree
+        spec, gamma=drafted, tree=spec.tree[:drafted] if spec.shape == "branching_tree" else spec.tree
     )
     return shape.verified_nodes()
 

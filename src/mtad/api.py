@@ -95,7 +95,7 @@ def generate(
     input_ids: Sequence[int] | torch.Tensor | str,
     **settings,
 ) -> GenerationResult:
-    """Decode with `method` (see `mtad.METHODS`) and return tokens, text and statistics.
+    """Decode with `method` (see `mtad.methods()`) and return tokens, text and statistics.
 
     `input_ids`: token ids of the prompt (a list, or a tensor [len] / [1, len]), or a string when
     `tokenizer` is given (encoded as is; apply a chat template first if you want one).

@@ -10,10 +10,7 @@ from dataclasses import dataclass, field
 
 from mtad.errors import ConfigError
 
-#: Every decoding method, by the name users type.
-METHODS = ("ar", "greedy", "sd", "mtad", "mmtad", "specinfer", "mtjd")
-#: Methods that need a draft model.
-DRAFTED_METHODS = ("sd", "mtad", "mmtad", "specinfer")
+# The methods themselves (names, shapes, which settings each reads) live in `mtad.methods`.
 DEFAULT_MAX_NEW_TOKENS = 128
 #: MMTAD's per-depth reference draft joint: best final beam's prefix, max over beams, node's own.
 REFERENCES = ("best", "max", "own")
@@ -89,8 +86,7 @@ class SpeculationConfig:
     reference: str = "best"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}", "method")
+        self.record  # noqa: B018 - an unknown method is a ConfigError naming the allowed ones
         if self.gamma != AUTO and (not _is_int(self.gamma) or self.gamma < 1):
             raise ConfigError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}", "gamma")
         if not _is_int(self.beam_width) or self.beam_width < 1:
@@ -112,6 +108,17 @@ class SpeculationConfig:
             )
 
     @property
+    def record(self):  # -> mtad.methods.Method (imported here: the registry builds on this module)
+        from mtad.methods import get_method
+
+        return get_method(self.method)
+
+    @property
+    def shape(self) -> str:
+        """How a round is drafted (`mtad.methods.SHAPES`)."""
+        return self.record.shape
+
+    @property
     def adaptive(self) -> bool:
         """gamma "auto" on a method that drafts: the depth is chosen round by round."""
         return self.gamma == AUTO and self.needs_draft
@@ -120,11 +127,11 @@ class SpeculationConfig:
     def depth(self) -> int:
         """Draft tokens per round along one path (at most, when adaptive): gamma, AUTO_MAX_GAMMA
         for gamma "auto", or the SpecInfer tree's depth."""
-        if self.method == "specinfer":
+        if self.shape == "branching_tree":
             return len(self.tree)
         if self.gamma != AUTO:
             return self.gamma
-        return MTJD_AUTO_GAMMA if self.method == "mtjd" else AUTO_MAX_GAMMA
+        return MTJD_AUTO_GAMMA if self.shape == "self_beams" else AUTO_MAX_GAMMA
 
     def verified_nodes(self, stop_above: int | None = None) -> int:
         """Draft nodes the target verifies in one round (each gets a vocabulary-wide row of p).
@@ -133,11 +140,11 @@ class SpeculationConfig:
         whole branching tree; target-only methods nothing. Counting stops early once past
         `stop_above`, so a tree like (1000, 1000, 1000, ...) is refused without big arithmetic.
         """
-        if self.method in ("sd", "mtad"):
+        if self.shape in ("chain", "beams"):
             return self.depth
-        if self.method == "mmtad":
+        if self.shape == "beam_tree":
             return self.depth * self.beam_width
-        if self.method != "specinfer":
+        if self.shape != "branching_tree":
             return 0
         nodes, width = 0, 1
         for branches in self.tree:
@@ -149,15 +156,15 @@ class SpeculationConfig:
 
     @property
     def uses_gamma(self) -> bool:
-        return self.method in ("sd", "mtad", "mmtad", "mtjd")
+        return "gamma" in self.record.settings
 
     @property
     def uses_beams(self) -> bool:
-        return self.method in ("mtad", "mmtad", "mtjd")
+        return "beam_width" in self.record.settings
 
     @property
     def needs_draft(self) -> bool:
-        return self.method in DRAFTED_METHODS
+        return self.record.needs_draft
 
 
 @dataclass(frozen=True)
@@ -191,7 +198,7 @@ class Limits:
 
     def check(self, spec: SpeculationConfig) -> None:
         """Raise `ConfigError` naming the first setting of `spec` over its limit."""
-        if spec.method == "specinfer" and len(spec.tree) > self.max_gamma:
+        if spec.shape == "branching_tree" and len(spec.tree) > self.max_gamma:
             raise ConfigError(
                 f"tree depth {len(spec.tree)} is over the limit of {self.max_gamma} (max_gamma)", "tree"
             )
@@ -208,7 +215,7 @@ class Limits:
                 "beam_width",
             )
         nodes = spec.verified_nodes(stop_above=self.max_tree_nodes)
-        if nodes > self.max_tree_nodes and spec.method == "specinfer":
+        if nodes > self.max_tree_nodes and spec.shape == "branching_tree":
             raise ConfigError(
                 f"tree {_shown(spec.tree)} has more than {self.max_tree_nodes} nodes, "
                 f"the limit (max_tree_nodes)",

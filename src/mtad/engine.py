@@ -18,26 +18,21 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from transformers import PreTrainedModel
 
-from mtad import acceptance
 from mtad.adaptive import GammaPolicy, measure_costs
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
 from mtad.drafting import (
     Proposal,
     TreeProposal,
-    beam_sample,
-    beam_tree,
-    branching_tree,
-    chain_sample,
     empty_proposal,
 )
+from mtad.methods import TARGET_ONLY
 from mtad.models import output_width
 from mtad.stopping import Stopper
 from mtad.tree import tree_inputs
@@ -156,70 +151,6 @@ class GenerationResult:
         }
 
 
-Proposer = Callable[
-    [CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Proposal | TreeProposal
-]
-#: (p, proposal, generator) -> (accepted node indices, next token). Chains' nodes are 0..n-1.
-Acceptor = Callable[[torch.Tensor, Proposal | TreeProposal, torch.Generator], tuple[list[int], int]]
-
-
-def _chain_rule(rule: Callable) -> Acceptor:
-    def accept(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> tuple[list[int], int]:
-        verdict = rule(p, proposal.probs, proposal.tokens, generator)
-        return list(range(int(verdict.accepted[0]))), int(verdict.next_token[0])
-
-    return accept
-
-
-def _mmtad_rule(spec: SpeculationConfig) -> Acceptor:
-    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
-        tree = proposal.tree
-        reference = acceptance.reference_log_joints(
-            proposal.log_joint, tree.depths, tree.parents, proposal.best_leaf, spec.reference
-        )
-        verdict = acceptance.mmtad_tree(
-            p[0], proposal.tokens, tree.parents, tree.depths, reference, generator, spec.threshold
-        )
-        return verdict.path, verdict.next_token
-
-    return accept
-
-
-def _specinfer_rule(spec: SpeculationConfig) -> Acceptor:
-    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
-        verdict = acceptance.specinfer_tree(
-            p[0], proposal.probs, proposal.tokens, proposal.tree.parents, generator, spec.with_replacement
-        )
-        return verdict.path, verdict.next_token
-
-    return accept
-
-
-_TARGET_ONLY = _chain_rule(acceptance.accept_none)  # rounds with nothing drafted (budget of one token)
-
-
-def _method_parts(spec: SpeculationConfig) -> tuple[Proposer | None, Acceptor]:
-    """(proposer, acceptor) for a method; proposer None = nothing drafted."""
-    beams = {"width": spec.beam_width, "with_replacement": spec.with_replacement}
-
-    def specinfer_tree(drafter, sequence, n, sampling, generator):  # depth n <= len(tree) near the budget
-        return branching_tree(drafter, sequence, spec.tree[:n], sampling, generator,
-                              with_replacement=spec.with_replacement)  # fmt: skip
-
-    return {
-        "ar": (None, _TARGET_ONLY),
-        "greedy": (None, _TARGET_ONLY),
-        "sd": (chain_sample, _chain_rule(acceptance.speculative)),
-        "mtad": (
-            partial(beam_sample, **beams),
-            _chain_rule(partial(acceptance.mtad_joint, threshold=spec.threshold)),
-        ),
-        "mmtad": (partial(beam_tree, **beams), _mmtad_rule(spec)),
-        "specinfer": (specinfer_tree, _specinfer_rule(spec)),
-        "mtjd": (partial(beam_sample, **beams), _chain_rule(acceptance.accept_all)),
-    }[spec.method]
-
-
 class Generation:
     """An iterable over committed blocks; `.result` is set once iteration ends.
 
@@ -241,7 +172,11 @@ class Generation:
         self.target = CachedModel(target, self.vocab_size)
         # MTJD: the target drafts for itself, sharing one cache.
         self.drafter = (
-            self.target if spec.method == "mtjd" else CachedModel(draft, self.vocab_size) if draft else None
+            self.target
+            if spec.shape == "self_beams"
+            else CachedModel(draft, self.vocab_size)
+            if draft
+            else None
         )
         self.prompt = prompt.to(self.target.device)
         self.spec, self.sampling = spec, sampling
@@ -256,7 +191,8 @@ class Generation:
         if self._started:
             raise RuntimeError("a Generation decodes once; call mtad.stream again for another run")
         self._started = True
-        proposer, accept = _method_parts(self.spec)
+        method = self.spec.record
+        proposer, accept = method.proposer(self.spec), method.rule(self.spec)
         target, drafter, stopper = self.target, self.drafter, self.stopper
         policy = None
         if self.spec.adaptive and proposer is not None:  # measured once per pair, before the clock
@@ -282,7 +218,7 @@ class Generation:
             # 2. verify: one target forward over what it has not seen (pending tokens + block or tree)
             p = self._verify(sequence, proposal)
             # 3. accept, on the target's device (a draft may live on another one)
-            rule = accept if n > 0 else _TARGET_ONLY
+            rule = accept if n > 0 else TARGET_ONLY
             path, next_token = rule(p, proposal.to(p.device), generators.on(target.device))
             # 4. commit (stop conditions first: nothing past them is appended or streamed)
             node_tokens = proposal.tokens.flatten().tolist()

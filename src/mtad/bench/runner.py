@@ -53,6 +53,7 @@ from mtad.bench.judge import Judge, JudgeSettings
 from mtad.bench.machine import PeakMemory, describe_machine
 from mtad.bench.scoring import encode_record, prompt_is_chat, score_task, stop_strings
 from mtad.errors import ConfigError
+from mtad.methods import get_method
 from mtad.models import LoadedModel
 from mtad.scoring import target_logprobs
 
@@ -63,9 +64,6 @@ MACHINE_FILE = "machine.json"
 LOCK_FILE = ".mtad_bench.lock"
 SWEEP_PARAMS = {"gamma": mtad_config.parse_gamma, "beam_width": int, "threshold": float, "reference": str}
 # Methods a swept parameter changes; the others run once, at the base setting.
-_TARGET_ONLY = ("ar", "greedy")
-_THRESHOLD_METHODS = ("mtad", "mmtad")
-_BEAM_METHODS = ("mtad", "mtjd", "mmtad")
 _WARM_UP_TOKENS = 8
 
 
@@ -96,15 +94,9 @@ class Sweep:
         return cls(param, parsed)
 
     def affects(self, method: str) -> bool:
-        if method in _TARGET_ONLY:
-            return False
-        if self.param == "threshold":
-            return method in _THRESHOLD_METHODS
-        if self.param == "beam_width":
-            return method in _BEAM_METHODS
-        if self.param == "reference":  # MMTAD's per-depth reference draft joint
-            return method == "mmtad"
-        return True
+        """Whether the method reads the swept setting (`mtad.methods.Method.settings`): sweeping
+        gamma over specinfer, which drafts its tree's depth, would rerun identical variants."""
+        return self.param in get_method(method).settings
 
 
 @dataclass(frozen=True)
@@ -146,10 +138,8 @@ class BenchConfig:
             raise ConfigError("--methods is empty; name at least one method")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"--methods repeats a method: {','.join(self.methods)}")
-        known = mtad_config.METHODS
         for method in self.methods:
-            if method not in known:
-                raise ConfigError(f"unknown method {method!r}; allowed: {', '.join(known)}")
+            get_method(method)  # ConfigError naming the allowed methods
         if self.repeats < 1:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if self.sample_timeout_s is not None and self.sample_timeout_s <= 0:
@@ -201,7 +191,7 @@ def plan_variants(config: BenchConfig) -> list[Variant]:
 
 
 def needs_draft(config: BenchConfig) -> bool:
-    return any(method in mtad_config.DRAFTED_METHODS for method in config.methods)
+    return any(get_method(method).needs_draft for method in config.methods)
 
 
 def sample_seed(base_seed: int, prompt_id: str, repeat: int) -> int:
@@ -355,7 +345,7 @@ def _finite(value: float | None) -> float | None:
 
 def _measured_generation(context: BenchContext, prompt_ids: list[int], variant: Variant, seed: int, stop):
     """Generate with time, energy and memory measured around decoding only."""
-    draft = context.draft.model if context.draft and variant.method in mtad_config.DRAFTED_METHODS else None
+    draft = context.draft.model if context.draft and get_method(variant.method).needs_draft else None
     timeout = context.config.sample_timeout_s
     device = context.memory.device
     context.memory.reset()

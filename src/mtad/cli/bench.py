@@ -15,6 +15,7 @@ from mtad.cli.common import (
     load_pair_from_args,
 )
 from mtad.errors import ConfigError, DatasetError
+from mtad.methods import get_method
 from mtad.precision import auto_dtype
 
 _DEFAULT_METHODS = "ar,sd,mtad"
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     variants = plan_variants(config)
     records = load_dataset(config.dataset, Path(config.data_path) if config.data_path else None, args.limit)
     if needs_draft(config) and config.draft is None:
-        drafted = ", ".join(m for m in config.methods if m in _drafted_methods())
+        drafted = ", ".join(m for m in config.methods if get_method(m).needs_draft)
         raise ConfigError(
             f"{drafted} need a draft model: pass --draft "
             "(the built-in draft pairs only with the default target)"
@@ -244,9 +245,3 @@ def run(args: argparse.Namespace) -> int:
     print(speed_table(summarize(rows, [v.label for v in variants], seed=config.seed)))
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
     return 0
-
-
-def _drafted_methods() -> tuple[str, ...]:
-    from mtad.config import DRAFTED_METHODS
-
-    return DRAFTED_METHODS

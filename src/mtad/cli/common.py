@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mtad.config import AUTO, AUTO_MAX_GAMMA, METHODS, MTJD_AUTO_GAMMA, SEED_LIMIT, Limits, parse_gamma
+from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SEED_LIMIT, Limits, parse_gamma
+from mtad.methods import methods
 from mtad.models import LoadedModel, load_pair
 
 
@@ -32,7 +33,7 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad") -> None:
     group = parser.add_argument_group("decoding")
-    group.add_argument("--method", default=method, help=f"one of {', '.join(METHODS)} (default: {method})")
+    group.add_argument("--method", default=method, help=f"one of {', '.join(methods())} (default: {method})")
     group.add_argument(
         "--gamma",
         type=gamma_value,

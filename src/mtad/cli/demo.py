@@ -23,8 +23,9 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
-from mtad.config import METHODS, SpeculationConfig
+from mtad.config import SpeculationConfig
 from mtad.errors import ConfigError
+from mtad.methods import methods as registered
 from mtad.models import encode_prompt
 from mtad.scoring import target_logprobs
 
@@ -64,9 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     methods = _split_methods(args.methods or DEFAULT_METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in registered()]
     if unknown or not methods:
-        raise ConfigError(f"unknown method(s) {unknown or methods!r}; allowed: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method(s) {unknown or methods!r}; allowed: {', '.join(registered())}")
     if not 1 <= args.prompts <= len(DEMO_PROMPTS):
         raise ConfigError(f"--prompts must be in 1..{len(DEMO_PROMPTS)}, got {args.prompts}")
     if args.max_new_tokens < 1:

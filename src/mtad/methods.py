@@ -1,0 +1,209 @@
+"""The registry of decoding methods: one `Method` record each, from which every list of methods,
+every check, the CLI's help, the server's validation and the bench's sweep rules derive.
+
+A method is a *shape* (how a round is drafted: nothing, a chain, beams, a beam tree, a branching
+tree, or the target's own beams), a *proposer* for that shape, an *acceptance rule* (a pure
+function of `mtad.acceptance`, wrapped to the engine's `Acceptor`), whether it is lossless, and
+which decoding settings it reads. Adding one is one record (plus, if new, one rule and one
+proposer):
+
+    import dataclasses, mtad
+    mine = dataclasses.replace(mtad.methods()["sd"], name="my-sd", description="sd, renamed")
+    mtad.register_method(mine)          # now usable in mtad.generate, the CLI, the server, the bench
+
+A package can also offer methods through the entry-point group `mtad.methods` (each entry point
+a `Method`, or a callable returning one or a list of them); they are loaded on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from importlib import metadata
+
+import torch
+
+from mtad import acceptance
+from mtad.cache import CachedModel
+from mtad.config import SamplingConfig, SpeculationConfig
+from mtad.drafting import Proposal, TreeProposal, beam_sample, beam_tree, branching_tree, chain_sample
+from mtad.errors import ConfigError
+
+#: (drafter, committed sequence [1, len], depth n, warp, generator) -> the round's draft.
+Proposer = Callable[
+    [CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Proposal | TreeProposal
+]
+#: (p, proposal, generator) -> (accepted node indices, next token). Chains' nodes are 0..n-1.
+Acceptor = Callable[[torch.Tensor, Proposal | TreeProposal, torch.Generator], tuple[list[int], int]]
+
+#: How a round is drafted; decides the nodes the target verifies and what a round costs.
+SHAPES = ("target", "chain", "beams", "beam_tree", "branching_tree", "self_beams")
+DRAFTED_SHAPES = ("chain", "beams", "beam_tree", "branching_tree")
+ENTRY_POINT_GROUP = "mtad.methods"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One decoding method. `proposer(spec)` / `rule(spec)` build its parts for given settings
+    (`proposer` None: nothing drafted); `settings` are the decoding settings it reads beyond the
+    warp (temperature, top-k, top-p), so a sweep or a check knows what changes it."""
+
+    name: str
+    description: str
+    shape: str
+    proposer: Callable[[SpeculationConfig], Proposer | None]
+    rule: Callable[[SpeculationConfig], Acceptor]
+    lossless: bool
+    settings: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.name, str)
+            or not self.name
+            or "," in self.name
+            or self.name != self.name.strip()
+        ):
+            raise ConfigError(
+                f"a method name must be a non-empty word without commas, got {self.name!r}", "method"
+            )
+        if self.shape not in SHAPES:
+            raise ConfigError(f"unknown method shape {self.shape!r}; allowed: {', '.join(SHAPES)}", "method")
+
+    @property
+    def needs_draft(self) -> bool:
+        return self.shape in DRAFTED_SHAPES
+
+
+# ---- acceptance rules, wrapped to the engine's Acceptor -----------------------------------------
+
+
+def chain_rule(rule: Callable) -> Acceptor:
+    """A chain rule of `mtad.acceptance` (p, q, tokens, generator) -> Verdict, as an Acceptor."""
+
+    def accept(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> tuple[list[int], int]:
+        verdict = rule(p, proposal.probs, proposal.tokens, generator)
+        return list(range(int(verdict.accepted[0]))), int(verdict.next_token[0])
+
+    return accept
+
+
+#: Rounds that draft nothing (ar, greedy, and any round whose budget or gamma "auto" allows no draft).
+TARGET_ONLY = chain_rule(acceptance.accept_none)
+
+
+def _mmtad_rule(spec: SpeculationConfig) -> Acceptor:
+    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
+        tree = proposal.tree
+        reference = acceptance.reference_log_joints(
+            proposal.log_joint, tree.depths, tree.parents, proposal.best_leaf, spec.reference
+        )
+        verdict = acceptance.mmtad_tree(
+            p[0], proposal.tokens, tree.parents, tree.depths, reference, generator, spec.threshold
+        )
+        return verdict.path, verdict.next_token
+
+    return accept
+
+
+def _specinfer_rule(spec: SpeculationConfig) -> Acceptor:
+    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
+        verdict = acceptance.specinfer_tree(
+            p[0], proposal.probs, proposal.tokens, proposal.tree.parents, generator, spec.with_replacement
+        )
+        return verdict.path, verdict.next_token
+
+    return accept
+
+
+# ---- proposers, built for given settings ----------------------------------------------------------
+
+
+def _beams(spec: SpeculationConfig) -> Proposer:
+    return partial(beam_sample, width=spec.beam_width, with_replacement=spec.with_replacement)
+
+
+def _beam_tree(spec: SpeculationConfig) -> Proposer:
+    return partial(beam_tree, width=spec.beam_width, with_replacement=spec.with_replacement)
+
+
+def _branching(spec: SpeculationConfig) -> Proposer:
+    def propose(drafter, sequence, n, sampling, generator):  # depth n <= len(tree): budget or gamma auto
+        return branching_tree(drafter, sequence, spec.tree[:n], sampling, generator,
+                              with_replacement=spec.with_replacement)  # fmt: skip
+
+    return propose
+
+
+def _none(spec: SpeculationConfig) -> None:
+    return None
+
+
+def _always(acceptor: Acceptor) -> Callable[[SpeculationConfig], Acceptor]:
+    return lambda spec: acceptor
+
+
+BEAMS = frozenset({"gamma", "beam_width", "with_replacement"})
+BUILT_IN = (
+    Method("ar", "target-only sampling with the warp (temperature, top-k, top-p)", "target", _none,
+           _always(TARGET_ONLY), lossless=True),
+    Method("greedy", "target-only argmax", "target", _none, _always(TARGET_ONLY), lossless=True),
+    Method("sd", "speculative sampling: draft gamma tokens, accept each with min(1, p/q), resample the "
+           "residual, bonus token", "chain", lambda spec: chain_sample,
+           _always(chain_rule(acceptance.speculative)), lossless=True, settings=frozenset({"gamma"})),
+    Method("mtad", "draft beam-samples gamma tokens with W beams; the target accepts the longest prefix "
+           "whose joint ratio p/q exceeds tau", "beams", _beams,
+           lambda spec: chain_rule(partial(acceptance.mtad_joint, threshold=spec.threshold)),
+           lossless=False, settings=BEAMS | {"threshold"}),
+    Method("mmtad", "every beam of every draft step forms a tree, verified in one pass; the deepest node "
+           "passing the joint-ratio test wins", "beam_tree", _beam_tree, _mmtad_rule, lossless=False,
+           settings=BEAMS | {"threshold", "reference"}),
+    Method("specinfer", "SpecInfer-style token tree from a branching config, multi-candidate speculative "
+           "sampling", "branching_tree", _branching, _specinfer_rule, lossless=True,
+           settings=frozenset({"tree", "with_replacement"})),
+    Method("mtjd", "target-only beam sampling of gamma-token blocks: the quality reference, slow by design",
+           "self_beams", _beams, _always(chain_rule(acceptance.accept_all)), lossless=False, settings=BEAMS),
+)  # fmt: skip
+#: The built-in methods' names (`methods()` also lists registered ones).
+METHODS = tuple(method.name for method in BUILT_IN)
+
+_REGISTRY: dict[str, Method] = {method.name: method for method in BUILT_IN}
+_plugins_loaded = False
+
+
+def register_method(method: Method) -> Method:
+    """Add `method` to the registry (a built-in name cannot be replaced); returns it."""
+    if not isinstance(method, Method):
+        raise ConfigError(f"register_method takes an mtad.Method, got {type(method).__name__}", "method")
+    if method.name in METHODS:
+        raise ConfigError(
+            f"{method.name!r} is a built-in method; register yours under another name", "method"
+        )
+    _REGISTRY[method.name] = method
+    return method
+
+
+def methods() -> dict[str, Method]:
+    """Every method by name: the built-ins, then registered ones and the `mtad.methods` plugins."""
+    _load_plugins()
+    return dict(_REGISTRY)
+
+
+def get_method(name: object) -> Method:
+    """The method called `name`, or a `ConfigError` listing the allowed names."""
+    registry = methods()
+    if not isinstance(name, str) or name not in registry:
+        raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(registry)}", "method")
+    return registry[name]
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        offered = entry_point.load()
+        offered = offered() if callable(offered) and not isinstance(offered, Method) else offered
+        for method in offered if isinstance(offered, (list, tuple)) else [offered]:
+            register_method(method)
