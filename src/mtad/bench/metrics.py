@@ -84,24 +84,6 @@ def mean_sample_perplexity(samples: Sequence[Sequence[float]]) -> float:
 # ---- speculation statistics --------------------------------------------------------------------
 
 
-def acceptance_rate(accepted: int, rounds: int, gamma: int) -> float:
-    """Accepted draft tokens / (rounds x gamma): the fraction of drafted tokens the target kept."""
-    _check_count("accepted", accepted)
-    _check_count("rounds", rounds)
-    if gamma < 1:
-        raise MtadError(f"gamma must be >= 1, got {gamma}")
-    if accepted > rounds * gamma:
-        raise MtadError(f"accepted ({accepted}) exceeds rounds x gamma ({rounds} x {gamma})")
-    return _ratio(accepted, rounds * gamma)
-
-
-def block_efficiency(new_tokens: int, target_forwards: int) -> float:
-    """New tokens per target forward pass; 1.0 for plain autoregressive decoding."""
-    _check_count("new_tokens", new_tokens)
-    _check_count("target_forwards", target_forwards)
-    return _ratio(new_tokens, target_forwards)
-
-
 def forwards_per_token(forwards: int, new_tokens: int) -> float:
     """Forward passes (target or draft) spent per generated token."""
     _check_count("forwards", forwards)
@@ -109,49 +91,7 @@ def forwards_per_token(forwards: int, new_tokens: int) -> float:
     return _ratio(forwards, new_tokens)
 
 
-def position_counts(accepted_lengths: Sequence[int], gamma: int) -> list[int]:
-    """Per-draft-position acceptance counts from each round's accepted prefix length.
-
-    Acceptance is a prefix, so position i (0-based) is accepted in a round iff length > i.
-    """
-    if gamma < 1:
-        raise MtadError(f"gamma must be >= 1, got {gamma}")
-    counts = [0] * gamma
-    for length in accepted_lengths:
-        if not 0 <= length <= gamma:
-            raise MtadError(f"accepted length {length} is outside 0..gamma={gamma}")
-        for i in range(length):
-            counts[i] += 1
-    return counts
-
-
-def per_position_acceptance(counts: Sequence[int], rounds: int) -> list[float]:
-    """counts[i] / rounds: how often draft position i survived verification (non-increasing for chains)."""
-    _check_count("rounds", rounds)
-    for c in counts:
-        _check_count("position count", c)
-        if c > rounds:
-            raise MtadError(f"a position count ({c}) exceeds rounds ({rounds})")
-    return [_ratio(c, rounds) for c in counts]
-
-
 # ---- speed -------------------------------------------------------------------------------------
-
-
-def ms_per_token(seconds: float, new_tokens: int) -> float:
-    """Milliseconds of generation time per generated token."""
-    if seconds < 0:
-        raise MtadError(f"seconds must be >= 0, got {seconds}")
-    _check_count("new_tokens", new_tokens)
-    return _ratio(1000.0 * seconds, new_tokens)
-
-
-def tokens_per_second(seconds: float, new_tokens: int) -> float:
-    """Generated tokens per second of generation time."""
-    if seconds < 0:
-        raise MtadError(f"seconds must be >= 0, got {seconds}")
-    _check_count("new_tokens", new_tokens)
-    return _ratio(new_tokens, seconds)
 
 
 def speedup(baseline_ms_per_token: float, method_ms_per_token: float) -> float:

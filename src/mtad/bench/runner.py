@@ -382,16 +382,16 @@ def _stats_fields(stats: mtad.Stats) -> dict[str, Any]:
         "drafted_per_position": list(stats.drafted_per_position),
         "accepted_per_position": list(stats.accepted_per_position),
         "rounds_per_gamma": list(stats.rounds_per_gamma),  # the depth gamma "auto" chose, as a histogram
-        # Undefined (null) when nothing was drafted, e.g. ar; engine Stats would say 0.
-        "acceptance_rate": stats.accepted_tokens / stats.drafted_tokens if stats.drafted_tokens else None,
-        "block_efficiency": _finite(metrics.block_efficiency(stats.new_tokens, stats.target_calls)),
+        # Defined once, in mtad.Stats: None (null) where undefined, e.g. ar's acceptance.
+        "acceptance_rate": stats.acceptance_rate,
+        "block_efficiency": stats.block_efficiency,
         "target_forwards_per_token": _finite(
             metrics.forwards_per_token(stats.target_calls, stats.new_tokens)
         ),
         "draft_forwards_per_token": _finite(metrics.forwards_per_token(stats.draft_calls, stats.new_tokens)),
         "wall_time_s": stats.wall_time_s,
-        "tokens_per_s": _finite(metrics.tokens_per_second(stats.wall_time_s, stats.new_tokens)),
-        "ms_per_token": _finite(metrics.ms_per_token(stats.wall_time_s, stats.new_tokens)),
+        "tokens_per_s": stats.tokens_per_s,
+        "ms_per_token": stats.ms_per_token,
     }
 
 
