@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -19,14 +20,53 @@ from mtad.sampling import draw, normalise, sample
 from mtad.tree import TreeBuffers, paths_from_parents, tree_from_paths, tree_inputs
 
 
+class Round(Protocol):
+    """What a proposer returns and the engine needs, whatever the draft's shape (chain or tree):
+    the draft tokens, how the target verifies them, which cached positions an accepted path keeps.
+    The engine calls nothing else, so a new shape of draft needs no change in the engine."""
+
+    tokens: torch.Tensor
+    probs: torch.Tensor
+
+    @property
+    def tree_nodes(self) -> int: ...  # draft nodes verified as a tree (0 for a chain)
+
+    def to(self, device: torch.device) -> Round: ...
+
+    def verify(self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+        """Target distributions [1, 1 + nodes, vocab]: after the committed `sequence`, then after
+        each draft node, from one forward over what the target has not seen."""
+        ...
+
+    def roll_back(self, models: list[CachedModel], context: int, path: list[int]) -> None:
+        """Keep each model's cached context plus the committed nodes of `path`; drop the rest."""
+        ...
+
+
 @dataclass(frozen=True)
 class Proposal:
+    """A chain of draft tokens (sd, mtad, mtjd; empty for target-only rounds)."""
+
     tokens: torch.Tensor  # [rows, n] draft tokens x_1..x_n
     probs: torch.Tensor  # [rows, n, vocab] q(. | x_<j) for each draft position
+    tree_nodes = 0
 
     def to(self, device: torch.device) -> Proposal:
         """The proposal on `device` (the target's, where the acceptance rules meet p)."""
         return Proposal(self.tokens.to(device), self.probs.to(device))
+
+    def verify(self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+        n = self.tokens.shape[1]
+        feed = torch.cat([sequence, self.tokens.to(sequence.device)], dim=1)[:, target.length :]
+        keep = min(n + 1, feed.shape[1])
+        p = target.distributions(feed, sampling, keep)  # [1, keep, vocab]
+        if keep < n + 1:  # the target drafted the block itself (MTJD): its q rows are its p rows
+            p = torch.cat([self.probs[:, : n + 1 - keep].to(p.device), p], dim=1)
+        return p
+
+    def roll_back(self, models: list[CachedModel], context: int, path: list[int]) -> None:
+        for model in models:  # the committed nodes of a chain are a prefix
+            model.truncate(context + len(path))
 
 
 def empty_proposal(sequence: torch.Tensor, vocab_size: int) -> Proposal:
@@ -145,10 +185,28 @@ class TreeProposal:
     log_joint: torch.Tensor  # [nodes] log q of each node's root-to-node path
     best_leaf: int  # the final beam with the largest draft joint (beam trees), else -1
 
+    @property
+    def tree_nodes(self) -> int:
+        return self.tokens.numel()
+
     def to(self, device: torch.device) -> TreeProposal:
         """The proposal's tensors on `device` (the target's); the tree's index buffers stay put."""
         moved = (self.tokens.to(device), self.probs.to(device), self.log_joint.to(device))
         return TreeProposal(moved[0], self.tree, moved[1], moved[2], self.best_leaf)
+
+    def verify(self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+        pending = sequence[:, target.length :]  # committed tokens the target has not seen
+        nodes = self.tokens.numel()
+        positions, mask = tree_inputs(self.tree, sequence.shape[1], pending.shape[1], 0, nodes,
+                                      dtype=target.dtype, device=target.device)  # fmt: skip
+        feed = torch.cat([pending, self.tokens.unsqueeze(0).to(pending.device)], dim=1)
+        return target.distributions(feed, sampling, nodes + 1, positions, mask)
+
+    def roll_back(self, models: list[CachedModel], context: int, path: list[int]) -> None:
+        for model in models:
+            fed = model.length - context  # the target fed every node, the draft all but the last depth
+            kept = [context + node for node in path if node < fed]
+            model.keep(torch.cat([torch.arange(context), torch.tensor(kept, dtype=torch.long)]))
 
 
 class _TreeBuilder:

@@ -27,15 +27,10 @@ from transformers import PreTrainedModel
 from mtad.adaptive import GammaPolicy, measure_costs
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
-from mtad.drafting import (
-    Proposal,
-    TreeProposal,
-    empty_proposal,
-)
+from mtad.drafting import empty_proposal
 from mtad.methods import TARGET_ONLY
 from mtad.models import output_width
 from mtad.stopping import Stopper
-from mtad.tree import tree_inputs
 
 
 @dataclass
@@ -216,7 +211,7 @@ class Generation:
             else:
                 proposal = empty_proposal(sequence, self.vocab_size)
             # 2. verify: one target forward over what it has not seen (pending tokens + block or tree)
-            p = self._verify(sequence, proposal)
+            p = proposal.verify(target, sequence, self.sampling)
             # 3. accept, on the target's device (a draft may live on another one)
             rule = accept if n > 0 else TARGET_ONLY
             path, next_token = rule(p, proposal.to(p.device), generators.on(target.device))
@@ -224,16 +219,16 @@ class Generation:
             node_tokens = proposal.tokens.flatten().tolist()
             block, finish = stopper.cut(generated, [node_tokens[i] for i in path] + [next_token])
             # 5. roll back both caches to the committed prefix
-            self._roll_back(sequence.shape[1], path[: len(block)], proposal)
+            proposal.roll_back(
+                [m for m in (target, drafter) if m is not None], sequence.shape[1], path[: len(block)]
+            )
             generated += block
             sequence = torch.cat([sequence, torch.tensor([block], device=sequence.device)], dim=1)
             self.sequence = sequence  # prompt + committed tokens, for inspection between blocks
             # 6. statistics (and what gamma "auto" learns from the round)
             if policy:
                 policy.observe(n, len(path))
-            stats.record_round(
-                n, len(path), tree_nodes=len(node_tokens) if isinstance(proposal, TreeProposal) else 0
-            )
+            stats.record_round(n, len(path), tree_nodes=proposal.tree_nodes)
             text_delta = ""
             if self.tokenizer is not None:
                 text = stopper.visible_text(generated, finished=finish is not None)
@@ -245,36 +240,6 @@ class Generation:
         stats.draft_calls = drafter.calls if drafter is not None and drafter is not target else 0
         text = stopper.visible_text(generated, finished=True) if self.tokenizer is not None else None
         self.result = GenerationResult(generated, text, stats, finish, self.seed)
-
-    def _verify(self, sequence: torch.Tensor, proposal: Proposal | TreeProposal) -> torch.Tensor:
-        """Target distributions [1, 1 + nodes, vocab]: after the context, then after each node."""
-        target = self.target
-        pending = sequence[:, target.length :]  # committed tokens the target has not seen
-        if isinstance(proposal, TreeProposal):
-            nodes = proposal.tokens.numel()
-            positions, mask = tree_inputs(proposal.tree, sequence.shape[1], pending.shape[1], 0, nodes,
-                                          dtype=target.dtype, device=target.device)  # fmt: skip
-            feed = torch.cat([pending, proposal.tokens.unsqueeze(0).to(pending.device)], dim=1)
-            return target.distributions(feed, self.sampling, nodes + 1, positions, mask)
-        n = proposal.tokens.shape[1]
-        feed = torch.cat([sequence, proposal.tokens.to(sequence.device)], dim=1)[:, target.length :]
-        keep = min(n + 1, feed.shape[1])
-        p = target.distributions(feed, self.sampling, keep)  # [1, keep, vocab]
-        if keep < n + 1:  # the target drafted the block itself (MTJD): its q rows are its p rows
-            p = torch.cat([proposal.probs[:, : n + 1 - keep].to(p.device), p], dim=1)
-        return p
-
-    def _roll_back(self, context: int, path: list[int], proposal: Proposal | TreeProposal) -> None:
-        """Keep the cached context plus the committed draft nodes; everything else is stale."""
-        models = [m for m in (self.target, self.drafter) if m is not None]
-        if not isinstance(proposal, TreeProposal):  # a chain: the committed nodes are a prefix
-            for model in models:
-                model.truncate(context + len(path))
-            return
-        for model in models:
-            fed = model.length - context  # the target fed every node, the draft all but the last depth
-            kept = [context + node for node in path if node < fed]
-            model.keep(torch.cat([torch.arange(context), torch.tensor(kept, dtype=torch.long)]))
 
 
 class _Generators:

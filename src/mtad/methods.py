@@ -27,13 +27,11 @@ import torch
 from mtad import acceptance
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig, SpeculationConfig
-from mtad.drafting import Proposal, TreeProposal, beam_sample, beam_tree, branching_tree, chain_sample
+from mtad.drafting import Proposal, Round, TreeProposal, beam_sample, beam_tree, branching_tree, chain_sample
 from mtad.errors import ConfigError
 
-#: (drafter, committed sequence [1, len], depth n, warp, generator) -> the round's draft.
-Proposer = Callable[
-    [CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Proposal | TreeProposal
-]
+#: (drafter, committed sequence [1, len], depth n, warp, generator) -> the round's draft (a `Round`).
+Proposer = Callable[[CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Round]
 #: (p, proposal, generator) -> (accepted node indices, next token). Chains' nodes are 0..n-1.
 Acceptor = Callable[[torch.Tensor, Proposal | TreeProposal, torch.Generator], tuple[list[int], int]]
 
