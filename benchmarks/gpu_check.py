@@ -49,10 +49,11 @@ from mtad.cache import CachedModel  # noqa: E402
 from mtad.config import SamplingConfig  # noqa: E402
 from mtad.methods import get_method  # noqa: E402
 from mtad.models import output_width  # noqa: E402
+from mtad.precision import DTYPES  # noqa: E402
 from mtad.sampling import warp  # noqa: E402
 
 NO_EOS = {"eos_token_id": []}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 # A mismatch against the target's argmax is a rounding tie, not a bug, when the chosen token's
 # logit is within this fraction of the row's logit spread (std) of the best one. Random weights
 # give top-2 gaps of ~0.2 std at a 32k vocabulary, so bf16 flips some of them by rounding alone.

@@ -27,7 +27,7 @@ import mtad
 from mtad import acceptance, cache, drafting, vocabulary
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
-from mtad.precision import cpu_flags
+from mtad.precision import DTYPES, cpu_flags
 
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 PARTS = ("target forward", "draft forward", "sampling + acceptance", "cache ops", "rest")
@@ -36,7 +36,7 @@ PARTS = ("target forward", "draft forward", "sampling + acceptance", "cache ops"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target"), parser.add_argument("--draft")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
     parser.add_argument("--methods", default="ar,sd,mtad,mmtad")
     parser.add_argument("--prompts", type=int, default=4, help="MT-Bench questions (first N)")
     parser.add_argument("--max-new-tokens", type=int, default=64)

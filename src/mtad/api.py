@@ -17,7 +17,7 @@ from mtad.config import (
 )
 from mtad.engine import Generation, GenerationResult
 from mtad.errors import ConfigError
-from mtad.models import check_fits_context, check_heads_compatible, context_length, output_width
+from mtad.models import check_fits_context, check_heads_compatible, output_width, pair_context_length
 
 
 def stream(
@@ -40,9 +40,8 @@ def stream(
     """
     spec, sampling = validate_settings(**settings)
     max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    models = [target] + ([draft] if spec.needs_draft and draft is not None else [])
-    contexts = [n for n in map(context_length, models) if n is not None]
-    (limits or Limits()).for_models(output_width(target), min(contexts, default=None)).check(spec)
+    context = pair_context_length(target, draft if spec.needs_draft else None)
+    (limits or Limits()).for_models(output_width(target), context).check(spec)
     prompt = _prompt_tensor(input_ids, tokenizer)
     stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
     if spec.needs_draft:

@@ -126,6 +126,13 @@ def context_length(model: PreTrainedModel) -> int | None:
     return None
 
 
+def pair_context_length(target: PreTrainedModel, draft: PreTrainedModel | None) -> int | None:
+    """The context window a generation on this pair must fit: the smaller known one (None: no
+    known limit). Pass draft None when the method decodes with the target alone."""
+    limits = [n for n in map(context_length, (target, draft) if draft is not None else (target,)) if n]
+    return min(limits, default=None)
+
+
 def check_fits_context(model: PreTrainedModel, prompt_len: int, max_new_tokens: int, role: str) -> None:
     limit = context_length(model)
     if limit is not None and prompt_len + max_new_tokens > limit:

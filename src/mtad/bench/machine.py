@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from mtad.precision import dtype_name
+
 CUDA_MEMORY_KIND = "torch.cuda.max_memory_allocated during each generation"
 CPU_MEMORY_KIND = "peak RSS of the bench process (ru_maxrss; includes model loading and scoring)"
 
@@ -51,7 +53,7 @@ def describe_machine(device: torch.device, dtype: torch.dtype) -> dict[str, str]
         "transformers": _version("transformers"),
         "mtad": _version("mtad"),
         "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -7,6 +7,7 @@ import argparse
 from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SEED_LIMIT, Limits, parse_gamma
 from mtad.methods import methods
 from mtad.models import LoadedModel, load_pair
+from mtad.precision import DTYPES
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,14 +19,14 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dtype",
         default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=("auto", *DTYPES),
         help="auto (default): bfloat16 where this CPU (AVX-512 BF16/AMX) or GPU runs it natively, "
         "else float32",
     )
     group.add_argument(
         "--draft-dtype",
         default=None,
-        choices=("float32", "bfloat16", "float16"),
+        choices=tuple(DTYPES),
         help="the draft's dtype (default: the dtype the target got)",
     )
     group.add_argument("--device-map", default=None, help="accelerate device map for the target, e.g. auto")
@@ -124,11 +125,6 @@ def decoding_settings(args: argparse.Namespace) -> dict:
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
     }
-
-
-def dtype_name(model) -> str:
-    """ "bfloat16", "float32", ...: the dtype a loaded model computes in, for reports."""
-    return str(model.dtype).removeprefix("torch.")
 
 
 def load_pair_from_args(

@@ -19,7 +19,6 @@ from mtad.cli.common import (
     add_decoding_arguments,
     add_pair_arguments,
     decoding_settings,
-    dtype_name,
     limits,
     load_pair_from_args,
 )
@@ -27,6 +26,7 @@ from mtad.config import SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.methods import methods as registered
 from mtad.models import encode_prompt
+from mtad.precision import dtype_name
 from mtad.scoring import target_logprobs
 
 # Written for this demo: none of them comes from MT-Bench, HumanEval or Spider, nor from the
@@ -115,7 +115,7 @@ def print_table(results: dict, prompts: list[list[int]], target_model, methods: 
     console = Console()
     speed = {m: statistics.median(r.stats.tokens_per_s for r in rs) for m, rs in results.items()}
     baseline = speed.get("ar")
-    table = Table(title=f"mtad demo: {len(prompts)} prompts, {dtype_name(target_model)}, medians "
+    table = Table(title=f"mtad demo: {len(prompts)} prompts, {dtype_name(target_model.dtype)}, medians "
                         f"(gamma {args.gamma}, beam width "
                         f"{args.beam_width}, tau {args.threshold}, T {args.temperature}, top-k {args.top_k}, "
                         f"top-p {args.top_p})")  # fmt: skip

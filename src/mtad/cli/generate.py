@@ -11,12 +11,12 @@ from mtad.cli.common import (
     add_decoding_arguments,
     add_pair_arguments,
     decoding_settings,
-    dtype_name,
     limits,
     load_pair_from_args,
 )
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
+from mtad.precision import dtype_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
             "method": args.method,
             "target": target.name,
             "draft": draft.name if draft else None,
-            "dtype": dtype_name(target.model),
-            "draft_dtype": dtype_name(draft.model) if draft else None,
+            "dtype": dtype_name(target.model.dtype),
+            "draft_dtype": dtype_name(draft.model.dtype) if draft else None,
             "settings": settings,
         }
         print(json.dumps(record, indent=2))
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"[{args.method}] {stats.new_tokens} tokens, {_shown(stats.tokens_per_s, 1)} tok/s, "
             f"acceptance {_shown(stats.acceptance_rate)}, block efficiency {_shown(stats.block_efficiency)}, "
-            f"finish {result.finish_reason}, {dtype_name(target.model)}",
+            f"finish {result.finish_reason}, {dtype_name(target.model.dtype)}",
             file=sys.stderr,
         )
     return 0

@@ -30,7 +30,8 @@ from mtad.api import stream
 from mtad.config import Limits, SpeculationConfig
 from mtad.engine import Generation
 from mtad.errors import ConfigError, ContextLengthError, MtadError
-from mtad.models import LoadedModel, context_length
+from mtad.models import LoadedModel, pair_context_length
+from mtad.precision import dtype_name
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
 from mtad.serve.responses import Reply, sse
 from mtad.serve.scheduler import TERMINAL, Event, Job, QueueFull, Scheduler
@@ -131,8 +132,8 @@ class _Server:
             "queue_depth": self.scheduler.depth,
             "busy": self.scheduler.busy,
             "limits": dataclasses.asdict(self.config.limits),
-            "dtype": str(self.target.model.dtype).removeprefix("torch."),
-            "draft_dtype": str(self.draft.model.dtype).removeprefix("torch.") if self.draft else None,
+            "dtype": dtype_name(self.target.model.dtype),
+            "draft_dtype": dtype_name(self.draft.model.dtype) if self.draft else None,
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 
@@ -237,18 +238,18 @@ class _Server:
 
     def _room(self, prompt_len: int, needs_draft: bool, prompt_param: str) -> int | None:
         """Tokens the context window leaves after the prompt (None: no known limit)."""
-        models = [self.target.model] + ([self.draft.model] if needs_draft and self.draft else [])
-        limits = [n for n in map(context_length, models) if n is not None]
-        if not limits:
+        draft = self.draft.model if needs_draft and self.draft else None
+        limit = pair_context_length(self.target.model, draft)
+        if limit is None:
             return None
-        if prompt_len >= min(limits):
+        if prompt_len >= limit:
             raise ApiError(
-                f"the prompt is {prompt_len} tokens and the context length is {min(limits)}: no room "
+                f"the prompt is {prompt_len} tokens and the context length is {limit}: no room "
                 "for a completion; shorten the prompt",
                 param=prompt_param,
                 code="context_length_exceeded",
             )
-        return min(limits) - prompt_len
+        return limit - prompt_len
 
     def _generation(self, prompt_ids: list[int], settings: dict, prompt_param: str) -> Generation:
         draft = self.draft.model if self.draft else None
