@@ -16,8 +16,9 @@ import mtad
 from mtad.cli import main
 from mtad.distill import DataSettings, OutputDirError, TrainSettings, distill
 from mtad.distill.data import Sample
+from mtad.distill.kinds import make_batch
 from mtad.distill.metrics import topk_kl
-from mtad.distill.train import Position, make_batch, next_indices
+from mtad.distill.train import Position, next_indices
 from mtad.errors import ConfigError, ModelLoadError, VocabularyMismatchError
 from mtad.models import load_pair
 

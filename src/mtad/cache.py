@@ -8,6 +8,10 @@ Rollback has one named operation per shape:
 - `truncate(length)`: a chain of tokens was rejected after `length`.
 - `keep(positions)`: a verified tree keeps the context and its accepted path (gather, compact).
 - `repeat(rows)` / `reorder(indices)` / `select(row)`: beams of the draft's beam sampling.
+
+A target that feeds a feature draft also keeps, per cached position, the hidden states the draft
+reads (`capture_features`); every operation above applies to them too, so they roll back with
+the cache and the verification forward is the only forward that produces them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from mtad.config import SamplingConfig
+from mtad.feature_draft import is_feature_draft
 from mtad.sampling import warp
 from mtad.vocabulary import subset_of
 
@@ -37,8 +42,24 @@ class CachedModel:
         self.subset = subset_of(model.config, vocab_size)
         if self.subset is not None:
             self.subset.to(self.device)
+        # A subset draft is fed its own ids; a feature draft embeds target ids with the target's table.
+        self.maps_inputs = self.subset is not None and not getattr(model.config, "embeds_with_target", False)
         self.cache = DynamicCache(config=model.config)
         self.calls = 0
+        self.feature_layers: list[int] | None = None
+        self.features: torch.Tensor | None = None  # [rows, length, layers x hidden] when captured
+
+    def capture_features(self, layers: list[int]) -> None:
+        """From now on keep these `hidden_states` layers of every fed position (a feature draft's input)."""
+        if self.feature_layers not in (None, list(layers)):
+            raise ValueError(f"already capturing layers {self.feature_layers}, asked for {list(layers)}")
+        if self.feature_layers is None and self.length:
+            raise ValueError("capture features before the first forward: cached positions would lack them")
+        self.feature_layers = list(layers)
+
+    def ready(self, sequence: torch.Tensor) -> bool:
+        """Whether this model can draft after `sequence` now (a feature draft waits for the target)."""
+        return True
 
     @property
     def length(self) -> int:
@@ -88,13 +109,17 @@ class CachedModel:
     ) -> torch.Tensor:
         """Float32 logits over the model's own output ids [rows, keep, own width]."""
         tokens = tokens.to(self.device)
-        if self.subset is not None:
+        if self.maps_inputs:
             tokens = self.subset.to_draft(tokens)
+        capture = self.feature_layers is not None
         out = self.model(
             input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=keep,
-            position_ids=position_ids, attention_mask=attention_mask,
+            position_ids=position_ids, attention_mask=attention_mask, output_hidden_states=capture,
         )  # fmt: skip
         self.calls += 1
+        if capture:
+            fed = torch.cat([out.hidden_states[i] for i in self.feature_layers], dim=-1)
+            self.features = fed if self.features is None else torch.cat([self.features, fed], dim=1)
         return out.logits[:, -keep:].float()
 
     def _align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
@@ -113,6 +138,8 @@ class CachedModel:
         excess = self.length - length
         if excess > 0:
             self.cache.crop(-excess)
+        if self.features is not None:
+            self.features = self.features[:, :length]
 
     def keep(self, positions: torch.Tensor) -> None:
         """Keep only the cached `positions` (ascending), compacted: a tree pruned to its accepted path."""
@@ -121,19 +148,128 @@ class CachedModel:
             if layer.is_initialized:
                 layer.keys = layer.keys.index_select(-2, positions)
                 layer.values = layer.values.index_select(-2, positions)
+        if self.features is not None:
+            self.features = self.features.index_select(1, positions.to(self.features.device))
 
     def repeat(self, rows: int) -> None:
         """One cache row becomes `rows` identical rows (beams that share the prefix)."""
         self.cache.batch_repeat_interleave(rows)
+        if self.features is not None:
+            self.features = self.features.repeat_interleave(rows, dim=0)
 
     def reorder(self, indices: torch.Tensor) -> None:
         """Row i becomes old row indices[i] (beam parents after a beam step)."""
         self.cache.reorder_cache(indices.to(self.device))
+        if self.features is not None:
+            self.features = self.features.index_select(0, indices.to(self.features.device))
 
     def select(self, row: int) -> None:
         """Keep only one row (the chosen beam)."""
         self.cache.batch_select_indices(torch.tensor([row], device=self.device))
+        if self.features is not None:
+            self.features = self.features[row : row + 1]
 
     def reset(self) -> None:
         self.cache = DynamicCache(config=self.model.config)
         self.calls = 0
+        self.features = None
+
+
+class FeatureDrafter(CachedModel):
+    """A feature draft (`mtad.feature_draft`), its cache, and the target whose states it reads.
+
+    Slot s reads token x_s with the target's state at position s - 1 (`target.features`); a
+    drafted slot reads the draft's own output at its parent slot instead (the previous slot in a
+    chain or a beam row; the last slot it attends to in a tree). Only slots fed with the target's
+    real states survive a rollback: accepted draft tokens were read with the draft's guesses, so
+    the next round re-reads them with the target's states (as EAGLE does). The draft can only
+    draft once the target has read everything but the last committed token (`ready`); before
+    that, the engine takes a target-only round (the prefill).
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int, target: CachedModel) -> None:
+        super().__init__(model, vocab_size)
+        model.attach(target.model)
+        target.capture_features(model.config.feature_layers)
+        self.target = target
+        self.outputs: torch.Tensor | None = None  # [rows, length, hidden]: own output per slot
+        self.real = 0  # leading slots fed with the target's states
+
+    def ready(self, sequence: torch.Tensor) -> bool:
+        return self.target.length >= sequence.shape[1] - 1
+
+    def _own_logits(self, tokens, keep, position_ids, attention_mask) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        rows, fed = tokens.shape
+        start = self.length
+        real = max(0, min(fed, self.target.length + 1 - start))  # slots s with a target state at s - 1
+        if real and start != self.real:
+            raise RuntimeError(
+                f"feature draft: real slots must follow real slots (slot {start}, {self.real} real)"
+            )
+        parts = []
+        if real:
+            states = self.target.features[:, max(start - 1, 0) : start - 1 + real]
+            if start == 0:  # slot 0 has no state before it
+                states = torch.cat([torch.zeros_like(self.target.features[:, :1]), states], dim=1)
+            parts.append(self.model.fuse_features(states).expand(rows, -1, -1))
+        if real < fed:
+            parents = _parent_slots(start, fed, attention_mask)[real:]
+            if int(parents.max()) >= start:
+                raise RuntimeError("feature draft: a drafted token's parent must be fed before it")
+            parts.append(self.outputs[:, parents.to(self.outputs.device)])
+        out = self.model(
+            input_ids=tokens, features=torch.cat(parts, dim=1), cache=self.cache, use_cache=True,
+            logits_to_keep=keep, position_ids=position_ids, attention_mask=attention_mask,
+        )  # fmt: skip
+        self.calls += 1
+        own = out.hidden_states[0]
+        self.outputs = own if self.outputs is None else torch.cat([self.outputs, own], dim=1)
+        self.real += real
+        return out.logits[:, -keep:].float()
+
+    def truncate(self, length: int) -> None:
+        length = min(length, self.real)
+        super().truncate(length)
+        if self.outputs is not None:
+            self.outputs = self.outputs[:, :length]
+
+    def keep(self, positions: torch.Tensor) -> None:
+        positions = positions[positions < self.real]  # drafted slots are always re-read
+        super().keep(positions)
+        if self.outputs is not None:
+            self.outputs = self.outputs.index_select(1, positions.to(self.outputs.device))
+        self.real = positions.numel()
+
+    def repeat(self, rows: int) -> None:
+        super().repeat(rows)
+        self.outputs = self.outputs.repeat_interleave(rows, dim=0)
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        super().reorder(indices)
+        self.outputs = self.outputs.index_select(0, indices.to(self.outputs.device))
+
+    def select(self, row: int) -> None:
+        super().select(row)
+        self.outputs = self.outputs[row : row + 1]
+
+    def reset(self) -> None:
+        super().reset()
+        self.outputs, self.real = None, 0
+
+
+def _parent_slots(start: int, fed: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """For each fed slot start + j, the last earlier slot it attends to (its parent in a tree)."""
+    if attention_mask is None:
+        return torch.arange(start - 1, start + fed - 1)
+    columns = torch.arange(start + fed, device=attention_mask.device)
+    own = torch.arange(start, start + fed, device=attention_mask.device).unsqueeze(-1)
+    allowed = (attention_mask[0, 0] == 0) & (columns < own)  # [fed, start + fed]
+    return ((allowed * (columns + 1)).max(-1).values - 1).cpu()
+
+
+def drafter_for(draft: PreTrainedModel, target: CachedModel) -> CachedModel:
+    """The cached drafting model for `draft`: a feature draft reads `target`'s states."""
+    if is_feature_draft(draft):
+        return FeatureDrafter(draft, target.vocab_size, target)
+    return CachedModel(draft, target.vocab_size)

@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from mtad.adaptive import GammaPolicy, measure_costs
-from mtad.cache import CachedModel
+from mtad.cache import CachedModel, drafter_for
 from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
 from mtad.drafting import empty_proposal
 from mtad.methods import TARGET_ONLY
@@ -167,11 +167,7 @@ class Generation:
         self.target = CachedModel(target, self.vocab_size)
         # MTJD: the target drafts for itself, sharing one cache.
         self.drafter = (
-            self.target
-            if spec.shape == "self_beams"
-            else CachedModel(draft, self.vocab_size)
-            if draft
-            else None
+            self.target if spec.shape == "self_beams" else drafter_for(draft, self.target) if draft else None
         )
         self.prompt = prompt.to(self.target.device)
         self.spec, self.sampling = spec, sampling
@@ -205,6 +201,8 @@ class Generation:
             # Draft no more than the budget can hold: the round always adds one target token.
             depth = policy.choose(budget - 1) if policy else self.spec.depth
             n = min(depth, budget - 1) if proposer else 0
+            if n > 0 and not drafter.ready(sequence):  # a feature draft waits for the target's prefill
+                n = 0
             # 1. propose
             if n > 0:
                 proposal = proposer(drafter, sequence, n, self.sampling, generators.on(drafter.device))

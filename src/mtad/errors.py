@@ -35,3 +35,7 @@ class NumericalError(MtadError):
 
 class DatasetError(MtadError):
     """A benchmark data file or directory is missing, malformed, or names an unknown dataset."""
+
+
+class DraftMismatchError(MtadError):
+    """A draft was trained for another target (e.g. a feature draft reading another model's states)."""

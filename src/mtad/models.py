@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mtad.errors import ContextLengthError, ModelLoadError, VocabularyMismatchError
+from mtad.feature_draft import check_target, is_feature_draft
 from mtad.precision import resolve_dtype
 from mtad.vocabulary import subset_of
 
@@ -167,6 +168,8 @@ def load_pair(
     if loaded_draft.tokenizer is not None:
         check_same_vocabulary(loaded_target.tokenizer, loaded_draft.tokenizer)
     check_heads_compatible(loaded_target.model, loaded_draft.model, loaded_target.tokenizer)
+    if is_feature_draft(loaded_draft.model):
+        check_target(loaded_draft.model, loaded_target.model)
     return loaded_target, loaded_draft
 
 

@@ -79,10 +79,12 @@ def subset_of(config: PretrainedConfig, target_width: int) -> TokenSubset | None
         return None
     subset = TokenSubset(token_ids, target_width)
     rows = getattr(config, "vocab_size", None)
-    if rows != subset.size + 1:
+    # A draft fed through the target's embedding (a feature draft) has no input row for others.
+    extra = 0 if getattr(config, "embeds_with_target", False) else 1
+    if rows != subset.size + extra:
         raise VocabularyMismatchError(
             f"draft config lists {subset.size} token ids but has vocab_size {rows}; allowed: "
-            f"vocab_size {subset.size + 1} (the subset plus one row for other tokens)"
+            f"vocab_size {subset.size + extra} (the subset{' plus one row for other tokens' * extra})"
         )
     return subset
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 _TRAIN_FLAGS = (
-    "steps", "batch_size", "seq_len", "lr", "seed", "layers", "checkpoint_every", "draft_vocab", "save_dtype"
+    "steps", "batch_size", "seq_len", "lr", "seed", "layers", "checkpoint_every", "draft_vocab", "save_dtype",
+    "kind", "feature_layers", "draft_layers", "depths",
 )  # fmt: skip
 _DATA_FLAGS = {
     "samples": "train_samples",
@@ -16,6 +17,8 @@ _DATA_FLAGS = {
     "gen_batch_size": "gen_batch_size",
     "max_new_tokens": "max_new_tokens",
     "teacher_top_k": "teacher_top_k",
+    "instruction_set": "instruction_set",
+    "generation_dtype": "generation_dtype",
     "seed": "seed",
 }
 
@@ -45,7 +48,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--seq-len", type=int, help="tokens per sequence (longer ones are cut)")
     group.add_argument("--lr", type=float, help="AdamW learning rate after warm-up")
     group.add_argument("--seed", type=int, help="seed for instructions, sampling and batch order")
-    group.add_argument("--layers", help='target layers the draft keeps, e.g. "0,-1" (default: 0)')
+    group.add_argument(
+        "--kind",
+        choices=("tokens", "features"),
+        help="tokens: the target's own layers over tokens (default); features: an EAGLE-style draft "
+        "reading the target's hidden states (mtad.feature_draft)",
+    )
+    group.add_argument("--layers", help='tokens: target layers the draft keeps, e.g. "0,-1" (default: 0)')
+    group.add_argument(
+        "--feature-layers",
+        help='features: target hidden_states the draft reads, e.g. "2,15,30" (0 = embeddings, the '
+        "last = the final normed state; default: low, middle and final)",
+    )
+    group.add_argument(
+        "--draft-layers", type=int, help="features: decoder layers, from the target's last ones (default 1)"
+    )
+    group.add_argument(
+        "--depths",
+        type=int,
+        help="features: draft steps unrolled in training (training-time test) and positions in the "
+        "held-out table (default 4)",
+    )
     group.add_argument(
         "--draft-vocab",
         type=int,
@@ -64,6 +87,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--gen-batch-size", type=int, help="answers generated per batch (default 16)")
     group.add_argument("--max-new-tokens", type=int, help="longest answer (default 128)")
     group.add_argument("--teacher-top-k", type=int, help="teacher log-probs kept per position (default 64)")
+    group.add_argument(
+        "--instruction-set",
+        type=int,
+        choices=(1, 2),
+        help="1: explanatory prose (default); 2: writing, role play, reasoning, maths, coding, extraction, "
+        "STEM and humanities requests, some with a second turn",
+    )
+    group.add_argument(
+        "--generation-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="dtype the target writes the answers in (auto: bf16 where the CPU runs it natively); "
+        "teacher signals stay float32. Default float32",
+    )
     parser.set_defaults(func=run)
 
 

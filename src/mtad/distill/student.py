@@ -69,12 +69,17 @@ def build_student(target: PreTrainedModel, layers: tuple[int, ...]) -> PreTraine
 
 def choose_subset(samples, size: int, width: int, always: list[int]) -> list[int]:
     """The `size` target ids the draft keeps: `always` (special tokens) first, then by teacher
-    probability summed over every trained position (the mass a draft can ever match), ties by id."""
+    probability summed over every trained position (the mass a draft can ever match; without a
+    stored teacher, by how often the target wrote each id), ties by id."""
     if not len(always) <= size <= width:
         raise ConfigError(f"--draft-vocab must be in [{len(always)}, {width}], got {size}")
     mass = torch.zeros(width, dtype=torch.float64)
     for sample in samples:
-        mass.index_add_(0, sample.topk_ids.flatten().long(), sample.topk_logp.flatten().double().exp())
+        if sample.topk_ids is not None:
+            mass.index_add_(0, sample.topk_ids.flatten().long(), sample.topk_logp.flatten().double().exp())
+        else:  # data made without a stored teacher: the target's sampled answer tokens (draws from p)
+            answer = sample.ids[sample.start + 1 :].long()
+            mass.index_add_(0, answer, torch.ones(len(answer), dtype=torch.float64))
     mass[always] = float("inf")
     order = torch.sort(-mass, stable=True).indices  # stable: ties keep id order
     special = list(dict.fromkeys(always))

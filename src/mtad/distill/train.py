@@ -5,6 +5,7 @@ The output directory:
   checkpoint/          the latest checkpoint: a loadable model dir + optimizer.pt + trainer_state.json
   config.json, model.safetensors, tokenizer files, generation_config.json   the final draft
   report.json          held-out KL, greedy agreement, expected acceptance, forward-cost ratio
+  heldout_curve.jsonl  held-out expected acceptance per draft position at every checkpoint
   data/                generated text and teacher signal (default --data-dir), kept by --overwrite
 
 Exact resume: the batch order is a seeded permutation per epoch, so (epoch, cursor) plus the
@@ -29,23 +30,17 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from mtad.distill.data import DataSettings, Sample, eos_ids, prepare_data, target_fingerprint
-from mtad.distill.metrics import forward_ms, heldout_metrics, topk_kl
-from mtad.distill.student import (
-    build_student,
-    choose_subset,
-    load_initial_draft,
-    parse_layers,
-    reduce_vocabulary,
-)
+from mtad.distill.data import DataSettings, Sample, prepare_data, target_fingerprint
+from mtad.distill.kinds import KINDS, draft_kind
+from mtad.distill.metrics import forward_ms
 from mtad.errors import ConfigError, ModelLoadError
 from mtad.locking import OutputDirError, exclusive_directory
-from mtad.models import load_model, output_width
-from mtad.vocabulary import TokenSubset, subset_of
+from mtad.models import load_model
 
 MARKER = "mtad_distill.json"
 LOCK = ".mtad_distill.lock"
 CHECKPOINT = "checkpoint"
+CURVE = "heldout_curve.jsonl"  # held-out acceptance per draft position at each checkpoint
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings a resumed run must share with the original; steps and checkpoint_every may change.
 _RESUMABLE_CHANGES = ("steps", "checkpoint_every", "save_dtype")
@@ -64,9 +59,17 @@ class TrainSettings:
     checkpoint_every: int = 100
     draft_vocab: int | None = None  # target ids the draft predicts (None: all; see mtad.vocabulary)
     save_dtype: str = "float32"  # dtype of the final draft's weights (training is float32)
+    kind: str = (
+        "tokens"  # "tokens" (target layers over tokens) or "features" (EAGLE-style, mtad.feature_draft)
+    )
+    feature_layers: str | None = None  # features: target hidden_states indices, e.g. "2,15,30"
+    draft_layers: int = 1  # features: decoder layers (initialised from the target's last ones)
+    depths: int = 4  # features: draft steps unrolled in training; positions in the held-out table
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "checkpoint_every"):
+        if self.kind not in KINDS:
+            raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "draft_layers", "depths"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -132,6 +135,7 @@ def _remove_outputs(out_dir: Path) -> None:
         ours = path.name in (
             MARKER,
             CHECKPOINT,
+            CURVE,
             "report.json",
             "config.json",
             "generation_config.json",
@@ -190,58 +194,6 @@ def next_indices(position: Position, count: int, size: int, seed: int) -> list[i
     return picked
 
 
-def make_batch(
-    samples: list[Sample], seq_len: int, subset: TokenSubset | None = None
-) -> dict[str, torch.Tensor]:
-    """Right-padded inputs and the flat list of trained (row, position) pairs with teacher rows.
-
-    With a draft token subset, inputs and teacher ids become draft ids; `teacher_kept` marks the
-    teacher's top-k entries the draft can predict at all (the loss renormalises over those).
-    """
-    width = min(seq_len, max(len(s.ids) for s in samples))
-    input_ids = torch.zeros(len(samples), width, dtype=torch.long)
-    attention = torch.zeros(len(samples), width, dtype=torch.long)
-    rows, columns, ids, logp = [], [], [], []
-    for row, sample in enumerate(samples):
-        length = min(len(sample.ids), width)
-        input_ids[row, :length] = sample.ids[:length]
-        attention[row, :length] = 1
-        trained = max(0, length - 1 - sample.start)  # positions start .. length-2 predict answer tokens
-        rows += [row] * trained
-        columns += range(sample.start, sample.start + trained)
-        ids.append(sample.topk_ids[:trained])
-        logp.append(sample.topk_logp[:trained])
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "rows": torch.tensor(rows, dtype=torch.long),
-        "columns": torch.tensor(columns, dtype=torch.long),
-        "topk_ids": torch.cat(ids),
-        "topk_logp": torch.cat(logp),
-    }
-    if subset is not None:
-        batch["teacher_kept"] = subset.contains(batch["topk_ids"])
-        batch["topk_ids"] = subset.to_draft(batch["topk_ids"])
-        batch["input_ids"] = subset.to_draft(input_ids)
-    return batch
-
-
-def batch_loss(student, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """KL on trained positions only; the output head runs on those rows alone (it dominates cost).
-
-    Assumes the head reads the decoder's final hidden states directly, as in Llama-family models.
-    A subset draft's last row stands for other input tokens and is never predicted: it is dropped.
-    """
-    hidden = student.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state  # [batch, width, hidden]
-    logits = student.get_output_embeddings()(hidden[batch["rows"], batch["columns"]])  # [N, vocab]
-    kept = batch.get("teacher_kept")
-    if kept is not None:
-        logits = logits[:, :-1]
-    return topk_kl(logits, batch["topk_ids"], batch["topk_logp"], kept)
-
-
 def learning_rate(settings: TrainSettings, step: int) -> float:
     return settings.lr * min(1.0, (step + 1) / max(settings.warmup_steps, 1))
 
@@ -289,33 +241,26 @@ def _distill(
     train_set, heldout = prepare_data(target, tokenizer, data_path, data, target_fingerprint(target_dir))
     if not train_set:
         raise ConfigError("no training samples; allowed: --samples >= 1")
+    kind = draft_kind(target, train)
     if resuming:
         student, optimizer, position = load_checkpoint(out, train.lr)
+        student = kind.loaded(student)
         marker = json.loads((out / MARKER).read_text())
         initial = marker.get("initial")
         # Record the grown settings (steps, samples) so the next --resume starts from them.
         _write_marker(out, train, data, target_dir, data_path, marker.get("initial_draft"), initial)
     else:
-        student = _initial_student(target, tokenizer, train, draft_dir, train_set)
+        student = kind.initial(tokenizer, draft_dir, train_set)
         optimizer = torch.optim.AdamW(student.parameters(), lr=train.lr, weight_decay=0.0)
         position = Position()
-        initial = heldout_metrics(target, student.eval(), heldout)
+        initial = kind.heldout(student.eval(), heldout)
         _write_marker(out, train, data, target_dir, data_path, draft_dir, initial)
     started = time.perf_counter()
-    subset = subset_of(student.config, output_width(target))
-    _train_loop(student.train(), optimizer, position, train_set, train, out, on_step, subset)
+    _train_loop(student.train(), optimizer, position, train_set, train, out, on_step, kind, heldout)
     return _finish(
-        out,
-        student.eval(),
-        target,
-        tokenizer,
-        heldout,
-        initial,
-        position,
-        train,
-        time.perf_counter() - started,
-        train_set,
-    )
+        out, student.eval(), target, tokenizer, kind.heldout(student, heldout), initial, position,
+        train, time.perf_counter() - started, train_set,
+    )  # fmt: skip
 
 
 def _check_resumed_settings(
@@ -351,26 +296,6 @@ def _load_target(target_dir):
     return loaded.model.eval(), loaded.tokenizer
 
 
-def _initial_student(target, tokenizer, train: TrainSettings, draft_dir: str | None, train_set):
-    torch.manual_seed(train.seed)
-    if draft_dir is not None:
-        student = load_initial_draft(draft_dir, target, tokenizer)
-    else:
-        student = build_student(target, parse_layers(train.layers, target.config.num_hidden_layers))
-    existing = subset_of(student.config, output_width(target))
-    if existing is not None and train.draft_vocab not in (None, existing.size):
-        raise ConfigError(
-            f"--draft {draft_dir!r} already predicts {existing.size} tokens, got --draft-vocab "
-            f"{train.draft_vocab}; allowed: {existing.size} or no --draft-vocab"
-        )
-    if train.draft_vocab is None or existing is not None:
-        return student
-    always = sorted({*tokenizer.all_special_ids, *eos_ids(target, tokenizer)})
-    return reduce_vocabulary(
-        student, choose_subset(train_set, train.draft_vocab, output_width(target), always)
-    )
-
-
 def _write_marker(
     out: Path,
     train: TrainSettings,
@@ -399,8 +324,11 @@ def _train_loop(
     settings: TrainSettings,
     out: Path,
     on_step: Callable[[int, float], None] | None,
-    subset: TokenSubset | None,
+    kind,
+    heldout: list[Sample],
 ) -> None:
+    """Steps until `settings.steps`; at each checkpoint the held-out acceptance per draft position
+    is appended to CURVE (inference only: it touches no random state, so resume stays exact)."""
     bar = tqdm(
         total=settings.steps,
         initial=position.step,
@@ -412,24 +340,34 @@ def _train_loop(
     smoothed, tokens, started = None, 0, time.perf_counter()
     while position.step < settings.steps:
         indices = next_indices(position, len(train_set), settings.batch_size, settings.seed)
-        batch = make_batch([train_set[i] for i in indices], settings.seq_len, subset)
+        samples = [train_set[i] for i in indices]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(settings, position.step)
-        loss = batch_loss(student, batch)
+        loss = kind.loss(student, samples)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         position.step += 1
-        tokens += int(batch["attention_mask"].sum())
+        tokens += sum(min(len(sample.ids), settings.seq_len) for sample in samples)
         loss = float(loss.detach())
         smoothed = loss if smoothed is None else 0.9 * smoothed + 0.1 * loss
         bar.update(1)
         bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
         if position.step % settings.checkpoint_every == 0 or position.step == settings.steps:
             save_checkpoint(out, student, optimizer, position)
+            _record_curve(out, position, kind.heldout(student.eval(), heldout), bar)
+            student.train()
         if on_step is not None:
             on_step(position.step, loss)
     bar.close()
+
+
+def _record_curve(out: Path, position: Position, metrics: dict, bar) -> None:
+    row = {"step": position.step, **metrics}
+    with (out / CURVE).open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    per_position = " ".join(f"{a:.3f}" for a in metrics["acceptance_per_position"])
+    bar.write(f"step {position.step}: held-out acceptance per draft position {per_position}", file=sys.stderr)
 
 
 def _finish(
@@ -437,7 +375,7 @@ def _finish(
     student,
     target,
     tokenizer,
-    heldout,
+    heldout: dict,
     initial,
     position: Position,
     settings: TrainSettings,
@@ -449,7 +387,7 @@ def _finish(
     tokenizer.save_pretrained(out)
     target_ms, draft_ms = forward_ms(target), forward_ms(student)
     report = {
-        "heldout": heldout_metrics(target, student, heldout),
+        "heldout": heldout,
         "initial_heldout": initial,
         "sampling": {"temperature": 1.0, "top_k": 10, "top_p": 0.9},
         "steps": position.step,
@@ -462,6 +400,8 @@ def _finish(
             "draft": draft_ms,
             "ratio": round(draft_ms / target_ms, 3),
         },
+        "kind": settings.kind,
+        "feature_layers": getattr(student.config, "feature_layers", None),
         "draft_layers": student.config.num_hidden_layers,
         "draft_vocab": settings.draft_vocab,
         "saved_dtype": settings.save_dtype,
