@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mtad.bench import report
+from mtad.bench import report, summary
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.judge import (
     METRIC,
@@ -189,12 +189,12 @@ def test_judge_scores_average_per_prompt_then_over_prompts_and_count_missing_jud
         judged_row("b", "ar", 1, None),  # missing: left out of b's mean, counted
         judged_row("c", "ar", 0, None, status="failed"),  # no answer: counted as failed only
     ]
-    (ar,) = report.summarize(rows, ["ar"], seed=3)
+    (ar,) = summary.summarize(rows, ["ar"], seed=3)
     assert ar.task_metric == METRIC and ar.judge_missing == 1 and ar.failed == 1
     assert ar.task_score.estimate == pytest.approx(5.5)  # mean of 7 and 4
     assert 4.0 <= ar.task_score.low <= 5.5 <= ar.task_score.high <= 7.0
-    assert report.summarize(rows, ["ar"], seed=3)[0].task_score == ar.task_score  # seeded
-    csv_row = report.summary_row(ar)
+    assert summary.summarize(rows, ["ar"], seed=3)[0].task_score == ar.task_score  # seeded
+    csv_row = summary.summary_row(ar)
     assert csv_row["mtbench_judge_score_1to10"] == 5.5 and csv_row["mtbench_judge_missing"] == 1
     assert csv_row["task_score"] == "" and csv_row["task_metric"] == ""
     table = report.quality_table([ar])
@@ -202,7 +202,7 @@ def test_judge_scores_average_per_prompt_then_over_prompts_and_count_missing_jud
     assert "| 5.50 [" in table
 
     every_judgement_missing = [judged_row("a", "ar", 0, None)]
-    (none,) = report.summarize(every_judgement_missing, ["ar"])
+    (none,) = summary.summarize(every_judgement_missing, ["ar"])
     assert none.task_score is None and none.judge_missing == 1
     assert "every judgement missing" in report.quality_table([none])
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtad.api import DEFAULT_SETTINGS
-from mtad.bench import metrics, report
+from mtad.bench import metrics, report, summary
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import NullMeter
 from mtad.bench.humaneval import CHAT_PROMPT_VERSION
@@ -290,7 +290,7 @@ def test_summary_pairs_speedups_pools_counts_and_counts_failures_as_wrong():
         row("b", "sd", 0, 40.0, drafted=(3, 3), accepted=(3, 0), correct=True),
         row("c", "sd", 0, 1.0, status="failed"),
     ]
-    ar, sd = report.summarize(rows, ["ar", "sd"])
+    ar, sd = summary.summarize(rows, ["ar", "sd"])
     assert ar.speedup.median == 1.0 and math.isnan(ar.acceptance_rate)
     # Paired per prompt: a 10/5 = 2, b 20/40 = 0.5; the failed sample has no speed.
     assert (sd.speedup.median, sd.speedup.q1, sd.speedup.q3) == pytest.approx((1.25, 0.875, 1.625))
@@ -303,7 +303,7 @@ def test_summary_pairs_speedups_pools_counts_and_counts_failures_as_wrong():
     assert sd.task_score.estimate == pytest.approx(2 / 3)  # the failed sample counts as wrong
     assert ar.task_score.estimate == 0.5 and ar.task_metric == "pass@1"
     assert sd.joules_per_token is None
-    without_baseline = report.summarize([r for r in rows if r["variant"] == "sd"], ["ar", "sd"])
+    without_baseline = summary.summarize([r for r in rows if r["variant"] == "sd"], ["ar", "sd"])
     assert len(without_baseline) == 1 and without_baseline[0].speedup is None
     assert "n/a (no ar in --methods)" in report.speed_table(without_baseline)
 
@@ -324,7 +324,7 @@ def test_summary_has_pass_at_k_and_paired_differences_vs_ar_and_sd():
                     row(prompt, variant, repeat, 10.0, correct=correct)
                     | {"perplexity": perplexities[variant]}
                 )
-    ar, sd, mtad = report.summarize(rows, ["ar", "sd", "mtad"], seed=3)
+    ar, sd, mtad = summary.summarize(rows, ["ar", "sd", "mtad"], seed=3)
     assert sd.task_score.estimate == pytest.approx(0.5)  # (1 + 0.5 + 0) / 3
     assert set(sd.pass_at_k) == {2}  # k = n = 2; pass@1 is the task score
     assert sd.pass_at_k[2].estimate == pytest.approx(2 / 3) and ar.pass_at_k[2].estimate == pytest.approx(
@@ -340,8 +340,8 @@ def test_summary_has_pass_at_k_and_paired_differences_vs_ar_and_sd():
     table = report.paired_table([ar, sd, mtad])
     assert "| mtad | sd | -0.167 [" in table and "| mtad | ar | +0.167 [" in table
     assert "pass@2 [95% CI]" in report.quality_table([ar, sd, mtad])
-    csv_row = report.summary_row(mtad)
+    csv_row = summary.summary_row(mtad)
     assert (
         csv_row["task_diff_vs_sd"] == pytest.approx(-0.5 / 3, abs=1e-6) and csv_row["pass_at_2"] == 0.333333
     )
-    assert report.summary_row(ar)["task_diff_vs_ar"] == ""  # no comparison with itself
+    assert summary.summary_row(ar)["task_diff_vs_ar"] == ""  # no comparison with itself

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mtad.bench import plots
-from mtad.bench.report import render_report, summarize, write_summary_csv
+from mtad.bench.report import render_report
 from mtad.bench.runner import CONFIG_FILE, MACHINE_FILE, BenchConfig, Variant, format_sweep_value
+from mtad.bench.summary import summarize, write_summary_csv
 
 SUMMARY_FILE = "summary.csv"
 REPORT_FILE = "report.md"

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from mtad.bench.report import BASELINE, VariantSummary  # noqa: E402
+from mtad.bench.summary import BASELINE, VariantSummary  # noqa: E402
 
 _DPI = 120
 

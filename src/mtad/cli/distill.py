@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "last = the final normed state; default: low, middle and final)",
     )
     group.add_argument(
-        "--draft-layers", type=int, help="features: decoder layers, from the target's last ones (default 1)"
+        "--draft-layers", type=int, help="features: decoder layers, from the target's first ones (default 1)"
     )
     group.add_argument(
         "--depths",

@@ -63,7 +63,7 @@ class TrainSettings:
         "tokens"  # "tokens" (target layers over tokens) or "features" (EAGLE-style, mtad.feature_draft)
     )
     feature_layers: str | None = None  # features: target hidden_states indices, e.g. "2,15,30"
-    draft_layers: int = 1  # features: decoder layers (initialised from the target's last ones)
+    draft_layers: int = 1  # features: decoder layers (initialised from the target's first ones)
     depths: int = 4  # features: draft steps unrolled in training; positions in the held-out table
 
     def __post_init__(self) -> None:
