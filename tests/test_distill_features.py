@@ -124,3 +124,23 @@ def test_instruction_set_2_makes_two_turn_samples_that_train(target_dir, tmp_pat
 
     talks = conversations(8, 0)
     assert {len(t) for t in talks} == {1, 2} and len({t[0].split()[0] for t in talks}) >= 5  # kinds vary
+
+
+def test_draft_heldout_script_compares_both_kinds(target_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import draft_heldout
+
+    data = replace(DATA, train_samples=4, heldout_samples=4)
+    distill(target_dir, tmp_path / "run", replace(FEATURES, steps=2), data, data_dir=tmp_path / "data")
+    monkeypatch.setattr(sys, "argv", [
+        "draft_heldout.py", "--data-dir", str(tmp_path / "data"), "--instruction-set", "1",
+        "--heldout-samples", "4", "--gen-batch-size", "4", "--depths", "3", "--target", str(target_dir),
+        "--drafts", f"{tmp_path / 'run'},{target_dir}",
+    ])  # fmt: skip
+    draft_heldout.main()
+    table = capsys.readouterr().out.splitlines()[-2:]
+    assert "| features |" in table[0] and "| tokens |" in table[1]
+    assert table[1].count("| 1.000 |") == 3  # the target as its own draft: accepted everywhere

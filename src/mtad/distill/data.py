@@ -95,7 +95,7 @@ def prepare_data(
         }
         _make_missing_shards(model, tokenizer, data_dir, split, count, settings, manifest)
     _save_manifest(data_dir, manifest)
-    return _load_split(data_dir, "train", settings), _load_split(data_dir, "heldout", settings)
+    return load_split(data_dir, "train", settings), load_split(data_dir, "heldout", settings)
 
 
 def _recipe(settings: DataSettings, target_id: str) -> dict:
@@ -201,7 +201,7 @@ def _atomic_save(samples: list[Sample], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_split(data_dir: Path, split: str, settings: DataSettings) -> list[Sample]:
+def load_split(data_dir: Path, split: str, settings: DataSettings) -> list[Sample]:
     """The first N samples of a split (N from the settings), ignoring shards beyond them."""
     count = settings.train_samples if split == "train" else settings.heldout_samples
     samples: list[Sample] = []
