@@ -117,3 +117,10 @@ def test_plugins_come_from_the_entry_point_group(monkeypatch):
         assert mtad.methods()["plugged-ar"] is plugin
     finally:
         registry._REGISTRY.pop("plugged-ar", None)
+
+
+def test_readme_method_table_is_the_registry():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert importlib.import_module("mtad.methods").markdown_table() in readme

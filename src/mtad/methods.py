@@ -146,19 +146,21 @@ BUILT_IN = (
     Method("ar", "target-only sampling with the warp (temperature, top-k, top-p)", "target", _none,
            _always(TARGET_ONLY), lossless=True),
     Method("greedy", "target-only argmax", "target", _none, _always(TARGET_ONLY), lossless=True),
-    Method("sd", "speculative sampling: draft gamma tokens, accept each with min(1, p/q), resample the "
-           "residual, bonus token", "chain", lambda spec: chain_sample,
+    Method("sd", "speculative sampling (Leviathan et al. 2023, Chen et al. 2023): draft gamma tokens, accept "
+           "each with min(1, p/q), resample the residual, bonus token", "chain", lambda spec: chain_sample,
            _always(chain_rule(acceptance.speculative)), lossless=True, settings=frozenset({"gamma"})),
     Method("mtad", "draft beam-samples gamma tokens with W beams; the target accepts the longest prefix "
-           "whose joint ratio p/q exceeds tau", "beams", _beams,
+           "whose joint likelihood ratio p/q exceeds tau; one target token after it (mode-seeking joint "
+           "decoding, so not lossless by design)", "beams", _beams,
            lambda spec: chain_rule(partial(acceptance.mtad_joint, threshold=spec.threshold)),
            lossless=False, settings=BEAMS | {"threshold"}),
-    Method("mmtad", "every beam of every draft step forms a tree, verified in one pass; the deepest node "
-           "passing the joint-ratio test wins", "beam_tree", _beam_tree, _mmtad_rule, lossless=False,
+    Method("mmtad", "multi-candidate MTAD: every beam of every draft step forms a tree, verified in one "
+           "target pass with tree attention; the deepest node passing the joint-ratio test wins (--reference "
+           "best/max/own)", "beam_tree", _beam_tree, _mmtad_rule, lossless=False,
            settings=BEAMS | {"threshold", "reference"}),
-    Method("specinfer", "SpecInfer-style token tree from a branching config, multi-candidate speculative "
-           "sampling", "branching_tree", _branching, _specinfer_rule, lossless=True,
-           settings=frozenset({"tree", "with_replacement"})),
+    Method("specinfer", "SpecInfer-style token tree from a branching config (--tree 4,2,2), multi-candidate "
+           "speculative sampling with or without replacement", "branching_tree", _branching, _specinfer_rule,
+           lossless=True, settings=frozenset({"tree", "with_replacement"})),
     Method("mtjd", "target-only beam sampling of gamma-token blocks: the quality reference, slow by design",
            "self_beams", _beams, _always(chain_rule(acceptance.accept_all)), lossless=False, settings=BEAMS),
 )  # fmt: skip
@@ -193,6 +195,16 @@ def get_method(name: object) -> Method:
     if not isinstance(name, str) or name not in registry:
         raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(registry)}", "method")
     return registry[name]
+
+
+def markdown_table(listed: tuple[Method, ...] = BUILT_IN) -> str:
+    """The README's method table, made from the registry's built-ins (a test keeps them equal)."""
+    lines = ["| method | what it does | lossless | draft |", "|---|---|---|---|"]
+    for method in listed:
+        draft = "the target's own" if method.shape == "self_beams" else "yes" if method.needs_draft else "no"
+        lossless = "yes" if method.lossless else "no"
+        lines.append(f"| `{method.name}` | {method.description} | {lossless} | {draft} |")
+    return "\n".join(lines)
 
 
 def _load_plugins() -> None:
