@@ -224,7 +224,7 @@ def test_the_reported_command_reproduces_the_configuration(pair_dirs, prompts_fi
 
 def test_a_second_run_on_a_busy_directory_is_refused(pair_dirs, prompts_file, tmp_path, capsys):
     """Two benches on one --out used to both append: every sample twice (issue 15)."""
-    from mtad.bench.runner import LOCK_FILE
+    from mtad.bench.rundir import LOCK_FILE
     from mtad.locking import exclusive_directory
 
     out = tmp_path / "busy"
@@ -236,7 +236,7 @@ def test_a_second_run_on_a_busy_directory_is_refused(pair_dirs, prompts_file, tm
 
 
 def test_a_stale_lock_file_from_a_killed_run_does_not_block_a_resume(pair_dirs, prompts_file, tmp_path):
-    from mtad.bench.runner import LOCK_FILE
+    from mtad.bench.rundir import LOCK_FILE
 
     out = tmp_path / "stale"
     assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar")) == 0

@@ -15,13 +15,12 @@ from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import NullMeter
 from mtad.bench.humaneval import CHAT_PROMPT_VERSION
 from mtad.bench.machine import PeakMemory
+from mtad.bench.rundir import load_results, prepare_output_dir
 from mtad.bench.runner import (
     BenchConfig,
     BenchContext,
     Sweep,
-    load_results,
     plan_variants,
-    prepare_output_dir,
     run_sample,
     sample_seed,
     schedule,

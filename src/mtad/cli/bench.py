@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     from mtad.bench.datasets import load_dataset
     from mtad.bench.outputs import write_outputs
     from mtad.bench.report import speed_table
-    from mtad.bench.runner import LOCK_FILE, needs_draft, plan_variants, prepare_output_dir, run_bench
+    from mtad.bench.rundir import LOCK_FILE, prepare_output_dir
+    from mtad.bench.runner import needs_draft, plan_variants, run_bench
     from mtad.bench.summary import summarize
     from mtad.locking import exclusive_directory
 

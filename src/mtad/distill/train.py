@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM
 
+from mtad.distill.checkpoints import CHECKPOINT, Position, load_checkpoint, save_checkpoint
 from mtad.distill.data import DataSettings, Sample, prepare_data, target_fingerprint
 from mtad.distill.kinds import KINDS, draft_kind
 from mtad.distill.metrics import forward_ms
@@ -39,7 +39,6 @@ from mtad.models import load_model
 
 MARKER = "mtad_distill.json"
 LOCK = ".mtad_distill.lock"
-CHECKPOINT = "checkpoint"
 CURVE = "heldout_curve.jsonl"  # held-out acceptance per draft position at each checkpoint
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings a resumed run must share with the original; steps and checkpoint_every may change.
@@ -80,15 +79,6 @@ class TrainSettings:
             raise ConfigError(
                 f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}"
             )
-
-
-@dataclass
-class Position:
-    """Where training stands: completed steps and the next sample in the epoch's permutation."""
-
-    step: int = 0
-    epoch: int = 0
-    cursor: int = 0
 
 
 # --- output directory -----------------------------------------------------------------------
@@ -145,37 +135,6 @@ def _remove_outputs(out_dir: Path) -> None:
         ours = ours or path.suffix == ".safetensors" or path.name.startswith(("tokenizer", ".checkpoint"))
         if ours:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-# --- checkpoints ----------------------------------------------------------------------------
-
-
-def save_checkpoint(out_dir: Path, student, optimizer, position: Position) -> None:
-    """Write the checkpoint beside the old one, then swap, so a crash never leaves neither."""
-    staging = out_dir / ".checkpoint.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    student.save_pretrained(staging)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, staging / "optimizer.pt"
-    )
-    (staging / "trainer_state.json").write_text(json.dumps(asdict(position)) + "\n")
-    final, old = out_dir / CHECKPOINT, out_dir / ".checkpoint.old"
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(out_dir: Path, lr: float):
-    """The student, its optimizer and the position saved in `out_dir/checkpoint`."""
-    folder = out_dir / CHECKPOINT
-    student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    saved = torch.load(folder / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["torch_rng"])
-    return student, optimizer, Position(**json.loads((folder / "trainer_state.json").read_text()))
 
 
 # --- batches --------------------------------------------------------------------------------
