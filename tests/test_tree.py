@@ -153,15 +153,15 @@ def test_mmtad_tree_accepts_the_deepest_passing_node_with_ties_by_target_joint()
     g = torch.Generator().manual_seed(0)
     # target joints: n0 .5, n1 .4, n2 .45, n3 .08, n4 .0008; ratios: 1, .8, 2.25, .4, .004
     verdict = mmtad_tree(p, tokens, parents, depths, reference, g, threshold=0.5)
-    assert verdict.path == [0, 2]  # depth 2: only n2 passes
-    assert verdict.next_token == 6  # p after node 2 is one-hot on 6
+    assert verdict.path() == [0, 2]  # depth 2: only n2 passes
+    assert int(verdict.next_token[0]) == 6  # p after node 2 is one-hot on 6
     verdict = mmtad_tree(p, tokens, parents, depths, reference, g, threshold=0.3)
-    assert verdict.path == [0, 2]  # n2 and n3 pass at depth 2: n2 has the higher target joint
+    assert verdict.path() == [0, 2]  # n2 and n3 pass at depth 2: n2 has the higher target joint
     verdict = mmtad_tree(p, tokens, parents, depths, reference, g, threshold=0.001)
-    assert verdict.path == [1, 3, 4]  # the deepest passing node wins even with a small joint
+    assert verdict.path() == [1, 3, 4]  # the deepest passing node wins even with a small joint
     verdict = mmtad_tree(p, tokens, parents, depths, reference + 10, g, threshold=0.5)
-    assert verdict.path == []  # nothing passes: one token from p at the root
-    assert verdict.next_token in (1, 2, 7)
+    assert verdict.path() == []  # nothing passes: one token from p at the root
+    assert int(verdict.next_token[0]) in (1, 2, 7)
 
 
 def test_reference_rules():
@@ -185,8 +185,8 @@ def test_specinfer_hand_built_tree_deterministic_path():
     q = _one_hot_rows({0: {3: 0.5, 4: 0.5}, 2: {5: 1.0}}, 3)
     for seed in range(20):
         verdict = specinfer_tree(p, q, tokens, parents, torch.Generator().manual_seed(seed))
-        assert verdict.path == [1, 2]
-        assert verdict.next_token == 6
+        assert verdict.path() == [1, 2]
+        assert int(verdict.next_token[0]) == 6
 
 
 @pytest.mark.parametrize("with_replacement", [True, False])
@@ -219,7 +219,7 @@ def test_specinfer_is_lossless_over_a_two_level_tree(with_replacement):
         for k in range(3, nodes):
             p[1 + k] = torch.full((V,), 1 / V)
         verdict = specinfer_tree(p, q, torch.tensor(tokens), torch.tensor(parents), g, with_replacement)
-        committed = [tokens[i] for i in verdict.path] + [verdict.next_token]
+        committed = [tokens[i] for i in verdict.path()] + [int(verdict.next_token[0])]
         firsts.append(committed[0])
         if len(committed) == 1:
             committed.append(int(torch.multinomial(p_child[committed[0]], 1, generator=g)))

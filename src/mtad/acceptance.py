@@ -11,7 +11,8 @@ Shapes: every rule is batched over rows so a batch of prompts with ragged accept
     p:      [rows, n + 1, vocab]   p[:, j] is the target distribution of the token after x_<=j
     q:      [rows, n, vocab]       q[:, j] is the draft distribution x_{j+1} was drawn from
     tokens: [rows, n]              the draft tokens x_1..x_n
-Each returns a `Verdict`: accepted [rows] (0..n) and next_token [rows].
+Each returns a `Verdict`: accepted [rows] (0..n) and next_token [rows]; tree rules (below) return
+the same type with the accepted path's node indices.
 
 Which rules are lossless (output distribution equals sampling from p token by token):
 `speculative` is; `accept_none` trivially is; `mtad_joint` is not, by design — it is a
@@ -33,8 +34,20 @@ from mtad.tree import path_to
 
 @dataclass(frozen=True)
 class Verdict:
+    """What a rule decides, per row: how many draft tokens it accepted, the token after them, and
+    for a tree which nodes (a chain's accepted nodes are its first `accepted`)."""
+
     accepted: torch.Tensor  # [rows] long, number of accepted draft tokens
     next_token: torch.Tensor  # [rows] long, recovered or bonus token
+    tree_paths: tuple[tuple[int, ...], ...] | None = (
+        None  # per row: accepted node indices, root's child first
+    )
+
+    def path(self, row: int = 0) -> list[int]:
+        """The accepted draft nodes of `row`, in order."""
+        if self.tree_paths is not None:
+            return list(self.tree_paths[row])
+        return list(range(int(self.accepted[row])))
 
 
 def accept_none(
@@ -118,10 +131,8 @@ def _next_from_p(p: torch.Tensor, accepted: torch.Tensor, generator: torch.Gener
 # p and q are [1 + nodes, vocab]: row 0 after the root context, row 1 + i after node i.
 
 
-@dataclass(frozen=True)
-class TreeVerdict:
-    path: list[int]  # accepted node indices, root's child first
-    next_token: int  # recovered or bonus token after the path
+def _tree_verdict(path: list[int], next_token: torch.Tensor) -> Verdict:
+    return Verdict(torch.tensor([len(path)]), next_token, (tuple(path),))
 
 
 def reference_log_joints(
@@ -158,7 +169,7 @@ def mmtad_tree(
     reference: torch.Tensor,
     generator: torch.Generator,
     threshold: float,
-) -> TreeVerdict:
+) -> Verdict:
     """MMTAD: accept the path to the deepest node whose target joint / reference joint > tau.
 
     Ties at that depth go to the higher target joint. Then one token from p after the path (at the
@@ -172,7 +183,7 @@ def mmtad_tree(
         if key > best_key:
             best, best_key = node, key
     path = path_to(best, parents)
-    return TreeVerdict(path, int(sample(p[best + 1].unsqueeze(0), generator)))
+    return _tree_verdict(path, sample(p[best + 1].unsqueeze(0), generator))
 
 
 def specinfer_tree(
@@ -182,7 +193,7 @@ def specinfer_tree(
     parents: torch.Tensor,
     generator: torch.Generator,
     with_replacement: bool = True,
-) -> TreeVerdict:
+) -> Verdict:
     """Multi-candidate speculative sampling down a token tree (SpecInfer; MCSD). Lossless.
 
     At a node with target p and draft q, try its children in order: accept child x with
@@ -208,10 +219,10 @@ def specinfer_tree(
                 draft[x] = 0
                 draft = normalise(draft) if draft.sum() > 0 else draft
         else:
-            return TreeVerdict(path, int(sample(target.unsqueeze(0), generator)))
+            return _tree_verdict(path, sample(target.unsqueeze(0), generator))
         path.append(node)
         target, draft = p[node + 1], q[node + 1]
-    return TreeVerdict(path, int(sample(target.unsqueeze(0), generator)))
+    return _tree_verdict(path, sample(target.unsqueeze(0), generator))
 
 
 def _residual(target: torch.Tensor, draft: torch.Tensor) -> torch.Tensor:

@@ -212,7 +212,8 @@ class Generation:
             p = proposal.verify(target, sequence, self.sampling)
             # 3. accept, on the target's device (a draft may live on another one)
             rule = accept if n > 0 else TARGET_ONLY
-            path, next_token = rule(p, proposal.to(p.device), generators.on(target.device))
+            verdict = rule(p, proposal.to(p.device), generators.on(target.device))
+            path, next_token = verdict.path(), int(verdict.next_token[0])
             # 4. commit (stop conditions first: nothing past them is appended or streamed)
             node_tokens = proposal.tokens.flatten().tolist()
             block, finish = stopper.cut(generated, [node_tokens[i] for i in path] + [next_token])

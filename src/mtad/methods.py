@@ -3,7 +3,7 @@ every check, the CLI's help, the server's validation and the bench's sweep rules
 
 A method is a *shape* (how a round is drafted: nothing, a chain, beams, a beam tree, a branching
 tree, or the target's own beams), a *proposer* for that shape, an *acceptance rule* (a pure
-function of `mtad.acceptance`, wrapped to the engine's `Acceptor`), whether it is lossless, and
+function of `mtad.acceptance` returning a `Verdict`, given the round's `Round`), whether it is lossless, and
 which decoding settings it reads. Adding one is one record (plus, if new, one rule and one
 proposer):
 
@@ -32,8 +32,8 @@ from mtad.errors import ConfigError
 
 #: (drafter, committed sequence [1, len], depth n, warp, generator) -> the round's draft (a `Round`).
 Proposer = Callable[[CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Round]
-#: (p, proposal, generator) -> (accepted node indices, next token). Chains' nodes are 0..n-1.
-Acceptor = Callable[[torch.Tensor, Proposal | TreeProposal, torch.Generator], tuple[list[int], int]]
+#: (p, proposal, generator) -> the Verdict (accepted nodes and the next token; chains' nodes are 0..n-1).
+Acceptor = Callable[[torch.Tensor, Proposal | TreeProposal, torch.Generator], acceptance.Verdict]
 
 #: How a round is drafted; decides the nodes the target verifies and what a round costs.
 SHAPES = ("target", "chain", "beams", "beam_tree", "branching_tree", "self_beams")
@@ -73,15 +73,14 @@ class Method:
         return self.shape in DRAFTED_SHAPES
 
 
-# ---- acceptance rules, wrapped to the engine's Acceptor -----------------------------------------
+# ---- acceptance rules, given a round's proposal ---------------------------------------------------
 
 
 def chain_rule(rule: Callable) -> Acceptor:
     """A chain rule of `mtad.acceptance` (p, q, tokens, generator) -> Verdict, as an Acceptor."""
 
-    def accept(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> tuple[list[int], int]:
-        verdict = rule(p, proposal.probs, proposal.tokens, generator)
-        return list(range(int(verdict.accepted[0]))), int(verdict.next_token[0])
+    def accept(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> acceptance.Verdict:
+        return rule(p, proposal.probs, proposal.tokens, generator)
 
     return accept
 
@@ -91,25 +90,23 @@ TARGET_ONLY = chain_rule(acceptance.accept_none)
 
 
 def _mmtad_rule(spec: SpeculationConfig) -> Acceptor:
-    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
+    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> acceptance.Verdict:
         tree = proposal.tree
         reference = acceptance.reference_log_joints(
             proposal.log_joint, tree.depths, tree.parents, proposal.best_leaf, spec.reference
         )
-        verdict = acceptance.mmtad_tree(
+        return acceptance.mmtad_tree(
             p[0], proposal.tokens, tree.parents, tree.depths, reference, generator, spec.threshold
         )
-        return verdict.path, verdict.next_token
 
     return accept
 
 
 def _specinfer_rule(spec: SpeculationConfig) -> Acceptor:
-    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> tuple[list[int], int]:
-        verdict = acceptance.specinfer_tree(
+    def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> acceptance.Verdict:
+        return acceptance.specinfer_tree(
             p[0], proposal.probs, proposal.tokens, proposal.tree.parents, generator, spec.with_replacement
         )
-        return verdict.path, verdict.next_token
 
     return accept
 
