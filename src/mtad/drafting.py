@@ -1,9 +1,19 @@
 """Proposers: how a round's draft block is made.
 
 A proposer gets the model that drafts, the committed sequence and a block length n, and returns
-a `Proposal`: the draft tokens and the warped draft distributions they were drawn from. It
-leaves the drafting model's cache holding the committed sequence plus the block's first n - 1
-tokens (the last draft token is never fed); the engine truncates it after acceptance.
+a `Round` (`Proposal` for a chain, `TreeProposal` for a tree): the draft tokens and the warped draft
+distributions they were drawn from. It leaves the drafting model's cache holding the committed
+sequence plus the block's first n - 1 tokens (the last draft token is never fed); the round rolls
+it back after acceptance.
+
+State across rounds lives in the drafting model (`mtad.cache`), which the engine keeps for the
+whole generation and tells each round's outcome through `Round.roll_back`. A draft that reads the
+target's hidden states (`mtad.cache.FeatureDrafter`) receives them through the target's cache: the
+target keeps, for every position it has cached, the `hidden_states` layers the draft's config
+names (`feature_layers`: 0 = embeddings, L = the last layer after the final norm), made by the
+verification forward of each round and rolled back with the target's cache; a drafter that is not
+ready to draft (it needs the target's states up to the last committed token) makes the engine take
+a target-only round.
 """
 
 from __future__ import annotations
