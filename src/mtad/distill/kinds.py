@@ -11,6 +11,10 @@ loss of a batch of samples, and scores held-out samples (expected acceptance per
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -121,10 +125,12 @@ class TokenDrafts:
 
 
 class FeatureDrafts:
-    """An EAGLE-style draft; the loss reads a live target forward (states and distributions)."""
+    """An EAGLE-style draft; the loss reads a target forward per sample (states and teacher), made
+    the first time a sample is drawn, kept in memory and, with `cache_dir`, on disk (keyed by the
+    sample's tokens and the layers), so a resumed run or a later session does not redo it."""
 
-    def __init__(self, target, settings) -> None:
-        self.target, self.settings = target, settings
+    def __init__(self, target, settings, cache_dir: Path | None = None) -> None:
+        self.target, self.settings, self.cache_dir = target, settings, cache_dir
         self.signal: dict[int, tuple] = {}  # id(sample) -> (states, teacher ids, teacher log-probs)
 
     def initial(self, tokenizer, draft_dir: str | None, train_set: list[Sample]):
@@ -153,7 +159,7 @@ class FeatureDrafts:
     def loss(self, student, samples: list[Sample]) -> torch.Tensor:
         for sample in samples:  # the first epoch pays one target forward per sample; later ones reuse it
             if id(sample) not in self.signal:
-                self.signal[id(sample)] = sample_signal(self.target, sample, student.config.feature_layers)
+                self.signal[id(sample)] = self._signal(sample, student.config.feature_layers)
         taught = [
             Sample(s.ids, s.start, self.signal[id(s)][1], self.signal[id(s)][2]) for s in samples
         ]  # the teacher from the same forward as the states
@@ -163,9 +169,25 @@ class FeatureDrafts:
     def heldout(self, student, samples: list[Sample]) -> dict:
         return feature_heldout_metrics(student, self.target, samples, self.settings.depths)
 
+    def _signal(self, sample: Sample, layers: list[int]) -> tuple:
+        if self.cache_dir is None:
+            return sample_signal(self.target, sample, layers)
+        key = hashlib.sha256(sample.ids.numpy().tobytes() + f"{sample.start}:{layers}".encode()).hexdigest()
+        path = self.cache_dir / f"{key[:32]}.pt"
+        if path.is_file():
+            return tuple(torch.load(path, weights_only=True))
+        made = sample_signal(self.target, sample, layers)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(list(made), path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+        return made
 
-def draft_kind(target, settings) -> TokenDrafts | FeatureDrafts:
-    return (FeatureDrafts if settings.kind == "features" else TokenDrafts)(target, settings)
+
+def draft_kind(target, settings, cache_dir: Path | None = None) -> TokenDrafts | FeatureDrafts:
+    """The trainer for `settings.kind`; a feature trainer keeps its per-sample signal in `cache_dir`."""
+    if settings.kind == "features":
+        return FeatureDrafts(target, settings, cache_dir)
+    return TokenDrafts(target, settings)
 
 
 def parse_feature_layers(text: str | None, num_layers: int) -> list[int] | None:

@@ -6,6 +6,7 @@ The output directory:
   config.json, model.safetensors, tokenizer files, generation_config.json   the final draft
   report.json          held-out KL, greedy agreement, expected acceptance, forward-cost ratio
   heldout_curve.jsonl  held-out expected acceptance per draft position at every checkpoint
+  teacher/             feature drafts: each sample's target states and teacher top-k, made once
   data/                generated text and teacher signal (default --data-dir), kept by --overwrite
 
 Exact resume: the batch order is a seeded permutation per epoch, so (epoch, cursor) plus the
@@ -39,6 +40,7 @@ from mtad.models import load_model
 
 MARKER = "mtad_distill.json"
 LOCK = ".mtad_distill.lock"
+TEACHER_CACHE = "teacher"  # feature drafts: per-sample target states and teacher top-k (kinds.py)
 CURVE = "heldout_curve.jsonl"  # held-out acceptance per draft position at each checkpoint
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings a resumed run must share with the original; steps and checkpoint_every may change.
@@ -126,6 +128,7 @@ def _remove_outputs(out_dir: Path) -> None:
             MARKER,
             CHECKPOINT,
             CURVE,
+            TEACHER_CACHE,
             "report.json",
             "config.json",
             "generation_config.json",
@@ -200,7 +203,7 @@ def _distill(
     train_set, heldout = prepare_data(target, tokenizer, data_path, data, target_fingerprint(target_dir))
     if not train_set:
         raise ConfigError("no training samples; allowed: --samples >= 1")
-    kind = draft_kind(target, train)
+    kind = draft_kind(target, train, out / TEACHER_CACHE)
     if resuming:
         student, optimizer, position = load_checkpoint(out, train.lr)
         student = kind.loaded(student)
