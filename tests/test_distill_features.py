@@ -144,3 +144,21 @@ def test_draft_heldout_script_compares_both_kinds(target_dir, tmp_path, capsys, 
     table = capsys.readouterr().out.splitlines()[-2:]
     assert "| features |" in table[0] and "| tokens |" in table[1]
     assert table[1].count("| 1.000 |") == 3  # the target as its own draft: accepted everywhere
+
+
+def test_cli_trains_a_feature_draft_and_refuses_bad_input(target_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    from mtad.cli import main
+
+    common = ["distill", "--target", str(target_dir), "--out", str(tmp_path / "run"),
+              "--data-dir", str(data_dir), "--samples", "12", "--heldout-samples", "4",
+              "--gen-batch-size", "4", "--max-new-tokens", "16",
+              "--teacher-top-k", "16", "--batch-size", "2", "--seq-len", "32", "--kind", "features"]  # fmt: skip
+    assert main([*common, "--steps", "2", "--depths", "2", "--feature-layers", "1,4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "features" and report["feature_layers"] == [1, 4]
+    assert len(report["heldout"]["acceptance_per_position"]) == 2
+    assert main([*common, "--steps", "3", "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "bad"), "--depths", "0"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--depths must be >= 1" in error[0]

@@ -162,6 +162,11 @@ def test_feature_draft_saves_loads_and_refuses_another_target(tmp_path, target, 
         target, fdraft, PROMPTS[0], method="sd", gamma=3, max_new_tokens=12, seed=4, **NO_EOS
     )
     assert mine.tokens == again.tokens
+    from mtad.cli import main  # the CLI takes a feature draft directory like any other
+
+    code = main(["generate", "--target", str(target_dir), "--draft", str(draft_dir), "--method", "mmtad",
+                 "--gamma", "3", "--max-new-tokens", "10", "--seed", "1", "--raw", "w3 w5"])  # fmt: skip
+    assert code == 0
     other = tiny_llama(seed=5, layers=2)
     with pytest.raises(DraftMismatchError, match="trained for another target"):
         mtad.generate(other, fdraft, PROMPTS[0], method="sd", max_new_tokens=4)
