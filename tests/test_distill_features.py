@@ -151,8 +151,8 @@ def test_cli_trains_a_feature_draft_and_refuses_bad_input(target_dir, data_dir, 
 
     common = ["distill", "--target", str(target_dir), "--out", str(tmp_path / "run"),
               "--data-dir", str(data_dir), "--samples", "12", "--heldout-samples", "4",
-              "--gen-batch-size", "4", "--max-new-tokens", "16",
-              "--teacher-top-k", "16", "--batch-size", "2", "--seq-len", "32", "--kind", "features"]  # fmt: skip
+              "--gen-batch-size", "4", "--max-new-tokens", "16", "--teacher-top-k", "16",
+              "--batch-size", "2", "--seq-len", "32", "--kind", "features"]  # fmt: skip
     assert main([*common, "--steps", "2", "--depths", "2", "--feature-layers", "1,4"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "features" and report["feature_layers"] == [1, 4]
