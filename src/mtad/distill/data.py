@@ -196,18 +196,23 @@ def _shard_name(split: str, index: int) -> str:
 
 
 def _atomic_save(samples: list[Sample], path: Path) -> None:
+    """Token ids as uint16 when every id fits (a quarter of int64: the data is small enough to commit)."""
+    rows = [asdict(s) for s in samples]
+    if all(int(row["ids"].max()) < 2**16 for row in rows):
+        for row in rows:
+            row["ids"] = row["ids"].to(torch.uint16)
     tmp = path.with_suffix(".tmp")
-    torch.save([asdict(s) for s in samples], tmp)
+    torch.save(rows, tmp)
     os.replace(tmp, path)
 
 
 def load_split(data_dir: Path, split: str, settings: DataSettings) -> list[Sample]:
-    """The first N samples of a split (N from the settings), ignoring shards beyond them."""
+    """The first N samples of a split (N from the settings), ignoring shards beyond them; ids int64."""
     count = settings.train_samples if split == "train" else settings.heldout_samples
     samples: list[Sample] = []
     for index in range(math.ceil(count / settings.gen_batch_size)):
         rows = torch.load(data_dir / _shard_name(split, index), weights_only=True)
-        samples += [Sample(**row) for row in rows]
+        samples += [Sample(**(row | {"ids": row["ids"].long()})) for row in rows]
     return samples[:count]
 
 
