@@ -80,3 +80,24 @@ def test_real_caches_match_a_fresh_forward(real_target, prompt_ids, method):
             ).logits[:, -1]
             fresh = model(input_ids=sequence).logits[:, -1]
         torch.testing.assert_close(via_cache, fresh, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["sd", "mmtad"])
+def test_a_feature_draft_on_the_real_target(real_target, prompt_ids, method):
+    """An untrained feature draft (mtad.feature_draft) of the real target: T = 0 equals greedy, and
+    after every round the target's kept hidden states equal a fresh forward's."""
+    from mtad.feature_draft import build_feature_draft
+
+    model = real_target.model
+    draft = build_feature_draft(model, list(range(8192))).eval()
+    expected = mtad.generate(model, None, prompt_ids, method="greedy", max_new_tokens=16, eos_token_id=[])
+    generation = mtad.stream(model, draft, prompt_ids, method=method, temperature=0, max_new_tokens=16,
+                             eos_token_id=[], gamma=3, beam_width=2)  # fmt: skip
+    for _ in generation:
+        cached, sequence = generation.target, generation.sequence
+        with torch.inference_mode():
+            hidden = model(input_ids=sequence, output_hidden_states=True).hidden_states
+        fresh = torch.cat([hidden[i] for i in cached.feature_layers], dim=-1)[:, : cached.length]
+        torch.testing.assert_close(cached.features, fresh, atol=2e-3, rtol=1e-4)
+    assert generation.result.tokens == expected.tokens
+    assert generation.result.stats.drafted_tokens > 0
