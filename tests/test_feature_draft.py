@@ -162,6 +162,16 @@ def test_feature_draft_saves_loads_and_refuses_another_target(tmp_path, target, 
         target, fdraft, PROMPTS[0], method="sd", gamma=3, max_new_tokens=12, seed=4, **NO_EOS
     )
     assert mine.tokens == again.tokens
+    # Every part loads in the asked dtype, also when the target's config names its own (real ones do).
+    saved_dtype = copy.deepcopy(target)
+    saved_dtype.config.dtype = "float32"
+    feature_draft(saved_dtype).save_pretrained(tmp_path / "pinned")
+    tokenizer.save_pretrained(tmp_path / "pinned")
+    _, half = mtad.load_pair(target_dir, tmp_path / "pinned", dtype="bfloat16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    bf16_target = copy.deepcopy(target).to(torch.bfloat16)
+    result = mtad.generate(bf16_target, half.model, PROMPTS[0], method="sd", max_new_tokens=6, seed=1)
+    assert len(result.tokens) == 6
     from mtad.cli import main  # the CLI takes a feature draft directory like any other
 
     code = main(["generate", "--target", str(target_dir), "--draft", str(draft_dir), "--method", "mmtad",

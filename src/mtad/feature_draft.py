@@ -99,7 +99,9 @@ class FeatureDraft(PreTrainedModel):
         width = config.hidden_size
         self.fuse = nn.Linear(config.target_hidden_size * len(config.feature_layers), width, bias=False)
         self.combine = nn.Linear(2 * width, width, bias=False)
-        self.decoder = AutoModel.from_config(config.decoder_config())
+        # The dtype from_pretrained/from_config is building in (the decoder's own config would
+        # otherwise pin the target's saved dtype and leave the layers float32 in a bf16 draft).
+        self.decoder = AutoModel.from_config(config.decoder_config(), dtype=torch.get_default_dtype())
         self.head = nn.Linear(width, len(config.mtad_token_ids), bias=False)
         self._target_embedding = _Borrowed()  # neither saved, moved nor copied with the draft
         self.post_init()
