@@ -127,7 +127,11 @@ class PartTimer:
         def which_forward(model: cache.CachedModel, *_: object) -> str:
             return "target forward" if model.model is self.target_model else "draft forward"
 
-        patches = [(cache.CachedModel, "_own_logits", which_forward)]
+        # A feature draft's forward overrides the base one (and does not call it): patch both.
+        patches = [
+            (cache.CachedModel, "_own_logits", which_forward),
+            (cache.FeatureDrafter, "_own_logits", which_forward),
+        ]
         patches += [
             (cache.CachedModel, op, "cache ops") for op in ("truncate", "keep", "repeat", "reorder", "select")
         ]
