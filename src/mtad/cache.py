@@ -112,9 +112,10 @@ class CachedModel:
         if self.maps_inputs:
             tokens = self.subset.to_draft(tokens)
         capture = self.feature_layers is not None
+        extra = {"output_hidden_states": True} if capture else {}  # the plain call stays the plain call
         out = self.model(
             input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=keep,
-            position_ids=position_ids, attention_mask=attention_mask, output_hidden_states=capture,
+            position_ids=position_ids, attention_mask=attention_mask, **extra,
         )  # fmt: skip
         self.calls += 1
         if capture:
