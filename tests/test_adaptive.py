@@ -117,7 +117,9 @@ def test_auto_is_the_paper_s_block_for_mtjd_and_ignored_by_target_only_methods(t
     )
     assert auto.tokens == fixed.tokens
     # Seeded and without EOS: an unseeded run may sample EOS early (a flaky 2 == 3 seen in CI).
-    plain = mtad.generate(target, None, PROMPTS[0], method="ar", gamma="auto", max_new_tokens=3, seed=1, **NO_EOS)
+    plain = mtad.generate(
+        target, None, PROMPTS[0], method="ar", gamma="auto", max_new_tokens=3, seed=1, **NO_EOS
+    )
     assert len(plain.tokens) == 3
 
 
