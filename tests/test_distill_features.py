@@ -101,6 +101,8 @@ def test_feature_settings_are_validated(target_dir, data_dir, tmp_path):  # noqa
         TrainSettings(kind="pixels")
     with pytest.raises(ConfigError, match="--depths must be >= 1"):
         TrainSettings(kind="features", depths=0)
+    with pytest.raises(ConfigError, match=r"--draft-layers must be in \[1, 4\]"):
+        distill(target_dir, tmp_path / "layers", replace(FEATURES, draft_layers=9), DATA, data_dir=data_dir)
     with pytest.raises(ConfigError, match=r"--feature-layers must be distinct integers in \[0, 4\]"):
         distill(
             target_dir, tmp_path / "run", replace(FEATURES, feature_layers="1,9"), DATA, data_dir=data_dir

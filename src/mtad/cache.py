@@ -234,6 +234,7 @@ class FeatureDrafter(CachedModel):
         super().truncate(length)
         if self.outputs is not None:
             self.outputs = self.outputs[:, :length]
+        self.real = length
 
     def keep(self, positions: torch.Tensor) -> None:
         positions = positions[positions < self.real]  # drafted slots are always re-read

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mtad.errors import DraftMismatchError
+from mtad.errors import ConfigError, DraftMismatchError
 
 MODEL_TYPE = "mtad_feature_draft"
 #: Config fields that decide which hidden states and tokens a draft was trained on.
@@ -117,12 +117,20 @@ class FeatureDraft(PreTrainedModel):
         check_target(self, target)
         self._target_embedding.module = target.get_input_embeddings()
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        embedding = self._target_embedding.module
-        if embedding is None:
+    @property
+    def target_width(self) -> int:
+        """Token ids of the attached target's vocabulary (its embedding rows)."""
+        return self._embedding().weight.shape[0]
+
+    def _embedding(self) -> nn.Module:
+        if self._target_embedding.module is None:
             raise RuntimeError(
                 "a feature draft embeds tokens with its target's embedding: call attach(target)"
             )
+        return self._target_embedding.module
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embedding = self._embedding()
         vectors = embedding(input_ids.to(embedding.weight.device))
         return vectors.to(device=self.head.weight.device, dtype=self.head.weight.dtype)
 
@@ -212,7 +220,7 @@ def build_feature_draft(
     source = target.config
     total = source.num_hidden_layers
     if not 1 <= num_layers <= total:
-        raise ValueError(f"num_layers must be in [1, {total}], got {num_layers}")
+        raise ConfigError(f"--draft-layers must be in [1, {total}] (the target's layers), got {num_layers}")
     layers = feature_layers or default_feature_layers(total)
     decoder = copy.deepcopy(source)
     decoder.num_hidden_layers = num_layers

@@ -53,12 +53,10 @@ class DataSettings:
     temperature: float = 1.0
     top_k: int = 10
     top_p: float = 0.9
-    instruction_set: int = (
-        1  # 1: explanatory prose (instructions.py); 2: eight kinds, two turns (conversations.py)
-    )
-    generation_dtype: str = (
-        "float32"  # "auto": the CPU's best (bf16 where native); teacher signals stay float32
-    )
+    # 1: explanatory prose (instructions.py); 2: eight kinds of request, some in two turns (conversations.py)
+    instruction_set: int = 1
+    # the dtype that writes the answers ("auto": bf16 where the CPU runs it natively); teachers stay float32
+    generation_dtype: str = "float32"
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Training a feature draft (`mtad.feature_draft`): teacher states, unrolled steps, held-out table.
 
-What the draft reads (the chosen layers' hidden states) comes from one target forward per
-training sample, made the first time the sample is drawn and kept in memory (bfloat16) for later
-epochs: the target forward costs far more than the draft's step. What it learns is the teacher
-top-k stored with the data (from the float32 target). Nothing is stored on disk per token beyond
-the data itself, so the committed data stays token ids. Held-out scores use a live target forward
-with the full distribution.
+What the draft reads (the chosen layers' hidden states) and what it learns (the teacher's top-64
+next-token log-probs) come from one float32 target forward per training sample (`sample_signal`),
+made the first time the sample is drawn and kept for later epochs, in memory and under the run's
+output directory (`kinds.FeatureDrafts`): the target forward costs far more than the draft's step.
+None of it is committed: the data stays token ids. Held-out scores use a live target forward with
+the full distribution.
 
 Training-time test (EAGLE-3): at decode time only the first drafted token reads a real target
 state; the j-th reads the draft's own output. So the loss unrolls `depths` draft steps. Depth 1 is
@@ -30,7 +30,8 @@ from mtad.vocabulary import TokenSubset
 
 
 def target_signal(target, input_ids, attention_mask, layers: list[int], rows, columns):
-    """Hidden states [B, W, F] of `layers`, and the target's logits at (rows, columns) [N, V]."""
+    """Hidden states [B, W, F] of `layers`, and the target's logits at (rows, columns) [N, V].
+    `attention_mask` None: every position is real (one unpadded sample)."""
     with torch.no_grad():
         hidden = target.get_decoder()(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
@@ -93,12 +94,12 @@ def sample_signal(target, sample, layers: list[int]) -> tuple[torch.Tensor, torc
     """One target forward over one sample: its hidden states [len, layers x hidden] (bfloat16)
     and the teacher's top-64 next-token ids and log-probs at its answer positions. One sample per
     forward, so the result does not depend on which samples share a batch (exact resume)."""
-    ids = sample.ids[None].long()
-    hidden = target.get_decoder()(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
-    states = torch.cat([hidden[i] for i in layers], dim=-1)[0].to(torch.bfloat16)
-    logits = target.get_output_embeddings()(hidden[-1][0, sample.start : len(sample.ids) - 1]).float()
+    columns = torch.arange(sample.start, len(sample.ids) - 1)
+    states, logits = target_signal(
+        target, sample.ids[None].long(), None, layers, torch.zeros_like(columns), columns
+    )
     top = torch.log_softmax(logits, dim=-1).topk(min(TEACHER_TOP_K, logits.shape[-1]), dim=-1)
-    return states, top.indices.to(torch.int32), top.values.to(torch.float16)
+    return states[0].to(torch.bfloat16), top.indices.to(torch.int32), top.values.to(torch.float16)
 
 
 def feature_loss(draft, batch: dict, states: list[torch.Tensor], depths: int) -> torch.Tensor:
@@ -110,7 +111,7 @@ def feature_loss(draft, batch: dict, states: list[torch.Tensor], depths: int) ->
         length = min(len(row_states), input_ids.shape[1])
         padded[row, :length] = row_states[:length].float()
     outputs = unrolled_outputs(draft, input_ids, mask, padded, depths)
-    subset = TokenSubset(draft.config.mtad_token_ids, _width(draft))
+    subset = TokenSubset(draft.config.mtad_token_ids, draft.target_width)
     kept = subset.contains(batch["topk_ids"])
     ids = subset.to_draft(batch["topk_ids"]).where(kept, 0)
     losses = [
@@ -118,10 +119,6 @@ def feature_loss(draft, batch: dict, states: list[torch.Tensor], depths: int) ->
         for logits in depth_logits(draft, outputs, batch["rows"], batch["columns"])
     ]
     return torch.stack(losses).mean()
-
-
-def _width(draft) -> int:
-    return draft._target_embedding.module.weight.shape[0]
 
 
 @torch.inference_mode()

@@ -218,9 +218,10 @@ def _distill(
         initial = kind.heldout(student.eval(), heldout)
         _write_marker(out, train, data, target_dir, data_path, draft_dir, initial)
     started = time.perf_counter()
-    _train_loop(student.train(), optimizer, position, train_set, train, out, on_step, kind, heldout)
+    last = _train_loop(student.train(), optimizer, position, train_set, train, out, on_step, kind, heldout)
+    final = last if last is not None else kind.heldout(student.eval(), heldout)  # resumed at its end
     return _finish(
-        out, student.eval(), target, tokenizer, kind.heldout(student, heldout), initial, position,
+        out, student.eval(), target, tokenizer, final, initial, position,
         train, time.perf_counter() - started, train_set,
     )  # fmt: skip
 
@@ -288,9 +289,11 @@ def _train_loop(
     on_step: Callable[[int, float], None] | None,
     kind,
     heldout: list[Sample],
-) -> None:
+) -> dict | None:
     """Steps until `settings.steps`; at each checkpoint the held-out acceptance per draft position
-    is appended to CURVE (inference only: it touches no random state, so resume stays exact)."""
+    is appended to CURVE (inference only: it touches no random state, so resume stays exact).
+    Returns the last checkpoint's held-out metrics (the final step always checkpoints), or None
+    when no step was left to run."""
     bar = tqdm(
         total=settings.steps,
         initial=position.step,
@@ -300,6 +303,7 @@ def _train_loop(
         dynamic_ncols=True,
     )
     smoothed, tokens, started = None, 0, time.perf_counter()
+    metrics = None
     while position.step < settings.steps:
         indices = next_indices(position, len(train_set), settings.batch_size, settings.seed)
         samples = [train_set[i] for i in indices]
@@ -317,11 +321,13 @@ def _train_loop(
         bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
         if position.step % settings.checkpoint_every == 0 or position.step == settings.steps:
             save_checkpoint(out, student, optimizer, position)
-            _record_curve(out, position, kind.heldout(student.eval(), heldout), bar)
+            metrics = kind.heldout(student.eval(), heldout)
+            _record_curve(out, position, metrics, bar)
             student.train()
         if on_step is not None:
             on_step(position.step, loss)
     bar.close()
+    return metrics
 
 
 def _record_curve(out: Path, position: Position, metrics: dict, bar) -> None:
