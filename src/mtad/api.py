@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from mtad.batch import BatchGeneration
 from mtad.config import (
     DEFAULT_MAX_NEW_TOKENS,
     SEED_LIMIT,
@@ -19,30 +20,38 @@ from mtad.engine import Generation, GenerationResult
 from mtad.errors import ConfigError
 from mtad.models import check_fits_context, check_heads_compatible, output_width, pair_context_length
 
+Prompt = Sequence[int] | torch.Tensor | str
+
 
 def stream(
     target: PreTrainedModel,
     draft: PreTrainedModel | None,
-    input_ids: Sequence[int] | torch.Tensor | str,
+    input_ids: Prompt | Sequence[Prompt],
     *,
     eos_token_id: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     tokenizer=None,
     limits: Limits | None = None,
     **settings,
-) -> Generation:
+) -> Generation | BatchGeneration:
     """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end.
 
+    For a batch of prompts it returns a `BatchGeneration`: an iterable of (prompt index, block)
+    whose `.results` (one per prompt, in order) is set at the end.
     `settings` are the keyword arguments of `validate_settings` (method, gamma, beam_width, ...).
     `limits` caps the settings that size a round's tensors (default `Limits()`), lowered further
     to what the pair's context and vocabulary allow; a setting over its cap is a `ConfigError`
     before any work is done.
     """
-    spec, sampling = validate_settings(**settings)
+    seed = settings.get("seed")
+    row_seeds = isinstance(seed, list | tuple)  # a batch may give one seed per prompt
+    spec, sampling = validate_settings(**(settings | {"seed": None} if row_seeds else settings))
+    for i, value in enumerate(seed if row_seeds else ()):
+        _check_seed(value, f"seed[{i}]")
     max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
     context = pair_context_length(target, draft if spec.needs_draft else None)
     (limits or Limits()).for_models(output_width(target), context).check(spec)
-    prompt = _prompt_tensor(input_ids, tokenizer)
+    prompts = _prompt_tensors(input_ids, tokenizer)
     stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
     if spec.needs_draft:
         if draft is None:
@@ -50,9 +59,35 @@ def stream(
                 f"method {spec.method!r} needs a draft model; pass draft=... or use ar, greedy, mtjd"
             )
         check_heads_compatible(target, draft, tokenizer)
-        check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft")
-    check_fits_context(target, prompt.shape[1], max_new_tokens, "target")
-    return Generation(target, draft, prompt, spec, sampling, stops, settings.get("seed"), tokenizer)
+    for name, prompt in prompts:
+        if spec.needs_draft:
+            check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft", name)
+        check_fits_context(target, prompt.shape[1], max_new_tokens, "target", name)
+    if _is_one_prompt(input_ids):
+        if row_seeds:
+            raise ConfigError(
+                f"seed is a list ({len(seed)} seeds) for one prompt; allowed: an integer", "seed"
+            )
+        return Generation(target, draft, prompts[0][1], spec, sampling, stops, seed, tokenizer)
+    if row_seeds and len(seed) != len(prompts):
+        raise ConfigError(
+            f"seed has {len(seed)} values for {len(prompts)} prompts; allowed: one per prompt", "seed"
+        )
+    # Row i takes seed + i (wrapping below SEED_LIMIT) unless seeds are given per prompt; rerun a row
+    # alone with its result's seed.
+    seeds = (
+        list(seed)
+        if row_seeds
+        else [None if seed is None else (seed + i) % SEED_LIMIT for i in range(len(prompts))]
+    )
+
+    def make(index: int, stores) -> Generation:
+        prompt = prompts[index][1]
+        return Generation(target, draft, prompt, spec, sampling, stops, seeds[index], tokenizer, stores)
+
+    batch = BatchGeneration(target, draft if spec.needs_draft else None, make)
+    batch.add_rows(len(prompts))
+    return batch
 
 
 def validate_settings(
@@ -81,23 +116,29 @@ def validate_settings(
     spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement, tree, reference)
     sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
     StopConfig(max_new_tokens)
-    if seed is not None and (
-        not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT
-    ):
-        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}", "seed")
+    if seed is not None:
+        _check_seed(seed, "seed")
     return spec, sampling
+
+
+def _check_seed(seed, name: str) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {seed!r}", "seed")
 
 
 def generate(
     target: PreTrainedModel,
     draft: PreTrainedModel | None,
-    input_ids: Sequence[int] | torch.Tensor | str,
+    input_ids: Prompt | Sequence[Prompt],
     **settings,
-) -> GenerationResult:
+) -> GenerationResult | list[GenerationResult]:
     """Decode with `method` (see `mtad.methods()`) and return tokens, text and statistics.
 
     `input_ids`: token ids of the prompt (a list, or a tensor [len] / [1, len]), or a string when
-    `tokenizer` is given (encoded as is; apply a chat template first if you want one).
+    `tokenizer` is given (encoded as is; apply a chat template first if you want one). A batch of
+    prompts (a list of those, of any lengths, or a tensor [rows, len]) decodes together
+    (`mtad.batch`) and returns one result per prompt, in order; `seed` is then one integer (prompt
+    i uses seed + i) or a list with one seed per prompt.
     `eos_token_id`: None takes the target's generation config; [] disables EOS.
     `tree` (specinfer): branching per depth, e.g. (4, 2, 2). `reference` (mmtad): best, max or own.
     Lossless methods (`ar`, `greedy`, `sd`, `specinfer`) sample exactly the warped target
@@ -106,26 +147,55 @@ def generate(
     generation = stream(target, draft, input_ids, **settings)
     for _ in generation:
         pass
-    return generation.result
+    return generation.results if isinstance(generation, BatchGeneration) else generation.result
 
 
-def _prompt_tensor(input_ids, tokenizer) -> torch.Tensor:
+def _is_one_prompt(input_ids) -> bool:
+    """A string, a flat (or empty) list of ids, or a tensor [len] / [1, len] is one prompt; a list
+    of those, or a tensor [rows != 1, len], is a batch."""
+    if isinstance(input_ids, str):
+        return True
+    if isinstance(input_ids, torch.Tensor):
+        return input_ids.dim() == 1 or (input_ids.dim() == 2 and input_ids.shape[0] == 1)
+    if isinstance(input_ids, list | tuple):
+        return not input_ids or not isinstance(input_ids[0], str | list | tuple | torch.Tensor)
+    return True
+
+
+def _prompt_tensors(input_ids, tokenizer) -> list[tuple[str, torch.Tensor]]:
+    """(name for errors, prompt [1, len]) for each prompt of `input_ids`."""
+    if _is_one_prompt(input_ids):
+        return [("prompt", _prompt_tensor(input_ids, tokenizer, "prompt"))]
+    rows = list(input_ids)  # a tensor [rows, len] iterates over its rows
+    if not rows:
+        raise ConfigError("input_ids is an empty batch; allowed: at least one prompt", "input_ids")
+    return [
+        (f"input_ids[{i}]", _prompt_tensor(row, tokenizer, f"input_ids[{i}]")) for i, row in enumerate(rows)
+    ]
+
+
+def _prompt_tensor(input_ids, tokenizer, name: str = "prompt") -> torch.Tensor:
     if isinstance(input_ids, str):
         if tokenizer is None:
-            raise ConfigError("a string prompt needs tokenizer=...; or pass token ids")
+            raise ConfigError(f"{name}: a string prompt needs tokenizer=...; or pass token ids", name)
         if not input_ids:
-            raise ConfigError("prompt is empty; allowed: at least one token", "prompt")
-        check_text(input_ids, "prompt")
+            raise ConfigError(f"{name} is empty; allowed: at least one token", name)
+        check_text(input_ids, name)
         input_ids = tokenizer(input_ids)["input_ids"]
-    prompt = torch.as_tensor(input_ids, dtype=torch.long)
+    try:
+        prompt = torch.as_tensor(input_ids, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(
+            f"{name} must be token ids (integers) or a string, got {input_ids!r:.80}", name
+        ) from None
     if prompt.dim() == 1:
         prompt = prompt.unsqueeze(0)
     if prompt.dim() != 2 or prompt.shape[0] != 1:
         raise ConfigError(
-            f"input_ids must be one prompt of shape [len] or [1, len], got {tuple(prompt.shape)}"
+            f"{name} must be one prompt of shape [len] or [1, len], got {tuple(prompt.shape)}", name
         )
     if prompt.shape[1] == 0:
-        raise ConfigError("prompt is empty; allowed: at least one token", "prompt")
+        raise ConfigError(f"{name} is empty; allowed: at least one token", name)
     return prompt
 
 

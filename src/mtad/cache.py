@@ -4,6 +4,10 @@ Invariant: the cache holds keys/values for `tokens[:, :length]` of the sequence 
 committed (plus, transiently inside a round, the draft tokens fed after them). The prefix is
 never re-encoded: a forward feeds only what the cache lacks.
 
+The cache itself is a `KVStore`: a `SoloStore` (one `DynamicCache` per model, the plain case) or a
+row of a batch's shared cache (`mtad.batch`); `CachedModel` and everything above it do not know
+which, so one decode loop serves a prompt alone and a prompt in a batch.
+
 Rollback has one named operation per shape:
 - `truncate(length)`: a chain of tokens was rejected after `length`.
 - `keep(positions)`: a verified tree keeps the context and its accepted path (gather, compact).
@@ -16,8 +20,11 @@ the cache and the verification forward is the only forward that produces them.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from mtad.config import SamplingConfig
 from mtad.feature_draft import is_feature_draft
@@ -25,8 +32,71 @@ from mtad.sampling import warp
 from mtad.vocabulary import subset_of
 
 
+class KVStore(Protocol):
+    """Where a `CachedModel` keeps its keys and values. Positions are logical: `length` counts the
+    cached tokens of this sequence, whatever the physical layout; `call` runs the model over new
+    tokens after them and caches those tokens."""
+
+    @property
+    def length(self) -> int: ...
+
+    def call(self, model: PreTrainedModel, **inputs) -> ModelOutput: ...
+
+    def truncate(self, length: int) -> None: ...
+
+    def keep(self, positions: torch.Tensor) -> None: ...
+
+    def repeat(self, rows: int) -> None: ...
+
+    def reorder(self, indices: torch.Tensor) -> None: ...
+
+    def select(self, row: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class SoloStore:
+    """One `DynamicCache` for one sequence (its rows are that sequence's beams)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.config = model.config
+        self.device = model.get_input_embeddings().weight.device
+        self.cache = DynamicCache(config=model.config)
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+    def call(self, model: PreTrainedModel, **inputs) -> ModelOutput:
+        return model(cache=self.cache, use_cache=True, **inputs)
+
+    def truncate(self, length: int) -> None:
+        excess = self.length - length
+        if excess > 0:
+            self.cache.crop(-excess)
+
+    def keep(self, positions: torch.Tensor) -> None:
+        positions = positions.to(self.device)
+        for layer in self.cache.layers:
+            if layer.is_initialized:
+                layer.keys = layer.keys.index_select(-2, positions)
+                layer.values = layer.values.index_select(-2, positions)
+
+    def repeat(self, rows: int) -> None:
+        self.cache.batch_repeat_interleave(rows)
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        self.cache.reorder_cache(indices.to(self.device))
+
+    def select(self, row: int) -> None:
+        self.cache.batch_select_indices(torch.tensor([row], device=self.device))
+
+    def reset(self) -> None:
+        self.cache = DynamicCache(config=self.config)
+
+
 class CachedModel:
-    """A causal LM, its `DynamicCache`, and a count of forward passes.
+    """A causal LM, its KV cache (`KVStore`), and a count of forward passes.
 
     vocab_size: the width every distribution is aligned to (the target's), so draft and target
     probabilities index the same token ids even when one model pads its output head, or is a
@@ -34,8 +104,9 @@ class CachedModel:
     its logits come back at target width with -inf outside the subset.
     """
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
+    def __init__(self, model: PreTrainedModel, vocab_size: int, store: KVStore | None = None) -> None:
         self.model = model
+        self.store = store if store is not None else SoloStore(model)
         self.vocab_size = vocab_size
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
@@ -44,7 +115,6 @@ class CachedModel:
             self.subset.to(self.device)
         # A subset draft is fed its own ids; a feature draft embeds target ids with the target's table.
         self.maps_inputs = self.subset is not None and not getattr(model.config, "embeds_with_target", False)
-        self.cache = DynamicCache(config=model.config)
         self.calls = 0
         self.feature_layers: list[int] | None = None
         self.features: torch.Tensor | None = None  # [rows, length, layers x hidden] when captured
@@ -63,7 +133,12 @@ class CachedModel:
 
     @property
     def length(self) -> int:
-        return self.cache.get_seq_length()
+        return self.store.length
+
+    @property
+    def cache(self) -> DynamicCache:
+        """The `DynamicCache` of a model decoding alone (tests compare it with a fresh forward)."""
+        return self.store.cache
 
     @torch.inference_mode()
     def forward(
@@ -113,9 +188,9 @@ class CachedModel:
             tokens = self.subset.to_draft(tokens)
         capture = self.feature_layers is not None
         extra = {"output_hidden_states": True} if capture else {}  # the plain call stays the plain call
-        out = self.model(
-            input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=keep,
-            position_ids=position_ids, attention_mask=attention_mask, **extra,
+        out = self.store.call(
+            self.model, input_ids=tokens, logits_to_keep=keep, position_ids=position_ids,
+            attention_mask=attention_mask, **extra,
         )  # fmt: skip
         self.calls += 1
         if capture:
@@ -136,42 +211,36 @@ class CachedModel:
 
     def truncate(self, length: int) -> None:
         """Forget every cached position from `length` on."""
-        excess = self.length - length
-        if excess > 0:
-            self.cache.crop(-excess)
+        self.store.truncate(length)
         if self.features is not None:
             self.features = self.features[:, :length]
 
     def keep(self, positions: torch.Tensor) -> None:
         """Keep only the cached `positions` (ascending), compacted: a tree pruned to its accepted path."""
-        positions = positions.to(self.device)
-        for layer in self.cache.layers:
-            if layer.is_initialized:
-                layer.keys = layer.keys.index_select(-2, positions)
-                layer.values = layer.values.index_select(-2, positions)
+        self.store.keep(positions)
         if self.features is not None:
             self.features = self.features.index_select(1, positions.to(self.features.device))
 
     def repeat(self, rows: int) -> None:
         """One cache row becomes `rows` identical rows (beams that share the prefix)."""
-        self.cache.batch_repeat_interleave(rows)
+        self.store.repeat(rows)
         if self.features is not None:
             self.features = self.features.repeat_interleave(rows, dim=0)
 
     def reorder(self, indices: torch.Tensor) -> None:
         """Row i becomes old row indices[i] (beam parents after a beam step)."""
-        self.cache.reorder_cache(indices.to(self.device))
+        self.store.reorder(indices)
         if self.features is not None:
             self.features = self.features.index_select(0, indices.to(self.features.device))
 
     def select(self, row: int) -> None:
         """Keep only one row (the chosen beam)."""
-        self.cache.batch_select_indices(torch.tensor([row], device=self.device))
+        self.store.select(row)
         if self.features is not None:
             self.features = self.features[row : row + 1]
 
     def reset(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
+        self.store.reset()
         self.calls = 0
         self.features = None
 
@@ -188,8 +257,10 @@ class FeatureDrafter(CachedModel):
     that, the engine takes a target-only round (the prefill).
     """
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int, target: CachedModel) -> None:
-        super().__init__(model, vocab_size)
+    def __init__(
+        self, model: PreTrainedModel, vocab_size: int, target: CachedModel, store: KVStore | None = None
+    ) -> None:
+        super().__init__(model, vocab_size, store)
         model.attach(target.model)
         target.capture_features(model.config.feature_layers)
         self.target = target
@@ -210,18 +281,24 @@ class FeatureDrafter(CachedModel):
             )
         parts = []
         if real:
-            states = self.target.features[:, max(start - 1, 0) : start - 1 + real]
-            if start == 0:  # slot 0 has no state before it
-                states = torch.cat([torch.zeros_like(self.target.features[:, :1]), states], dim=1)
+            if start == 0:  # slot 0 has no state before it (and a one-token prompt has none at all yet)
+                width = self.model.config.target_hidden_size * len(self.model.config.feature_layers)
+                states = torch.zeros((1, 1, width), device=self.device, dtype=self.dtype)
+                if real > 1:
+                    states = torch.cat(
+                        [states.to(self.target.features.dtype), self.target.features[:, : real - 1]], 1
+                    )
+            else:
+                states = self.target.features[:, start - 1 : start - 1 + real]
             parts.append(self.model.fuse_features(states).expand(rows, -1, -1))
         if real < fed:
             parents = _parent_slots(start, fed, attention_mask)[real:]
             if int(parents.max()) >= start:
                 raise RuntimeError("feature draft: a drafted token's parent must be fed before it")
             parts.append(self.outputs[:, parents.to(self.outputs.device)])
-        out = self.model(
-            input_ids=tokens, features=torch.cat(parts, dim=1), cache=self.cache, use_cache=True,
-            logits_to_keep=keep, position_ids=position_ids, attention_mask=attention_mask,
+        out = self.store.call(
+            self.model, input_ids=tokens, features=torch.cat(parts, dim=1), logits_to_keep=keep,
+            position_ids=position_ids, attention_mask=attention_mask,
         )  # fmt: skip
         self.calls += 1
         own = out.hidden_states[0]
@@ -270,8 +347,8 @@ def _parent_slots(start: int, fed: int, attention_mask: torch.Tensor | None) -> 
     return ((allowed * (columns + 1)).max(-1).values - 1).cpu()
 
 
-def drafter_for(draft: PreTrainedModel, target: CachedModel) -> CachedModel:
+def drafter_for(draft: PreTrainedModel, target: CachedModel, store: KVStore | None = None) -> CachedModel:
     """The cached drafting model for `draft`: a feature draft reads `target`'s states."""
     if is_feature_draft(draft):
-        return FeatureDrafter(draft, target.vocab_size, target)
-    return CachedModel(draft, target.vocab_size)
+        return FeatureDrafter(draft, target.vocab_size, target, store)
+    return CachedModel(draft, target.vocab_size, store)

@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from mtad.adaptive import GammaPolicy, measure_costs
-from mtad.cache import CachedModel, drafter_for
+from mtad.cache import CachedModel, KVStore, drafter_for
 from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
 from mtad.drafting import empty_proposal
 from mtad.methods import TARGET_ONLY
@@ -162,13 +162,17 @@ class Generation:
         stop: StopConfig,
         seed: int | None = None,
         tokenizer=None,
+        stores: tuple[KVStore, KVStore] | None = None,
     ) -> None:
+        """`stores`: the (target, draft) caches of a row of a batch (`mtad.batch`); None: its own."""
         self.vocab_size = output_width(target)
-        self.target = CachedModel(target, self.vocab_size)
+        target_store, draft_store = stores or (None, None)
+        self.target = CachedModel(target, self.vocab_size, target_store)
         # MTJD: the target drafts for itself, sharing one cache.
-        self.drafter = (
-            self.target if spec.shape == "self_beams" else drafter_for(draft, self.target) if draft else None
-        )
+        if spec.shape == "self_beams":
+            self.drafter = self.target
+        else:
+            self.drafter = drafter_for(draft, self.target, draft_store) if draft else None
         self.prompt = prompt.to(self.target.device)
         self.spec, self.sampling = spec, sampling
         self.stopper = Stopper(stop, tokenizer)

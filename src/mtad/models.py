@@ -134,11 +134,13 @@ def pair_context_length(target: PreTrainedModel, draft: PreTrainedModel | None) 
     return min(limits, default=None)
 
 
-def check_fits_context(model: PreTrainedModel, prompt_len: int, max_new_tokens: int, role: str) -> None:
+def check_fits_context(
+    model: PreTrainedModel, prompt_len: int, max_new_tokens: int, role: str, name: str = "prompt"
+) -> None:
     limit = context_length(model)
     if limit is not None and prompt_len + max_new_tokens > limit:
         raise ContextLengthError(
-            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{name} ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
             f"{prompt_len + max_new_tokens} "
             f"exceeds the {role} model's context length {limit}"
         )

@@ -125,6 +125,30 @@ def test_rerun_resumes_without_redoing_finished_samples(pair_dirs, prompts_file,
     assert len(read_results(out)) == 9
 
 
+def test_batched_bench_keeps_per_row_rows_and_reports_throughput(pair_dirs, prompts_file, tmp_path):
+    """--batch-size 2: the two prompts decode together; each keeps its own row and seed, the
+    batch's numbers are on both, and the report's throughput counts the batch's time once."""
+    out = tmp_path / "batched"
+    args = bench_args(pair_dirs, prompts_file, out, "--batch-size", "2", "--limit", "3")
+    assert main(args) == 0
+    rows = read_results(out)
+    assert len(rows) == 9 and all(r["status"] == "ok" for r in rows)
+    pair = [r for r in rows if r["method"] == "sd" and r["prompt_id"] in ("a", "b")]
+    assert [r["batch_size"] for r in pair] == [2, 2] and len({r["seed"] for r in pair}) == 2
+    assert pair[0]["batch_wall_time_s"] == pair[1]["batch_wall_time_s"]
+    assert pair[0]["batch_new_tokens"] == sum(r["new_tokens"] for r in pair)
+    last = [r for r in rows if r["prompt_id"] not in ("a", "b")]
+    assert {r["batch_size"] for r in last} == {1}  # the third prompt is a batch of its own
+    report = (out / "report.md").read_text()
+    assert "throughput tok/s" in report and "--batch-size 2" in report
+    # An interrupted batch is decoded again whole, and only its missing row is written.
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert main([*args, "--resume"]) == 0
+    assert len(read_results(out)) == 9
+    assert main([*args[:-4], "--batch-size", "0", "--out", str(out)]) == 2
+
+
 def test_a_different_configuration_is_refused_unless_overwrite(pair_dirs, prompts_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(bench_args(pair_dirs, prompts_file, out, "--methods", "ar")) == 0

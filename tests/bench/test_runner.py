@@ -91,7 +91,7 @@ def test_plan_variants_validates_every_setting_before_models_load():
 def test_schedule_interleaves_methods_per_prompt_and_rotates_their_order():
     records = [PromptRecord("a", "prompts", prompt="x"), PromptRecord("b", "prompts", prompt="y")]
     variants = plan_variants(make_config())
-    order = [(r.id, repeat, v.label) for r, repeat, v in schedule(records, variants, repeats=2)]
+    order = [(g[0].id, repeat, v.label) for g, repeat, v in schedule(records, variants, repeats=2)]
     assert order[:6] == [
         ("a", 0, "ar"),
         ("a", 0, "sd"),
@@ -274,6 +274,7 @@ def row(prompt, variant, repeat, ms, *, drafted=(), accepted=(), correct=None, s
         "accepted_per_position": list(accepted),
         "tokens_per_s": 1000 / ms,
         "ms_per_token": ms,
+        "wall_time_s": new_tokens * ms / 1000,
         "logprobs": [-1.0] * new_tokens,
         "joules": None,
         "peak_memory_mb": 100.0,

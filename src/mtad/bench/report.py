@@ -39,6 +39,8 @@ def speed_table(summaries: Sequence[VariantSummary]) -> str:
         "tokens/s",
         "ms/token",
         f"speed-up vs {BASELINE}",
+        "throughput tok/s",
+        "batch",
         "new tokens (mean)",
     ]
     rows = [
@@ -49,6 +51,8 @@ def speed_table(summaries: Sequence[VariantSummary]) -> str:
             fmt_spread(s.tokens_per_s, 1),
             fmt_spread(s.ms_per_token, 1),
             fmt_spread(s.speedup) if s.speedup is not None else f"n/a (no {BASELINE} in --methods)",
+            fmt(s.throughput, 1),
+            str(s.batch_size),
             fmt(s.mean_new_tokens, 1),
         ]
         for s in summaries
@@ -196,6 +200,8 @@ def _missing_judgements(rows: Sequence[Mapping]) -> str:
 _DEFINITIONS = """\
 - tokens/s, ms/token: timed around generation only (no loading, no scoring); median [IQR] over samples.
 - speed-up: per (prompt, repeat), `ar` ms/token / method ms/token, both measured back to back in this run.
+- throughput: all new tokens / all decoding time; with `--batch-size` > 1 a batch's wall time counts once
+  (its rows' tokens/s are each row's rate inside the batch, its latency view).
 - acceptance rate: accepted / drafted tokens, pooled; drafted = rounds × gamma less rounds cut by the budget.
 - acceptance per position i: rounds that accepted draft position i / rounds that drafted it, pooled.
 - block efficiency: new tokens / target forward passes (the bonus or recovered token counts).

@@ -125,6 +125,7 @@ class BenchConfig:
     prompt_format: str = "auto"
     sample_timeout_s: float | None = 300.0
     judge: JudgeSettings | None = None  # MT-Bench only; its model is resolved before the run starts
+    batch_size: int = 1  # prompts decoded together (`mtad.batch`); 1 = one at a time
     limit: int | None = field(default=None, compare=False)
     # ceilings on gamma, beams and tree nodes: they refuse settings, never change results
     limits: mtad_config.Limits = field(default_factory=mtad_config.Limits, compare=False)
@@ -138,6 +139,8 @@ class BenchConfig:
             get_method(method)  # ConfigError naming the allowed methods
         if self.repeats < 1:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}", "batch_size")
         if self.sample_timeout_s is not None and self.sample_timeout_s <= 0:
             raise ConfigError(f"--sample-timeout must be > 0 seconds, got {self.sample_timeout_s}")
         if self.judge is not None and self.dataset != "mtbench":
@@ -156,6 +159,8 @@ class BenchConfig:
         data["methods"] = sorted(data["methods"])
         if data["judge"] is None:  # runs without a judge keep the hash they had before judges existed
             data.pop("judge")
+        if data["batch_size"] == 1:  # and runs of one prompt at a time the hash they had before batches
+            data.pop("batch_size")
         if self.dataset == "humaneval" and self.prompt_format != "raw":
             # The instruction and the extraction rules decide the scores; raw runs keep their old hash.
             data["humaneval_prompt"] = CHAT_PROMPT_VERSION
@@ -200,15 +205,17 @@ def sample_key(record: Mapping[str, Any]) -> tuple[str, str, int]:
 
 
 def schedule(
-    records: Sequence[PromptRecord], variants: Sequence[Variant], repeats: int
-) -> Iterator[tuple[PromptRecord, int, Variant]]:
-    """(record, repeat, variant) in interleaved order, the variant order rotating by one each time."""
+    records: Sequence[PromptRecord], variants: Sequence[Variant], repeats: int, batch_size: int = 1
+) -> Iterator[tuple[tuple[PromptRecord, ...], int, Variant]]:
+    """(records decoded together, repeat, variant) in interleaved order, the variant order rotating
+    by one each time; groups hold `batch_size` consecutive records (one each without batching)."""
     turn = 0
-    for record in records:
+    for first in range(0, len(records), batch_size):
+        group = tuple(records[first : first + batch_size])
         for repeat in range(repeats):
             shift = turn % len(variants)
             for variant in list(variants[shift:]) + list(variants[:shift]):
-                yield record, repeat, variant
+                yield group, repeat, variant
             turn += 1
 
 
@@ -230,8 +237,10 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-def _measured_generation(context: BenchContext, prompt_ids: list[int], variant: Variant, seed: int, stop):
-    """Generate with time, energy and memory measured around decoding only."""
+def _measured_generation(context: BenchContext, prompt_ids, variant: Variant, seed, stop):
+    """Generate with time, energy and memory measured around decoding only. `prompt_ids` is one
+    prompt (then `seed` is an int) or a batch (a list of prompts and one seed each); returns the
+    result (or the results), joules, peak memory and the wall time of the whole decode."""
     draft = context.draft.model if context.draft and get_method(variant.method).needs_draft else None
     timeout = context.config.sample_timeout_s
     device = context.memory.device
@@ -254,8 +263,10 @@ def _measured_generation(context: BenchContext, prompt_ids: list[int], variant: 
             raise SampleTimeout(f"generation ran past the {timeout:g} s sample timeout")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
     reading = context.meter.stop()
-    return generation.result, reading.joules, context.memory.read_mb()
+    result = generation.results if isinstance(seed, list) else generation.result
+    return result, reading.joules, context.memory.read_mb(), wall
 
 
 def _stats_fields(stats: mtad.Stats) -> dict[str, Any]:
@@ -282,32 +293,28 @@ def _stats_fields(stats: mtad.Stats) -> dict[str, Any]:
     }
 
 
-def run_sample(
-    context: BenchContext, record: PromptRecord, prompt_ids: list[int], variant: Variant, repeat: int
-) -> dict[str, Any]:
-    """One measured generation, scored; never raises for a failing sample (status "failed")."""
-    seed = sample_seed(context.config.seed, record.id, repeat)
+def _sample_head(context: BenchContext, record: PromptRecord, prompt_ids: list[int], variant: Variant,
+                 repeat: int) -> dict[str, Any]:  # fmt: skip
     chat = prompt_is_chat(record, context.target.tokenizer, context.config.prompt_format)
-    row: dict[str, Any] = {
+    return {
         "prompt_id": record.id,
         "dataset": record.dataset,
         "variant": variant.label,
         "method": variant.method,
         "repeat": repeat,
-        "seed": seed,
+        "seed": sample_seed(context.config.seed, record.id, repeat),
         "params": dict(variant.params),
         "prompt_tokens": len(prompt_ids),
         "prompt_format": "chat" if chat else "raw",  # what `auto` resolved to for this record
     }
-    try:
-        result, joules, peak_mb = _measured_generation(
-            context, prompt_ids, variant, seed, stop_strings(record.dataset, chat)
-        )
-        logprobs = target_logprobs(context.target.model, prompt_ids, result.tokens)
-        task = score_task(record, result.text or "", judge=context.judge, chat=chat)
-    except Exception as exc:  # a failing sample is a result, not the end of the run
-        return row | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
-    return row | {
+
+
+def _scored(context: BenchContext, record: PromptRecord, prompt_ids: list[int], head: dict, result,
+            joules: float | None, peak_mb: float) -> dict[str, Any]:  # fmt: skip
+    """The finished row: not timed, the target's perplexity pass and the task score."""
+    logprobs = target_logprobs(context.target.model, prompt_ids, result.tokens)
+    task = score_task(record, result.text or "", judge=context.judge, chat=head["prompt_format"] == "chat")
+    return head | {
         "status": "ok",
         "reason": None,
         "text": result.text,
@@ -322,6 +329,65 @@ def run_sample(
     }
 
 
+def _failed(head: dict, exc: Exception) -> dict[str, Any]:
+    return head | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def run_sample(
+    context: BenchContext, record: PromptRecord, prompt_ids: list[int], variant: Variant, repeat: int
+) -> dict[str, Any]:
+    """One measured generation, scored; never raises for a failing sample (status "failed")."""
+    head = _sample_head(context, record, prompt_ids, variant, repeat)
+    try:
+        stop = stop_strings(record.dataset, head["prompt_format"] == "chat")
+        result, joules, peak_mb, _ = _measured_generation(context, prompt_ids, variant, head["seed"], stop)
+        return _scored(context, record, prompt_ids, head, result, joules, peak_mb)
+    except Exception as exc:  # a failing sample is a result, not the end of the run
+        return _failed(head, exc)
+
+
+def run_batch(
+    context: BenchContext,
+    records: Sequence[PromptRecord],
+    prompts: Sequence[list[int]],
+    variant: Variant,
+    repeat: int,
+) -> list[dict[str, Any]]:
+    """Records decoded together (`mtad.batch`), one row each; never raises (rows "failed").
+
+    Each row keeps its own statistics (its `wall_time_s` and `tokens_per_s` are its latency and
+    rate inside the batch) and adds the batch's: `batch_size`, `batch_wall_time_s`,
+    `batch_new_tokens` and `batch_tokens_per_s` (every row's tokens over the batch's wall time,
+    the throughput). Energy is the batch's, shared out by new tokens.
+    """
+    heads = [_sample_head(context, r, p, variant, repeat) for r, p in zip(records, prompts, strict=True)]
+    try:
+        chat = {head["prompt_format"] for head in heads}
+        if len(chat) > 1:
+            raise ConfigError("a batch mixes chat and raw prompts; use --prompt-format chat or raw")
+        stop = stop_strings(records[0].dataset, chat == {"chat"})
+        seeds = [head["seed"] for head in heads]
+        results, joules, peak_mb, wall = _measured_generation(context, list(prompts), variant, seeds, stop)
+    except Exception as exc:
+        return [_failed(head, exc) for head in heads]
+    total = sum(result.stats.new_tokens for result in results)
+    batch = {
+        "batch_id": records[0].id,  # with the repeat, names the batch (its rows share the numbers below)
+        "batch_size": len(records),
+        "batch_wall_time_s": wall,
+        "batch_new_tokens": total,
+        "batch_tokens_per_s": total / wall if wall > 0 else None,
+    }
+    rows = []
+    for record, prompt_ids, head, result in zip(records, prompts, heads, results, strict=True):
+        share = None if joules is None or not total else joules * result.stats.new_tokens / total
+        try:
+            rows.append(_scored(context, record, prompt_ids, head, result, share, peak_mb) | batch)
+        except Exception as exc:
+            rows.append(_failed(head, exc) | batch)
+    return rows
+
+
 def _warm_up(context: BenchContext, prompt_ids: list[int], variants: Sequence[Variant]) -> None:
     """One short unrecorded generation per variant: first-call allocations and lazy init happen here."""
     for variant in variants:
@@ -331,6 +397,9 @@ def _warm_up(context: BenchContext, prompt_ids: list[int], variants: Sequence[Va
         warm = Variant(variant.label, variant.method, params)
         try:
             _measured_generation(context, prompt_ids, warm, seed=0, stop=())
+            if context.config.batch_size > 1:
+                prompts = [prompt_ids] * context.config.batch_size
+                _measured_generation(context, prompts, warm, seed=[0] * len(prompts), stop=())
         except Exception:
             pass  # the measured sample will record the failure with its reason
 
@@ -366,32 +435,35 @@ def run_bench(
 
     results_path = out / RESULTS_FILE
     done = {sample_key(r) for r in load_results(results_path)}
-    plan = list(schedule(records, variants, config.repeats))
-    todo = [item for item in plan if (item[0].id, item[2].label, item[1]) not in done]
+    plan = list(schedule(records, variants, config.repeats, config.batch_size))
+    todo = [item for item in plan if any((r.id, item[2].label, item[1]) not in done for r in item[0])]
+    total = sum(len(group) for group, _, _ in plan)
+    finished = sum((r.id, v.label, rep) in done for group, rep, v in plan for r in group)
     if done and todo:
-        print(
-            f"mtad bench: resuming, {len(plan) - len(todo)} of {len(plan)} generations done", file=sys.stderr
-        )
+        print(f"mtad bench: resuming, {finished} of {total} generations done", file=sys.stderr)
     encoded: dict[str, list[int]] = {}
     with (
         results_path.open("a", encoding="utf-8") as sink,
-        tqdm(
-            total=len(plan),
-            initial=len(plan) - len(todo),
-            desc="mtad bench",
-            unit="gen",
-            disable=not progress,
-        ) as bar,
+        tqdm(total=total, initial=finished, desc="mtad bench", unit="gen", disable=not progress) as bar,
     ):
-        for record, repeat, variant in todo:
-            if record.id not in encoded:
-                encoded[record.id] = encode_record(record, target.tokenizer, config.prompt_format)
-                if len(encoded) == 1:
-                    _warm_up(context, encoded[record.id], variants)
-            row = run_sample(context, record, encoded[record.id], variant, repeat)
-            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for group, repeat, variant in todo:
+            for record in group:
+                if record.id not in encoded:
+                    encoded[record.id] = encode_record(record, target.tokenizer, config.prompt_format)
+                    if len(encoded) == 1:
+                        _warm_up(context, encoded[record.id], variants)
+            prompts = [encoded[record.id] for record in group]
+            if config.batch_size == 1:
+                rows = [run_sample(context, group[0], prompts[0], variant, repeat)]
+            else:  # a partly written group (an interrupted run) is decoded again, whole
+                rows = run_batch(context, group, prompts, variant, repeat)
+            for row in rows:
+                if sample_key(row) in done:
+                    continue
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                bar.update()
             sink.flush()
-            bar.set_postfix_str(f"{variant.label}: {row.get('tokens_per_s') or 0:.1f} tok/s", refresh=False)
-            bar.update()
-    keys = {(r.id, v.label, rep) for r, rep, v in plan}
+            rate = rows[-1].get("batch_tokens_per_s") or rows[-1].get("tokens_per_s") or 0
+            bar.set_postfix_str(f"{variant.label}: {rate:.1f} tok/s", refresh=False)
+    keys = {(r.id, v.label, rep) for group, rep, v in plan for r in group}
     return [r for r in load_results(results_path) if sample_key(r) in keys]

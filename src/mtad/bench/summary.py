@@ -58,6 +58,8 @@ class VariantSummary:
     mean_new_tokens: float
     tokens_per_s: Spread
     ms_per_token: Spread
+    throughput: float  # every new token over the total decoding time (a batch's time counted once)
+    batch_size: int  # the largest batch the samples ran in (1: one prompt at a time)
     speedup: Spread | None  # None when the run has no ar baseline
     acceptance_rate: float
     block_efficiency: float
@@ -175,6 +177,16 @@ def _pass_at_k(rows: Sequence[Mapping], metric: str | None, seed: int) -> dict[i
     }
 
 
+def _throughput(rows: Sequence[Mapping]) -> float:
+    """Tokens per second of decoding time, where the rows of one batch share one wall time."""
+    if any("wall_time_s" not in r for r in rows):
+        return _NAN
+    tokens = sum(r["new_tokens"] for r in rows)
+    batches = {(r["batch_id"], r["repeat"]): r["batch_wall_time_s"] for r in rows if "batch_id" in r}
+    seconds = sum(r["wall_time_s"] for r in rows if "batch_id" not in r) + sum(batches.values())
+    return tokens / seconds if seconds > 0 else _NAN
+
+
 def _joules_per_token(rows: Sequence[Mapping]) -> float | None:
     if not rows or any(r.get("joules") is None for r in rows):
         return None
@@ -197,6 +209,8 @@ def summarize_variant(
         mean_new_tokens=float(np.mean([r["new_tokens"] for r in ok])) if ok else _NAN,
         tokens_per_s=metrics.median_spread([_number(r["tokens_per_s"]) for r in ok]),
         ms_per_token=metrics.median_spread([_number(r["ms_per_token"]) for r in ok]),
+        throughput=_throughput(ok),
+        batch_size=max((r.get("batch_size", 1) for r in ok), default=1),
         speedup=None if baseline is None else metrics.median_spread(_speedups(ok, baseline)),
         acceptance_rate=_pooled_ratio(ok, "accepted_tokens", "drafted_tokens"),
         block_efficiency=_pooled_ratio(ok, "new_tokens", "target_calls"),
@@ -277,6 +291,8 @@ def summary_row(s: VariantSummary) -> dict[str, Any]:
         "ms_per_token_median": s.ms_per_token.median,
         "ms_per_token_q1": s.ms_per_token.q1,
         "ms_per_token_q3": s.ms_per_token.q3,
+        "throughput_tokens_per_s": s.throughput,
+        "batch_size": s.batch_size,
         "speedup_vs_ar_median": speed.median,
         "speedup_vs_ar_q1": speed.q1,
         "speedup_vs_ar_q3": speed.q3,

@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generations per prompt and method (default 1); n for HumanEval pass@k, k <= n",
     )
     run_group.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="prompts decoded together (default 1): rows keep their own statistics, and each row "
+        "records the batch's throughput (batch_tokens_per_s)",
+    )
+    run_group.add_argument(
         "--sweep",
         help="e.g. gamma=2,4,6, threshold=0.3,0.5,0.7 or reference=best,max,own (methods it affects)",
     )
@@ -138,6 +145,7 @@ def build_config(args: argparse.Namespace):
         dtype=auto_dtype(_weights_device(args)).name if args.dtype == "auto" else args.dtype,
         draft_dtype=args.draft_dtype,
         repeats=args.repeats,
+        batch_size=args.batch_size,
         seed=0 if args.seed is None else args.seed,
         sweep=Sweep.parse(args.sweep) if args.sweep else None,
         prompt_format=args.prompt_format,
@@ -184,6 +192,8 @@ def command_line(config, out: Path) -> str:
             words += [flag, str(value)]
     words += _decoding_words(config.decoding) + ["--seed", str(config.seed)]
     words += ["--repeats", str(config.repeats), "--prompt-format", config.prompt_format]
+    if config.batch_size != 1:
+        words += ["--batch-size", str(config.batch_size)]
     if config.sweep is not None:
         from mtad.bench.runner import format_sweep_value
 
