@@ -81,13 +81,11 @@ def stream(
         else [None if seed is None else (seed + i) % SEED_LIMIT for i in range(len(prompts))]
     )
 
-    def make(index: int, stores) -> Generation:
-        prompt = prompts[index][1]
-        return Generation(target, draft, prompt, spec, sampling, stops, seeds[index], tokenizer, stores)
-
-    batch = BatchGeneration(target, draft if spec.needs_draft else None, make)
-    batch.add_rows(len(prompts))
-    return batch
+    generations = [
+        Generation(target, draft, prompt, spec, sampling, stops, seeds[i], tokenizer)
+        for i, (_, prompt) in enumerate(prompts)
+    ]
+    return BatchGeneration(target, draft, generations)
 
 
 def validate_settings(

@@ -348,11 +348,10 @@ class Batch:
         self.rows: list[Row] = []
         self._joined = 0
 
-    def stores(self) -> tuple[RowStore, RowStore | None]:
-        """New (target, draft) stores for a row's `Generation(..., stores=...)`."""
-        return RowStore(self.target_cache), RowStore(self.draft_cache) if self.draft_cache else None
-
-    def add(self, generation, stores: tuple[RowStore, RowStore | None]) -> Row:
+    def add(self, generation) -> Row:
+        """A `Generation` not yet started joins: its caches become rows of the batch's."""
+        stores = RowStore(self.target_cache), RowStore(self.draft_cache) if self.draft_cache else None
+        generation.use_stores(*stores)
         row = Row(generation, stores, index=self._joined)
         self._joined += 1
         self.rows.append(row)
@@ -471,16 +470,11 @@ class BatchGeneration:
     `GenerationResult` per prompt, in order) is set once iteration ends. A row that fails raises
     its error at the end, after the other rows have finished."""
 
-    def __init__(self, target: PreTrainedModel, draft: PreTrainedModel | None, make_generation) -> None:
-        """`make_generation(index, stores)` builds prompt `index`'s `Generation` over `stores`."""
+    def __init__(self, target: PreTrainedModel, draft: PreTrainedModel | None, generations: list) -> None:
         self.batch = Batch(target, draft)
-        self._make = make_generation
+        for generation in generations:
+            self.batch.add(generation)
         self.results: list | None = None
-
-    def add_rows(self, count: int) -> None:
-        for index in range(count):
-            stores = self.batch.stores()
-            self.batch.add(self._make(index, stores), stores)
 
     def __iter__(self) -> Iterator[tuple[int, object]]:
         for row, block in run_batch(self.batch):

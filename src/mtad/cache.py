@@ -257,10 +257,8 @@ class FeatureDrafter(CachedModel):
     that, the engine takes a target-only round (the prefill).
     """
 
-    def __init__(
-        self, model: PreTrainedModel, vocab_size: int, target: CachedModel, store: KVStore | None = None
-    ) -> None:
-        super().__init__(model, vocab_size, store)
+    def __init__(self, model: PreTrainedModel, vocab_size: int, target: CachedModel) -> None:
+        super().__init__(model, vocab_size)
         model.attach(target.model)
         target.capture_features(model.config.feature_layers)
         self.target = target
@@ -347,8 +345,8 @@ def _parent_slots(start: int, fed: int, attention_mask: torch.Tensor | None) -> 
     return ((allowed * (columns + 1)).max(-1).values - 1).cpu()
 
 
-def drafter_for(draft: PreTrainedModel, target: CachedModel, store: KVStore | None = None) -> CachedModel:
+def drafter_for(draft: PreTrainedModel, target: CachedModel) -> CachedModel:
     """The cached drafting model for `draft`: a feature draft reads `target`'s states."""
     if is_feature_draft(draft):
-        return FeatureDrafter(draft, target.vocab_size, target, store)
-    return CachedModel(draft, target.vocab_size, store)
+        return FeatureDrafter(draft, target.vocab_size, target)
+    return CachedModel(draft, target.vocab_size)

@@ -162,17 +162,13 @@ class Generation:
         stop: StopConfig,
         seed: int | None = None,
         tokenizer=None,
-        stores: tuple[KVStore, KVStore] | None = None,
     ) -> None:
-        """`stores`: the (target, draft) caches of a row of a batch (`mtad.batch`); None: its own."""
         self.vocab_size = output_width(target)
-        target_store, draft_store = stores or (None, None)
-        self.target = CachedModel(target, self.vocab_size, target_store)
+        self.target = CachedModel(target, self.vocab_size)
         # MTJD: the target drafts for itself, sharing one cache.
-        if spec.shape == "self_beams":
-            self.drafter = self.target
-        else:
-            self.drafter = drafter_for(draft, self.target, draft_store) if draft else None
+        self.drafter = (
+            self.target if spec.shape == "self_beams" else drafter_for(draft, self.target) if draft else None
+        )
         self.prompt = prompt.to(self.target.device)
         self.spec, self.sampling = spec, sampling
         self.stopper = Stopper(stop, tokenizer)
@@ -181,6 +177,16 @@ class Generation:
         self.sequence = self.prompt
         self.result: GenerationResult | None = None
         self._started = False
+
+    def use_stores(self, target_store: KVStore, draft_store: KVStore | None) -> None:
+        """Decode as a row of a batch (`mtad.batch`): keep the caches in the batch's, not in our own."""
+        if self._started:
+            raise RuntimeError("a generation joins a batch before its first block")
+        self.target.store = target_store
+        if self.drafter is not None and self.drafter is not self.target:
+            if draft_store is None:
+                raise RuntimeError("this generation has a draft; its batch was made without one")
+            self.drafter.store = draft_store
 
     def __iter__(self) -> Iterator[Block]:
         if self._started:

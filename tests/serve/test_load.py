@@ -34,13 +34,14 @@ def job(i: int) -> dict:
     }
 
 
-def send(client: openai.OpenAI, spec: dict) -> tuple[str, str, int]:
+def send(client: openai.OpenAI, spec: dict, **extra) -> tuple[str, str, int]:
     settings = {
         "model": MODEL,
         "prompt": spec["prompt"],
         "max_tokens": spec["max_tokens"],
         "seed": spec["seed"],
         "extra_body": {"mtad": {"method": spec["method"]}},
+        **extra,
     }
     if spec["stream"]:
         chunks = list(client.completions.create(stream=True, **settings))
@@ -69,8 +70,14 @@ def test_concurrent_clients_get_what_they_would_get_alone(server, alone):
 
 @pytest.fixture(scope="module")
 def slow_server(start_server):
-    """A pair that takes DELAY_S per target call, and room for one waiting request."""
-    return start_server(delay_s=DELAY_S, max_queue=1)
+    """A pair that takes DELAY_S per target call, one request at a time, room for one waiting."""
+    return start_server(delay_s=DELAY_S, max_queue=1, max_batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def slow_batching_server(start_server):
+    """The slow pair decoding up to two requests together, room for one waiting."""
+    return start_server(delay_s=DELAY_S, max_queue=1, max_batch_size=2)
 
 
 def health(url: str) -> dict:
@@ -171,3 +178,53 @@ def test_time_limit_stops_a_long_generation(start_server):
         list(slow_stream(client, 500))
     status, _, body = request(server.url, "POST", COMPLETIONS, slow(3))
     assert status == 200 and body["usage"]["completion_tokens"] == 3
+
+
+def test_concurrent_greedy_clients_in_a_batch_get_their_solo_tokens(start_server, alone):
+    """Continuous batching at temperature 0 (float32): every request equals its solo greedy run,
+    and /metrics saw steps with several rows."""
+    server = start_server(max_batch_size=4)
+    specs = [job(i) | {"max_tokens": 12 + i % 5} for i in range(12)]
+    expected = [
+        alone(s["prompt"], method=s["method"], seed=s["seed"], max_new_tokens=s["max_tokens"], temperature=0)
+        for s in specs
+    ]
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def one(spec: dict) -> tuple[str, str, int]:
+        return send(client, spec, temperature=0)
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(one, specs))
+    assert got == [(e.text, e.finish_reason, len(e.tokens)) for e in expected]
+    metrics = urllib.request.urlopen(f"{server.url}/metrics").read().decode()
+    steps = {
+        line.split('le="')[1].split('"')[0]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("mtad_batch_size_bucket")
+    }
+    assert steps["+Inf"] > steps["1.0"] > 0  # some steps ran one row, some ran more
+    assert (
+        float(next(v.split()[-1] for v in metrics.splitlines() if v.startswith("mtad_batch_tokens_total")))
+        > 0
+    )
+
+
+def test_a_full_batch_queues_then_429s_and_a_disconnect_frees_its_row(slow_batching_server):
+    url = slow_batching_server.url
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    first, second = iter(slow_stream(client, 60)), iter(slow_stream(client, 60))
+    next(first), next(second)  # both decode now, together
+    wait_until(lambda: health(url)["batch_rows"] == 2, timeout_s=10)
+    queued: list[int] = []
+    waiter = threading.Thread(target=lambda: queued.append(request(url, "POST", COMPLETIONS, slow(5))[0]))
+    waiter.start()
+    wait_until(lambda: health(url)["queue_depth"] == 1, timeout_s=10)
+    status, headers, body = request(url, "POST", COMPLETIONS, slow(5))
+    assert status == 429 and body["error"]["code"] == "queue_full"
+    second.close()  # the client goes away: its row leaves, the waiting request joins
+    waiter.join(30)
+    assert queued == [200]
+    assert list(first)[-1].usage.completion_tokens == 60
+    wait_until(lambda: not health(url)["busy"], timeout_s=10)
+    assert health(url)["batch_rows"] == 0

@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429 (default 64)")
     group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="requests decoded together, joining and leaving at block boundaries (default 8); 1 decodes "
+        "one request at a time",
+    )
+    group.add_argument(
         "--request-timeout", type=float, default=120.0, help="seconds of decoding per request (default 120)"
     )
     group.add_argument(
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=_model_name(args),
         defaults=_validated_defaults(args),
         max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size,
         request_timeout_s=args.request_timeout,
         limits=limits(args),
         max_request_bytes=args.max_request_bytes,
@@ -82,6 +90,8 @@ def _validated_defaults(args: argparse.Namespace) -> dict:
     """The decoding flags as request defaults, checked before minutes of model loading."""
     if args.max_queue < 1:
         raise ConfigError(f"--max-queue must be >= 1, got {args.max_queue}")
+    if args.max_batch_size < 1:
+        raise ConfigError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
     if not args.request_timeout > 0:
         raise ConfigError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
     if args.max_new_tokens < 1:

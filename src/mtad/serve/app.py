@@ -67,6 +67,7 @@ class ServeConfig:
     model_name: str
     defaults: dict
     max_queue: int = 64
+    max_batch_size: int = 8  # requests decoded together (continuous batching); 1 = one at a time
     request_timeout_s: float | None = 120.0
     limits: Limits = field(default_factory=Limits)  # ceilings on gamma, beams and tree nodes
     max_request_bytes: int = 4 * 2**20  # a larger body is refused (413) before it is read whole
@@ -95,8 +96,11 @@ class _Server:
             raise ValueError("the target model needs a tokenizer to serve text")
         self.target, self.draft, self.config = target, draft, config
         self.tokenizer = copy.deepcopy(target.tokenizer)  # the HTTP thread's own copy
-        self.scheduler = Scheduler(config.max_queue)
-        self.metrics = Metrics(lambda: self.scheduler.depth, lambda: float(self.scheduler.busy))
+        self.metrics = Metrics(
+            lambda: self.scheduler.depth, lambda: float(self.scheduler.busy), lambda: self.scheduler.rows
+        )
+        models = (target.model, draft.model if draft else None)
+        self.scheduler = Scheduler(config.max_queue, config.max_batch_size, models, self.metrics.batch_step)
         self.started = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -131,6 +135,8 @@ class _Server:
             "model": self.config.model_name,
             "queue_depth": self.scheduler.depth,
             "busy": self.scheduler.busy,
+            "batch_rows": self.scheduler.rows,
+            "max_batch_size": self.config.max_batch_size,
             "limits": dataclasses.asdict(self.config.limits),
             "dtype": dtype_name(self.target.model.dtype),
             "draft_dtype": dtype_name(self.draft.model.dtype) if self.draft else None,

@@ -2,7 +2,9 @@
 
 Exact aggregates come from the counters: acceptance rate = accepted / drafted tokens, block
 efficiency = completion tokens / target calls, tokens/s = completion tokens / decode seconds.
-The histograms show the per-request spread of the same three numbers, by method.
+The histograms show the per-request spread of the same three numbers, by method. With continuous
+batching, `mtad_batch_size` counts rows per batch step and mtad_batch_tokens / mtad_batch_seconds
+is the server's decoding throughput (all rows together).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ OUTCOMES = ("ok", "invalid", "rejected", "timeout", "error", "cancelled")
 
 
 class Metrics:
-    def __init__(self, queue_depth: Callable[[], float], busy: Callable[[], float]) -> None:
+    def __init__(
+        self, queue_depth: Callable[[], float], busy: Callable[[], float], rows: Callable[[], float]
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -58,6 +62,15 @@ class Metrics:
         )
         Gauge("mtad_queue_depth", "Requests waiting for the worker", registry=r).set_function(queue_depth)
         Gauge("mtad_worker_busy", "1 while a generation runs", registry=r).set_function(busy)
+        Gauge("mtad_batch_rows", "Requests decoding together now", registry=r).set_function(rows)
+        self.batch_size = Histogram(
+            "mtad_batch_size",
+            "Rows per batch step (continuous batching)",
+            buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
+            registry=r,
+        )
+        self.batch_tokens = Counter("mtad_batch_tokens", "Tokens committed by batch steps", registry=r)
+        self.batch_seconds = Counter("mtad_batch_seconds", "Wall time of batch steps", registry=r)
 
     def count(self, endpoint: str, outcome: str) -> None:
         self.requests.labels(endpoint=endpoint, outcome=outcome).inc()
@@ -77,6 +90,12 @@ class Metrics:
         ):
             if value is not None:  # undefined for this request (nothing drafted, nothing generated)
                 histogram.labels(method=method).observe(value)
+
+    def batch_step(self, rows: int, tokens: int, seconds: float) -> None:
+        """One step of the batch (called from the worker): batch throughput = tokens / seconds."""
+        self.batch_size.observe(rows)
+        self.batch_tokens.inc(tokens)
+        self.batch_seconds.inc(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

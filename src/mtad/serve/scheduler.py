@@ -1,16 +1,24 @@
 """One worker thread owns the models; requests wait in a bounded first-in, first-out queue.
 
 Contract:
-- Generations run one at a time, start to finish, on the worker thread. The models are not
-  thread-safe, and a generation run alone is what makes "same seed, same output" hold under load.
-- `submit` never blocks: a full queue raises `QueueFull` (the HTTP layer answers 429). A job that
-  was accepted is always run, unless its client cancelled it first.
-- `Job.cancel()` (client gone) stops the generation after the block in progress; a job
-  cancelled while queued is skipped. Either way the worker is free for the next job at once.
+- With `max_batch_size` 1, generations run one at a time, start to finish, on the worker thread
+  (the models are not thread-safe). With more, the worker decodes up to that many requests
+  together (continuous batching, `mtad.batch`): a waiting request joins the running batch at the
+  next block boundary and leaves it when it is done; requests with different methods and
+  settings share the batch (each row has its own seed and settings). A request alone gets the
+  tokens it gets with batching off; in a batch it gets the same distribution, with tokens
+  identical wherever floating point allows.
+- `submit` never blocks: a full queue raises `QueueFull` (the HTTP layer answers 429). The queue
+  holds requests the batch has no room for. A job that was accepted is always run, unless its
+  client cancelled it first.
+- `Job.cancel()` (client gone) stops the generation after the block in progress and frees its
+  batch row; a job cancelled while queued is skipped.
 - A job longer than its time limit stops after the block in progress with a "timeout" event.
 - The worker reports to the job's asyncio queue on the server's event loop; every job ends with
   exactly one terminal event: "done" (payload: `GenerationResult`), "error" (the exception) or
   "timeout". Blocks come as "block" events (payload: `mtad.Block`) before it.
+- `on_step(rows, tokens, seconds)` (batching only) hears about every batch step: how many rows
+  decoded, how many tokens they committed, and how long it took.
 """
 
 from __future__ import annotations
@@ -20,8 +28,12 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from transformers import PreTrainedModel
+
+from mtad.batch import Batch, Row
 from mtad.engine import Generation
 
 TERMINAL = ("done", "error", "timeout")
@@ -59,12 +71,28 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, max_queue: int) -> None:
+    def __init__(
+        self,
+        max_queue: int,
+        max_batch_size: int = 1,
+        models: tuple[PreTrainedModel, PreTrainedModel | None] | None = None,
+        on_step: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        """`models` (target, draft): the pair every batched job decodes with (batching only)."""
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_batch_size > 1 and models is None:
+            raise ValueError("batching needs the (target, draft) models the jobs decode with")
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        self._thread = threading.Thread(target=self._work, name="mtad-worker", daemon=True)
+        work = self._work if max_batch_size == 1 else self._work_batched
+        self._thread = threading.Thread(target=work, name="mtad-worker", daemon=True)
+        self.max_batch_size = max_batch_size
+        self.models = models
+        self.on_step = on_step
         self.busy = False
+        self.rows = 0  # requests decoding now
         self.mean_job_s = 1.0  # running mean of job durations, for Retry-After
 
     def start(self) -> None:
@@ -111,6 +139,62 @@ class Scheduler:
             finally:
                 self.busy = False
                 self.mean_job_s = 0.8 * self.mean_job_s + 0.2 * (time.monotonic() - start)
+
+    def _work_batched(self) -> None:
+        """Continuous batching: admit waiting jobs at block boundaries, step, report, drop the done."""
+        batch = Batch(*self.models)
+        running: dict[int, tuple[Row, Job, float]] = {}  # id(row) -> row, its job, its start
+        closing = False
+        while running or not closing:
+            while not closing and len(running) < self.max_batch_size:
+                try:  # wait for work only when nothing is decoding
+                    job = self._queue.get(block=not running)
+                except queue.Empty:
+                    break
+                if job is None:
+                    closing = True
+                elif not job.cancelled.is_set():
+                    row = batch.add(job.generation)
+                    running[id(row)] = (row, job, time.monotonic())
+            if not running:
+                continue
+            self.busy, self.rows = True, len(running)
+            start = time.monotonic()
+            try:
+                blocks = batch.step()
+            except Exception as error:  # noqa: BLE001 - the batch itself broke: fail its rows, go on
+                for _, job, _ in running.values():
+                    job.emit("error", error)
+                running.clear()
+                batch = Batch(*self.models)
+                continue
+            if self.on_step is not None:
+                self.on_step(
+                    len(running), sum(len(block.tokens) for _, block in blocks), time.monotonic() - start
+                )
+            for row, block in blocks:
+                running[id(row)][1].emit("block", block)
+            self._settle(batch, running)
+            self.busy, self.rows = bool(running), len(running)
+
+    def _settle(self, batch: Batch, running: dict[int, tuple[Row, Job, float]]) -> None:
+        """After a step: finished rows report, cancelled and overdue rows stop; all of them leave."""
+        now = time.monotonic()
+        for key, (row, job, start) in list(running.items()):
+            if row.done and row.error is not None:
+                job.emit("error", row.error)
+            elif row.done:
+                job.emit("done", row.generation.result)
+            elif job.cancelled.is_set():
+                batch.cancel(row)
+            elif job.time_limit_s is not None and now - start > job.time_limit_s:
+                job.emit("timeout", job.time_limit_s)
+                batch.cancel(row)
+            else:
+                continue
+            del running[key]
+            self.mean_job_s = 0.8 * self.mean_job_s + 0.2 * (now - start)
+        batch.rows = [row for row in batch.rows if not row.done]
 
 
 def _run(job: Job) -> None:
