@@ -27,9 +27,8 @@ import mtad
 from mtad import acceptance, cache, drafting, vocabulary
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
-from mtad.precision import DTYPES, cpu_flags
+from mtad.precision import DTYPES
 
-RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 PARTS = ("target forward", "draft forward", "sampling + acceptance", "cache ops", "rest")
 
 
@@ -162,12 +161,9 @@ def machine_line(model: torch.nn.Module) -> str:
     from mtad.bench.machine import describe_machine
 
     info = describe_machine(model.get_input_embeddings().weight.device, model.dtype)
-    flags = cpu_flags()
-    shown = " ".join(flag for flag in RELEVANT_FLAGS if flag in flags) or "none of " + " ".join(
-        RELEVANT_FLAGS
-    )
-    return (f"CPU {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads), flags: "
-            f"{shown}; device {info['device']}, dtype {info['dtype']}, torch {info['torch']}")  # fmt: skip
+    return (f"CPU {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads), "
+            f"flags: {info['cpu_flags']}; device {info['device']}, dtype {info['dtype']}, "
+            f"torch {info['torch']}")  # fmt: skip
 
 
 def table(profiles: dict[str, list[dict[str, float]]], methods: list[str]) -> str:

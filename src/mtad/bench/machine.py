@@ -41,10 +41,23 @@ def _version(distribution: str) -> str:
         return "n/a"
 
 
+#: The CPU features that decide matmul speed and the dtype auto picks (reported beside every number).
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+
+
+def relevant_flags() -> str:
+    """The RELEVANT_FLAGS this CPU has, space-separated (or which it lacks, all of them)."""
+    from mtad.precision import cpu_flags
+
+    flags = cpu_flags()
+    return " ".join(flag for flag in RELEVANT_FLAGS if flag in flags) or "none of " + " ".join(RELEVANT_FLAGS)
+
+
 def describe_machine(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
     """CPU, threads, accelerator, software versions, device and dtype, as report-ready strings."""
     info = {
         "cpu": _cpu_model(),
+        "cpu_flags": relevant_flags(),
         "cpu_count": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
         "os": platform.platform(),
