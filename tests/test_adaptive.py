@@ -144,5 +144,7 @@ def test_measured_costs_are_remembered_per_pair(target, draft):
     spec, sampling = SpeculationConfig("sd", "auto"), mtad.SamplingConfig()
     first = adaptive.measure_costs(target, draft, spec, sampling)
     assert adaptive.measure_costs(target, draft, spec, sampling) is first
+    shared = adaptive.measure_costs(target, draft, spec, sampling, rows=2)  # a batch of two rows
+    assert shared is not first and adaptive.measure_costs(target, draft, spec, sampling, rows=2) is shared
     assert set(first.target_s) >= {1, 2, AUTO_MAX_GAMMA + 1} and set(first.draft_s) >= {1}
     assert all(seconds > 0 for seconds in (*first.target_s.values(), *first.draft_s.values()))

@@ -7,6 +7,8 @@ the row's committed tokens gives, and EOS in one row leaves the others untouched
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -225,3 +227,31 @@ def test_a_row_alone_in_a_batch_computes_exactly_what_it_computes_alone(target, 
         alone = mtad.generate(target, close_draft, prompt, seed=seed, **settings)
         batch = mtad.generate(target, close_draft, [prompt], seed=[seed], **settings)
         assert batch[0].tokens == alone.tokens
+
+
+def test_gamma_auto_prices_rounds_at_the_batch_size(target, draft, monkeypatch):
+    """Costs are measured for the rows that share a forward (rounded down to a power of two) and
+    re-priced when rows leave; a prompt alone is priced at one row."""
+    from mtad import adaptive
+
+    asked = []
+    flat = adaptive.Costs({1: 1.0, 2: 1.01, 33: 1.5}, {1: 0.01, 2: 0.011, 4: 0.012})
+
+    def measured(target, draft, spec, sampling, rows=1):
+        asked.append(rows)
+        return flat
+
+    monkeypatch.setattr(mtad.engine, "measure_costs", measured)
+    budgets = [6, 30, 30, 30]  # row 0 leaves early: three rows are priced as two from then on
+    generation = mtad.stream(
+        target, draft, PROMPTS, method="sd", gamma="auto", max_new_tokens=30, seed=0, **NO_EOS
+    )
+    for row, budget in zip(generation.batch.rows, budgets, strict=True):
+        row.generation.stopper.stop = dataclasses.replace(row.generation.stopper.stop, max_new_tokens=budget)
+    for _ in generation:
+        pass
+    assert asked[:7] == [4, 4, 4, 4, 2, 2, 2] and set(asked[7:]) <= {1}  # a last row alone: one row
+    assert [len(r.tokens) for r in generation.results] == budgets
+    asked.clear()
+    mtad.generate(target, draft, PROMPTS[0], method="sd", gamma="auto", max_new_tokens=5, **NO_EOS)
+    assert asked == [1]

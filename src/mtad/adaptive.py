@@ -97,10 +97,15 @@ class GammaPolicy:
     """
 
     def __init__(self, spec: SpeculationConfig, costs: Costs) -> None:
-        self.spec, self.costs = spec, costs
+        self.spec = spec
         self.tried = [0.0] * spec.depth  # rounds that drafted position j + 1 with all before it accepted
         self.passed = [0.0] * spec.depth  # ... and accepted it
-        self.cost = [round_cost(spec, g, costs) for g in range(spec.depth + 1)]
+        self.use_costs(costs)
+
+    def use_costs(self, costs: Costs) -> None:
+        """Price rounds with `costs` from now on (a batch grew or shrank); acceptance is kept."""
+        self.costs = costs
+        self.cost = [round_cost(self.spec, g, costs) for g in range(self.spec.depth + 1)]
 
     def reach(self) -> list[float]:
         """Estimated P(L >= j) for j = 1..depth (non-increasing by construction)."""
@@ -144,20 +149,29 @@ def _shape(model: PreTrainedModel) -> tuple:
 
 
 def measure_costs(
-    target: PreTrainedModel, draft: PreTrainedModel, spec: SpeculationConfig, sampling: SamplingConfig
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    spec: SpeculationConfig,
+    sampling: SamplingConfig,
+    rows: int = 1,
 ) -> Costs:
     """Forward times of this pair for the round shapes `spec` can ask for, warp included; measured
-    once per pair and round shape in this process (~1 s on the default pair on a CPU, with the
-    first caller's warp: its cost is small beside the forwards), then remembered."""
-    key = (_shape(target), _shape(draft), spec.shape, spec.beam_width, spec.tree, spec.depth)
+    once per pair, round shape and `rows` in this process (~1 s on the default pair on a CPU, with
+    the first caller's warp: its cost is small beside the forwards), then remembered.
+
+    `rows` > 1: each forward feeds that many rows at once (a batch's rows share their forwards),
+    and a cost is one row's share. A batched forward of k tokens a row is closer to compute-bound
+    than a lone one, so extra verified tokens cost more there and the policy drafts less.
+    """
+    key = (_shape(target), _shape(draft), spec.shape, spec.beam_width, spec.tree, spec.depth, rows)
     if key not in _MEASURED:
         width = max(spec.beam_width, max(spec.tree) if spec.shape == "branching_tree" else 1)
         most = max(round_nodes(spec, g) for g in range(spec.depth + 1)) + 1
         target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
         vocab = output_width(target)  # a subset draft maps target ids to its own
         _MEASURED[key] = Costs(
-            _forward_seconds(target, vocab, target_sizes, sampling),
-            _forward_seconds(draft, vocab, sorted({1, 2, width}), sampling),
+            _forward_seconds(target, vocab, target_sizes, sampling, rows),
+            _forward_seconds(draft, vocab, sorted({1, 2, width}), sampling, rows),
         )
     return _MEASURED[key]
 
@@ -173,26 +187,27 @@ def round_nodes(spec: SpeculationConfig, drafted: int) -> int:
 
 
 def _forward_seconds(
-    model: PreTrainedModel, vocab: int, sizes: list[int], sampling: SamplingConfig
+    model: PreTrainedModel, vocab: int, sizes: list[int], sampling: SamplingConfig, rows: int = 1
 ) -> dict[int, float]:
-    """Median seconds of a forward of k new tokens after a prefix, per k (interleaved repeats)."""
+    """Median seconds of a forward of k new tokens a row after a prefix, per k (interleaved
+    repeats), divided by `rows`: one row's share of a forward over `rows` rows."""
     room = context_length(model) or PREFIX_TOKENS * 4
     prefix_len = max(1, min(PREFIX_TOKENS, room - max(sizes) - 1))
     cached = CachedModel(model, vocab)
     generator = torch.Generator().manual_seed(0)
-    prefix = torch.randint(0, vocab, (1, prefix_len), generator=generator)
+    prefix = torch.randint(0, vocab, (rows, prefix_len), generator=generator)
     cached.forward(prefix)
     times: dict[int, list[float]] = {k: [] for k in sizes}
     for _ in range(REPEATS + 1):  # the first pass warms kernels up and is dropped
         for k in sizes:
-            block = torch.randint(0, vocab, (1, k), generator=generator)
+            block = torch.randint(0, vocab, (rows, k), generator=generator)
             _synchronise(cached.device)
             start = time.perf_counter()
             cached.distributions(block, sampling, keep=k)
             _synchronise(cached.device)
             times[k].append(time.perf_counter() - start)
             cached.truncate(prefix_len)
-    return {k: statistics.median(seconds[1:]) for k, seconds in times.items()}
+    return {k: statistics.median(seconds[1:]) / rows for k, seconds in times.items()}
 
 
 def _synchronise(device: torch.device) -> None:

@@ -352,10 +352,16 @@ class Batch:
         """A `Generation` not yet started joins: its caches become rows of the batch's."""
         stores = RowStore(self.target_cache), RowStore(self.draft_cache) if self.draft_cache else None
         generation.use_stores(*stores)
+        generation.batch_rows = self.priced_rows
         row = Row(generation, stores, index=self._joined)
         self._joined += 1
         self.rows.append(row)
         return row
+
+    def priced_rows(self) -> int:
+        """The batch size gamma "auto" prices rounds at: live rows rounded down to a power of two
+        (each size is measured once per process; a few sizes cover every batch)."""
+        return 1 << (max(1, len(self.live)).bit_length() - 1)
 
     @property
     def live(self) -> list[Row]:

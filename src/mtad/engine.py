@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -177,6 +177,8 @@ class Generation:
         self.sequence = self.prompt
         self.result: GenerationResult | None = None
         self._started = False
+        # Rows decoding together, as gamma "auto" prices them (a batch sets it; alone: 1).
+        self.batch_rows: Callable[[], int] = lambda: 1
 
     def use_stores(self, target_store: KVStore, draft_store: KVStore | None) -> None:
         """Decode as a row of a batch (`mtad.batch`): keep the caches in the batch's, not in our own."""
@@ -195,9 +197,9 @@ class Generation:
         method = self.spec.record
         proposer, accept = method.proposer(self.spec), method.rule(self.spec)
         target, drafter, stopper = self.target, self.drafter, self.stopper
-        policy = None
+        policy, priced_rows = None, self.batch_rows()
         if self.spec.adaptive and proposer is not None:  # measured once per pair, before the clock
-            costs = measure_costs(target.model, drafter.model, self.spec, self.sampling)
+            costs = measure_costs(target.model, drafter.model, self.spec, self.sampling, priced_rows)
             policy = GammaPolicy(self.spec, costs)
         generators = _Generators(self.seed)
         stats = Stats()
@@ -208,6 +210,11 @@ class Generation:
         start = time.perf_counter()
         while finish is None:
             budget = stopper.stop.max_new_tokens - len(generated)
+            if policy and self.batch_rows() != priced_rows:  # the batch changed: so did a round's price
+                priced_rows = self.batch_rows()
+                policy.use_costs(
+                    measure_costs(target.model, drafter.model, self.spec, self.sampling, priced_rows)
+                )
             # Draft no more than the budget can hold: the round always adds one target token.
             depth = policy.choose(budget - 1) if policy else self.spec.depth
             n = min(depth, budget - 1) if proposer else 0
