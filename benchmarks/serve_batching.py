@@ -5,8 +5,8 @@
 One process loads the pair once and serves it from two in-process servers on loopback, one with
 `--max-batch-size 1` (one request at a time) and one with `--max-batch-size CLIENTS`; requests go
 through the official `openai` client as chat completions of MT-Bench first turns, with the paper's
-settings (temperature 1, top-k 10, top-p 0.9, gamma 4, 4 beams, threshold 0.5). For each method
-and round, side by side: one client alone (sequential requests: the latency a lone user sees),
+settings (temperature 1, top-k 10, top-p 0.9, gamma 4 or `--gamma auto`, 4 beams, threshold 0.5).
+For each method and round, side by side: one client alone (sequential: the latency a lone user sees),
 then CLIENTS concurrent clients on each server. Prints total tokens/s, p50 latency and the ratios
 (medians over rounds); writes them as JSON with `--out`. Nothing is asserted.
 """
@@ -39,13 +39,15 @@ def main() -> None:
     parser.add_argument("--methods", default="ar,mtad")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--gamma", default="4", help="4 (the paper's) or auto (the server's default)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     target, draft = load_pair(str(default_target_path()), str(default_draft_path()), dtype=args.dtype)
     questions = [record.messages[0]["content"] for record in load_dataset("mtbench", None, args.clients * 2)]
     from mtad.api import DEFAULT_SETTINGS
 
-    defaults = DEFAULT_SETTINGS | PAPER | {"max_new_tokens": args.max_tokens}
+    gamma = args.gamma if args.gamma == "auto" else int(args.gamma)
+    defaults = DEFAULT_SETTINGS | PAPER | {"max_new_tokens": args.max_tokens, "gamma": gamma}
     servers = {
         size: BackgroundServer(
             create_app(target, draft, ServeConfig("pair", defaults, 256, max_batch_size=size))
@@ -78,7 +80,9 @@ def one_round(servers: dict, method: str, questions: list[str], args: argparse.N
     def send(size: int, i: int) -> tuple[float, int]:
         return one(clients[size], method, questions, i, args.max_tokens)
 
-    send(1, 0), send(args.clients, 0)  # warm both up
+    send(1, 0)  # warm up; on the batching server, a burst lets gamma auto price every batch size once
+    with ThreadPoolExecutor(args.clients) as pool:
+        list(pool.map(send, [args.clients] * args.clients, range(args.clients)))
     alone = [send(1, i) for i in range(args.clients)]
     run = {"alone": summary(alone, sum(seconds for seconds, _ in alone))}
     for size in servers:

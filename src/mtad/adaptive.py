@@ -192,7 +192,9 @@ def _forward_seconds(
     """Median seconds of a forward of k new tokens a row after a prefix, per k (interleaved
     repeats), divided by `rows`: one row's share of a forward over `rows` rows."""
     room = context_length(model) or PREFIX_TOKENS * 4
-    prefix_len = max(1, min(PREFIX_TOKENS, room - max(sizes) - 1))
+    # Rows share the prefix budget: the measurement stalls a running batch, so its prefill stays
+    # ~PREFIX_TOKENS tokens in all (a shorter context only shaves the attention's part).
+    prefix_len = max(1, min(PREFIX_TOKENS // rows, room - max(sizes) - 1))
     cached = CachedModel(model, vocab)
     generator = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, vocab, (rows, prefix_len), generator=generator)

@@ -211,10 +211,11 @@ class Generation:
         while finish is None:
             budget = stopper.stop.max_new_tokens - len(generated)
             if policy and self.batch_rows() != priced_rows:  # the batch changed: so did a round's price
-                priced_rows = self.batch_rows()
+                priced_rows, measuring = self.batch_rows(), time.perf_counter()
                 policy.use_costs(
                     measure_costs(target.model, drafter.model, self.spec, self.sampling, priced_rows)
                 )
+                start += time.perf_counter() - measuring  # a one-off calibration is not decoding time
             # Draft no more than the budget can hold: the round always adds one target token.
             depth = policy.choose(budget - 1) if policy else self.spec.depth
             n = min(depth, budget - 1) if proposer else 0
