@@ -37,7 +37,7 @@ from a one-row one, which can flip a near tie).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -326,7 +326,7 @@ class Row:
     """One prompt of a batch: its generation, the greenlet running it, and how it ended."""
 
     generation: object  # mtad.engine.Generation over this row's stores
-    stores: tuple[RowStore, RowStore]
+    stores: tuple[RowStore, RowStore | None]  # (target, draft); no draft store without a draft
     index: int = 0
     task: greenlet.greenlet | None = None
     done: bool = False
@@ -428,7 +428,7 @@ class Batch:
                 store.ragged.release(store)
 
 
-def _row_body(generation) -> callable:
+def _row_body(generation) -> Callable[..., None]:
     def body(*_start) -> None:  # the first switch passes the (empty) resume value
         for block in generation:
             greenlet.getcurrent().parent.switch(block)
