@@ -26,18 +26,9 @@ DRAFTED = ["sd", "mtad", "mmtad", "specinfer"]
 
 
 @pytest.fixture(scope="module")
-def target():
-    return tiny_llama(seed=0)
-
-
-@pytest.fixture(scope="module")
-def draft():
-    return tiny_llama(seed=1, layers=1)
-
-
-@pytest.fixture(scope="module")
 def close_draft(target):
-    """A draft that agrees with the target often (rows accept different numbers of tokens)."""
+    """A draft that agrees with the target often (rows accept different numbers of tokens).
+    `target` and `draft` are conftest's tiny pair."""
     model = tiny_llama(seed=0)
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():

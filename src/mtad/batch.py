@@ -47,6 +47,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from mtad.errors import ConfigError
+from mtad.tree import additive_mask
 
 #: Compact when holes exceed this share of the slots (and the cache is longer than COMPACT_MIN).
 HOLE_SHARE = 0.5
@@ -101,12 +102,17 @@ class RaggedCache:
         rows, slots = self.valid.shape
         width = max(inputs["input_ids"].shape[1] for _, inputs in requests)
         keep = max(inputs.get("logits_to_keep", 1) for _, inputs in requests)
+        # No holes and every row feeding `width` tokens causally: the plain call, with no mask and
+        # no positions, is what a row alone would make, so neither is built.
+        uniform = self._uniform(requests, width)
         ids = torch.zeros((rows, width), dtype=torch.long, device=self.device)
-        positions = torch.zeros((rows, width), dtype=torch.long, device=self.device)
-        lowest = torch.finfo(self.dtype).min
-        mask = torch.full((rows, 1, width, slots + width), lowest, dtype=self.dtype, device=self.device)
-        new = torch.arange(width, device=self.device)
-        mask[:, 0, new, slots + new] = 0  # a padding query sees itself only (no row of -inf: NaN)
+        positions = mask = None
+        if not uniform:
+            positions = torch.zeros((rows, width), dtype=torch.long, device=self.device)
+            lowest = torch.finfo(self.dtype).min
+            mask = torch.full((rows, 1, width, slots + width), lowest, dtype=self.dtype, device=self.device)
+            new = torch.arange(width, device=self.device)
+            mask[:, 0, new, slots + new] = 0  # a padding query sees itself only (no row of -inf: NaN)
         fed = torch.zeros((rows, width), dtype=torch.bool)
         extra: dict = {}
         placed = []  # per request: its physical rows and its token count
@@ -114,20 +120,9 @@ class RaggedCache:
             own = self.rows_of(store)
             tokens = inputs["input_ids"].to(self.device)
             m = tokens.shape[1]
-            length = store.length
             ids[own, width - m :] = tokens
-            given = inputs.get("position_ids")
-            positions[own, width - m :] = (
-                given.to(self.device) if given is not None else length + torch.arange(m, device=self.device)
-            )
-            own_mask = inputs.get("attention_mask")
-            if own_mask is None:
-                own_mask = _causal(length, m, self.dtype, self.device)[None, None]
-            for k, row in enumerate(own):
-                structure = own_mask[min(k, own_mask.shape[0] - 1), 0].to(self.device)  # [m, length + m]
-                block = mask[row, 0, width - m :]
-                block[:, self.slots_of(row).to(self.device)] = structure[:, :length]
-                block[:, slots + width - m :] = structure[:, length:]
+            if not uniform:
+                self._place_mask(mask, positions, store, own, inputs, m)
             fed[own, width - m :] = True
             for name, value in inputs.items():
                 if name in ("input_ids", "position_ids", "attention_mask", "logits_to_keep"):
@@ -139,8 +134,6 @@ class RaggedCache:
                 else:
                     extra[name] = extra.get(name, False) or value
             placed.append((own, m, inputs.get("logits_to_keep", 1)))
-        if self._uniform(requests, width):  # the plain causal call: what a row alone would make
-            positions, mask = None, None
         out = self.model(
             input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=keep,
             position_ids=positions, attention_mask=mask, **extra,
@@ -154,6 +147,31 @@ class RaggedCache:
             )
             for own, m, kept in placed
         ]
+
+    def _place_mask(
+        self,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        store: RowStore,
+        own: list[int],
+        inputs: dict,
+        m: int,
+    ) -> None:
+        """A request's positions and attention, moved onto its rows' physical slots (last m new ones)."""
+        width, slots = mask.shape[2], self.slots
+        length = store.length
+        given = inputs.get("position_ids")
+        positions[own, width - m :] = (
+            given.to(self.device) if given is not None else length + torch.arange(m, device=self.device)
+        )
+        own_mask = inputs.get("attention_mask")
+        if own_mask is None:
+            own_mask = _causal(length, m, self.dtype, self.device)[None, None]
+        for k, row in enumerate(own):
+            structure = own_mask[min(k, own_mask.shape[0] - 1), 0].to(self.device)  # [m, length + m]
+            block = mask[row, 0, width - m :]
+            block[:, self.slots_of(row).to(self.device)] = structure[:, :length]
+            block[:, slots + width - m :] = structure[:, length:]
 
     def _uniform(self, requests: list[tuple[RowStore, dict]], width: int) -> bool:
         """No holes, every row feeds `width` tokens causally: masks and positions are the defaults."""
@@ -446,9 +464,7 @@ def _causal(cached: int, new: int, dtype: torch.dtype, device: torch.device) -> 
     """Additive mask [new, cached + new]: every cached column, the new ones causally."""
     visible = torch.ones((new, cached + new), dtype=torch.bool, device=device)
     visible[:, cached:] = torch.ones((new, new), dtype=torch.bool, device=device).tril()
-    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(
-        ~visible, torch.finfo(dtype).min
-    )
+    return additive_mask(visible, dtype)
 
 
 def _pad_slots(tensor: torch.Tensor, slots: int) -> torch.Tensor:

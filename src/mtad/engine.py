@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from mtad.adaptive import GammaPolicy, measure_costs
+from mtad.adaptive import Costs, GammaPolicy, measure_costs
 from mtad.cache import CachedModel, KVStore, drafter_for
 from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
 from mtad.drafting import empty_proposal
@@ -198,9 +198,12 @@ class Generation:
         proposer, accept = method.proposer(self.spec), method.rule(self.spec)
         target, drafter, stopper = self.target, self.drafter, self.stopper
         policy, priced_rows = None, self.batch_rows()
-        if self.spec.adaptive and proposer is not None:  # measured once per pair, before the clock
-            costs = measure_costs(target.model, drafter.model, self.spec, self.sampling, priced_rows)
-            policy = GammaPolicy(self.spec, costs)
+
+        def costs(rows: int) -> Costs:  # measured once per pair and batch size in a process
+            return measure_costs(target.model, drafter.model, self.spec, self.sampling, rows)
+
+        if self.spec.adaptive and proposer is not None:  # before the clock
+            policy = GammaPolicy(self.spec, costs(priced_rows))
         generators = _Generators(self.seed)
         stats = Stats()
         sequence = self.prompt  # [1, committed]
@@ -212,9 +215,7 @@ class Generation:
             budget = stopper.stop.max_new_tokens - len(generated)
             if policy and self.batch_rows() != priced_rows:  # the batch changed: so did a round's price
                 priced_rows, measuring = self.batch_rows(), time.perf_counter()
-                policy.use_costs(
-                    measure_costs(target.model, drafter.model, self.spec, self.sampling, priced_rows)
-                )
+                policy.use_costs(costs(priced_rows))
                 start += time.perf_counter() - measuring  # a one-off calibration is not decoding time
             # Draft no more than the budget can hold: the round always adds one target token.
             depth = policy.choose(budget - 1) if policy else self.spec.depth

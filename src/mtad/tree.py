@@ -103,5 +103,11 @@ def tree_inputs(
     positions = torch.cat([
         torch.arange(cached_context, context), context + tree.depths[fed : fed + new] - 1
     ]).unsqueeze(0)  # fmt: skip
-    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
-    return positions.to(device), mask[None, None].to(device)
+    return positions.to(device), additive_mask(visible, dtype)[None, None].to(device)
+
+
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive form transformers takes for a custom mask: 0 where `visible`, the dtype's lowest
+    value elsewhere."""
+    zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return zeros.masked_fill(~visible, torch.finfo(dtype).min)
