@@ -9,6 +9,10 @@ top-p 0.9) at draft positions 1..depths, teacher-forced on the answer text, with
 agreement at position 1. A feature draft is unrolled on its own outputs (`mtad.distill.features`);
 a token draft reads no states, so its value is the same at every position. The target runs in
 float32, like the trainer's teacher. The CPU model and flags are printed beside the table.
+
+`--mtbench N` scores a second answer set the same way: the target's own sampled answers (paper
+warp, seed 0, `--max-new-tokens`) to the first N MT-Bench questions, the prompts the issue's
+speed targets use, without decoding noise (what `mtad bench` realizes is a sample of it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from mtad.distill.data import DataSettings, load_split
+from mtad.bench.datasets import load_mtbench
+from mtad.distill.data import DataSettings, generate_samples, load_split
 from mtad.distill.kinds import FeatureDrafts, TokenDrafts
 from mtad.distill.train import TrainSettings
 from mtad.feature_draft import is_feature_draft
@@ -40,6 +45,8 @@ def main() -> None:
     parser.add_argument("--drafts", required=True, help="comma-separated draft directories")
     parser.add_argument("--depths", type=int, default=4)
     parser.add_argument("--target", help="default: the built-in target")
+    parser.add_argument("--mtbench", type=int, default=0, help="also score answers to N MT-Bench questions")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="length of those answers")
     args = parser.parse_args()
     if args.target is None:
         from mtad.default_pair import default_target_path
@@ -48,25 +55,40 @@ def main() -> None:
     target = load_model(args.target, dtype=torch.float32).model.eval()
     data = DataSettings(heldout_samples=args.heldout_samples, gen_batch_size=args.gen_batch_size,
                         instruction_set=args.instruction_set)  # fmt: skip
-    heldout = load_split(Path(args.data_dir), "heldout", data)
+    answer_sets = {"held-out": load_split(Path(args.data_dir), "heldout", data)}
+    if args.mtbench:
+        answer_sets["MT-Bench"] = mtbench_answers(target, args.target, args.mtbench, args.max_new_tokens)
     settings = TrainSettings(depths=args.depths)
     rows = []
     for path in args.drafts.split(","):
         draft = load_model(path, dtype=torch.float32).model.eval()
         kind = (FeatureDrafts if is_feature_draft(draft) else TokenDrafts)(target, settings)
         draft = kind.loaded(draft)
-        started = time.perf_counter()
-        metrics = kind.heldout(draft, heldout)
-        rows.append((path, "features" if is_feature_draft(draft) else "tokens", metrics))
-        print(json.dumps({"draft": path, **metrics, "seconds": round(time.perf_counter() - started, 1)}))
+        for name, answers in answer_sets.items():
+            started = time.perf_counter()
+            metrics = kind.heldout(draft, answers)
+            rows.append((path, "features" if is_feature_draft(draft) else "tokens", name, metrics))
+            seconds = round(time.perf_counter() - started, 1)
+            print(json.dumps({"draft": path, "answers": name, **metrics, "seconds": seconds}))
     print(machine_line(target))
-    print(f"{len(heldout)} held-out answers, {rows[0][2]['positions']} positions, paper warp\n")
-    positions = " | ".join(f"position {j + 1}" for j in range(args.depths))
-    print(f"| draft | kind | {positions} | KL (pos. 1) | greedy agreement |")
-    print("|---|---|" + "---|" * (args.depths + 2))
-    for path, kind_name, metrics in rows:
+    for name, answers in answer_sets.items():
+        positions = next(r[3]["positions"] for r in rows if r[2] == name)
+        print(f"{name}: {len(answers)} answers, {positions} positions, paper warp")
+    columns = " | ".join(f"position {j + 1}" for j in range(args.depths))
+    print(f"\n| answers | draft | kind | {columns} | KL (pos. 1) | greedy agreement |")
+    print("|---|---|---|" + "---|" * (args.depths + 2))
+    for path, kind_name, name, metrics in rows:
         cells = " | ".join(f"{a:.3f}" for a in metrics["acceptance_per_position"])
-        print(f"| {path} | {kind_name} | {cells} | {metrics['kl']:.2f} | {metrics['greedy_agreement']:.3f} |")
+        print(f"| {name} | {path} | {kind_name} | {cells} | {metrics['kl']:.2f} | "
+              f"{metrics['greedy_agreement']:.3f} |")  # fmt: skip
+
+
+def mtbench_answers(target, target_dir, count: int, max_new_tokens: int) -> list:
+    """The target's sampled answers to the first `count` MT-Bench questions (first turns)."""
+    tokenizer = load_model(target_dir, dtype=torch.float32).tokenizer
+    talks = [[record.messages[0]["content"]] for record in load_mtbench()[:count]]
+    settings = DataSettings(max_new_tokens=max_new_tokens, gen_batch_size=count)
+    return generate_samples(target, tokenizer, talks, settings, seed=0)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,25 @@ def test_a_second_run_on_the_same_directory_is_refused(target_dir, tmp_path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(OutputDirError, match="another mtad distill"):
             distill(target_dir, out, TrainSettings(steps=1), DATA)
+
+
+def test_learning_rate_warms_up_then_cools_down_when_asked():
+    from mtad.distill.train import learning_rate
+
+    constant = TrainSettings(steps=10, lr=1.0, warmup_steps=2)
+    assert [learning_rate(constant, s) for s in (0, 1, 5, 9)] == [0.5, 1.0, 1.0, 1.0]
+    cooled = replace(constant, decay_steps=4)
+    assert [learning_rate(cooled, s) for s in range(5, 10)] == [1.0, 1.0, 0.75, 0.5, 0.25]
+    for bad in (-1, 11):
+        with pytest.raises(ConfigError, match=f"--decay-steps must be in \\[0, --steps=10\\], got {bad}"):
+            replace(constant, decay_steps=bad)
+
+
+def test_a_cooldown_may_be_added_on_resume(target_dir, data_dir, tmp_path):
+    """A long run at constant lr ends with a cooldown: --resume accepts (and applies) decay_steps."""
+    settings = TrainSettings(steps=3, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1, checkpoint_every=3)
+    distill(target_dir, tmp_path / "run", settings, DATA, data_dir=data_dir)
+    longer = replace(settings, steps=5, decay_steps=2)
+    distill(target_dir, tmp_path / "run", longer, DATA, data_dir=data_dir, resume=True)
+    marker = json.loads((tmp_path / "run" / "mtad_distill.json").read_text())
+    assert marker["train"]["steps"] == 5 and marker["train"]["decay_steps"] == 2

@@ -140,12 +140,13 @@ def test_draft_heldout_script_compares_both_kinds(target_dir, tmp_path, capsys, 
     monkeypatch.setattr(sys, "argv", [
         "draft_heldout.py", "--data-dir", str(tmp_path / "data"), "--instruction-set", "1",
         "--heldout-samples", "4", "--gen-batch-size", "4", "--depths", "3", "--target", str(target_dir),
-        "--drafts", f"{tmp_path / 'run'},{target_dir}",
+        "--drafts", f"{tmp_path / 'run'},{target_dir}", "--mtbench", "2", "--max-new-tokens", "6",
     ])  # fmt: skip
     draft_heldout.main()
-    table = capsys.readouterr().out.splitlines()[-2:]
-    assert "| features |" in table[0] and "| tokens |" in table[1]
-    assert table[1].count("| 1.000 |") == 3  # the target as its own draft: accepted everywhere
+    table = capsys.readouterr().out.splitlines()[-4:]
+    assert [row.split(" | ")[0] for row in table] == ["| held-out", "| MT-Bench"] * 2
+    assert all("| features |" in row for row in table[:2]) and all("| tokens |" in row for row in table[2:])
+    assert all(row.count("| 1.000 |") == 3 for row in table[2:])  # the target as its own draft
 
 
 def test_cli_trains_a_feature_draft_and_refuses_bad_input(target_dir, data_dir, tmp_path, capsys):  # noqa: F811
@@ -164,3 +165,12 @@ def test_cli_trains_a_feature_draft_and_refuses_bad_input(target_dir, data_dir, 
     assert main([*common, "--out", str(tmp_path / "bad"), "--depths", "0"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "--depths must be >= 1" in error[0]
+
+
+def test_a_trained_draft_grows_a_layer_and_starts_where_it_stopped(target_dir, data_dir, tmp_path):  # noqa: F811
+    first = distill(target_dir, tmp_path / "one", replace(FEATURES, steps=4), DATA, data_dir=data_dir)
+    grown = distill(target_dir, tmp_path / "two", replace(FEATURES, steps=2, draft_layers=2), DATA,
+                    data_dir=data_dir, draft_dir=str(tmp_path / "one"))  # fmt: skip
+    assert grown["initial_heldout"] == first["heldout"]  # the grown draft computes what the trained one did
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["layer_config"]["num_hidden_layers"] == 2

@@ -185,3 +185,25 @@ def test_feature_draft_saves_loads_and_refuses_another_target(tmp_path, target, 
     tokenizer.save_pretrained(other_dir)
     with pytest.raises(DraftMismatchError, match="trained for another target"):
         mtad.load_pair(other_dir, draft_dir)
+
+
+def test_growing_a_draft_keeps_its_function_and_the_new_layer_trains(target, fdraft):
+    from mtad.errors import ConfigError
+    from mtad.feature_draft import grow_feature_draft
+
+    grown = grow_feature_draft(fdraft, target, 2).eval()
+    assert grown.config.num_hidden_layers == 2 and len(grown.decoder.layers) == 2
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    features = torch.randn(2, 7, fdraft.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        before = fdraft(input_ids=ids, features=features, use_cache=False).logits
+        after = grown(input_ids=ids, features=features, use_cache=False).logits
+    torch.testing.assert_close(after, before)
+    new = grown.decoder.layers[1]
+    assert not new.self_attn.o_proj.weight.any() and new.self_attn.q_proj.weight.any()
+    grown.train()
+    grown(input_ids=ids, features=features, use_cache=False).logits.logsumexp(-1).sum().backward()
+    assert new.self_attn.o_proj.weight.grad.abs().sum() > 0  # zero branch, live gradient
+    for bad in (1, 4):  # the target has 3 layers; the draft already has 1
+        with pytest.raises(ConfigError, match=f"--draft-layers must be in \\[2, 3\\].*got {bad}"):
+            grow_feature_draft(fdraft, target, bad)

@@ -251,3 +251,55 @@ def build_feature_draft(
     draft.generation_config = copy.deepcopy(target.generation_config)
     draft.attach(target)
     return draft
+
+
+#: Each residual branch's last projection in the target's layers: zeroed, a new layer adds nothing.
+_BRANCH_OUTPUTS = ("self_attn.o_proj", "mlp.down_proj")
+
+
+def grow_feature_draft(draft: FeatureDraft, target: PreTrainedModel, num_layers: int) -> FeatureDraft:
+    """A copy of a trained `draft` with decoder layers appended up to `num_layers`, computing
+    exactly what `draft` computes: each new layer is the target's layer at its index with the
+    output projections of its attention and MLP branches zeroed (a zero residual branch, as in
+    zero-initialised residual blocks), so training resumes from the draft's function and grows
+    the new layer from there. Why: at equal steps a second layer raised held-out acceptance at
+    draft positions 2-4 by ~0.04 (docs/results), and a draft already trained for hours should
+    not restart from nothing to get it."""
+    have, total = draft.config.num_hidden_layers, target.config.num_hidden_layers
+    if not have < num_layers <= total:
+        raise ConfigError(
+            f"--draft-layers must be in [{have + 1}, {total}] to grow a {have}-layer draft for this "
+            f"target, got {num_layers}"
+        )
+    settings = dict(draft.config.layer_config, num_hidden_layers=num_layers)
+    if isinstance(getattr(target.config, "layer_types", None), list):
+        settings["layer_types"] = target.config.layer_types[:num_layers]
+    config = copy.deepcopy(draft.config)
+    config.layer_config = settings
+    dtype = draft.head.weight.dtype
+    grown = FeatureDraft(config).to(dtype)
+    missing = grown.load_state_dict(draft.state_dict(), strict=False).missing_keys
+    source = target.get_decoder().layers
+    with torch.no_grad():
+        for index in range(have, num_layers):
+            layer = grown.decoder.layers[index]
+            layer.load_state_dict({k: v.to(dtype) for k, v in source[index].state_dict().items()})
+            for name in _BRANCH_OUTPUTS:
+                try:
+                    branch = layer.get_submodule(name)
+                except AttributeError:
+                    raise ConfigError(
+                        f"cannot grow a draft of a {config.layer_config.get('model_type')!r} target: its "
+                        f"layers lack {name}; allowed: Llama-style layers (self_attn.o_proj, mlp.down_proj)"
+                    ) from None
+                branch.weight.zero_()
+                if getattr(branch, "bias", None) is not None:
+                    branch.bias.zero_()
+    expected = {f"decoder.layers.{i}." for i in range(have, num_layers)}
+    unexpected = [key for key in missing if not any(key.startswith(prefix) for prefix in expected)]
+    if unexpected:
+        raise RuntimeError(f"growing the draft left weights unset: {unexpected[:3]}")
+    if getattr(draft, "generation_config", None) is not None:
+        grown.generation_config = copy.deepcopy(draft.generation_config)
+    grown.attach(target)
+    return grown

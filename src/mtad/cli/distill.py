@@ -9,7 +9,7 @@ from pathlib import Path
 
 _TRAIN_FLAGS = (
     "steps", "batch_size", "seq_len", "lr", "seed", "layers", "checkpoint_every", "draft_vocab", "save_dtype",
-    "kind", "feature_layers", "draft_layers", "depths",
+    "kind", "feature_layers", "draft_layers", "depths", "decay_steps",
 )  # fmt: skip
 _DATA_FLAGS = {
     "samples": "train_samples",
@@ -61,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "last = the final normed state; default: low, middle and final)",
     )
     group.add_argument(
-        "--draft-layers", type=int, help="features: decoder layers, from the target's first ones (default 1)"
+        "--draft-layers",
+        type=int,
+        help="features: decoder layers, from the target's first ones (default 1); with --draft, more "
+        "layers than that draft has grows it (new layers start as zero residual branches)",
     )
     group.add_argument(
         "--depths",
@@ -79,6 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--save-dtype", choices=("float32", "float16", "bfloat16"), help="dtype of the final draft weights"
     )
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
+    group.add_argument(
+        "--decay-steps",
+        type=int,
+        help="let the lr fall linearly to 0 over the last N steps (default 0: constant); may be added "
+        "or changed on --resume, e.g. to end a long run with a cooldown",
+    )
     group.add_argument("--draft", help="start from this draft directory instead of the target's layers")
     group = parser.add_argument_group("data (made once, cached in --data-dir)")
     group.add_argument("--data-dir", help="where generated text lives (default: OUT/data)")

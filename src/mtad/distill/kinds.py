@@ -29,7 +29,7 @@ from mtad.distill.student import (
     reduce_vocabulary,
 )
 from mtad.errors import ConfigError
-from mtad.feature_draft import build_feature_draft, is_feature_draft
+from mtad.feature_draft import build_feature_draft, grow_feature_draft, is_feature_draft
 from mtad.models import output_width
 from mtad.vocabulary import TokenSubset, subset_of
 
@@ -142,7 +142,10 @@ class FeatureDrafts:
                 raise ConfigError(
                     f"--draft {draft_dir!r} is not a feature draft; allowed: one, with --kind features"
                 )
-            return self.loaded(student.train())
+            student = self.loaded(student)
+            if settings.draft_layers > student.config.num_hidden_layers:  # grow it, keeping its function
+                student = grow_feature_draft(student, target, settings.draft_layers)
+            return student.train()
         width = output_width(target)
         ids = (
             list(range(width))
