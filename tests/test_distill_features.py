@@ -174,3 +174,19 @@ def test_a_trained_draft_grows_a_layer_and_starts_where_it_stopped(target_dir, d
     assert grown["initial_heldout"] == first["heldout"]  # the grown draft computes what the trained one did
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["layer_config"]["num_hidden_layers"] == 2
+
+
+def test_draft_cost_script_times_every_variant(target_dir, capsys, monkeypatch):  # noqa: F811
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import draft_cost
+
+    monkeypatch.setattr(sys, "argv", [
+        "draft_cost.py", "--target", str(target_dir), "--layers", "1,2", "--heads", "8,0",
+        "--dtypes", "float32", "--repeats", "1",
+    ])  # fmt: skip
+    draft_cost.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| float32 |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["1", "8"], ["1", "64"], ["2", "8"], ["2", "64"]]
