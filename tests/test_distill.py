@@ -247,6 +247,21 @@ def test_more_samples_only_add_shards(target_dir, tmp_path):
         prepare_data(model, tokenizer, tmp_path, replace(DATA, max_new_tokens=8), "t")
 
 
+def test_target_identity_ignores_the_transformers_release_that_saved_it(target_dir, tmp_path):
+    import shutil
+
+    from mtad.distill.data import target_fingerprint
+
+    copy = Path(shutil.copytree(target_dir, tmp_path / "copy"))
+    config = json.loads((copy / "config.json").read_text())
+    config["transformers_version"] = "0.0.1"
+    (copy / "config.json").write_text(json.dumps(config, indent=4))
+    assert target_fingerprint(copy) == target_fingerprint(target_dir)
+    config["num_hidden_layers"] += 1  # a real change to the target is still seen
+    (copy / "config.json").write_text(json.dumps(config))
+    assert target_fingerprint(copy) != target_fingerprint(target_dir)
+
+
 def test_layers_flag_is_validated():
     from mtad.distill.student import parse_layers
     from mtad.errors import ConfigError

@@ -68,11 +68,20 @@ class Sample:
 
 
 def target_fingerprint(target_dir: Path | str) -> str:
-    """A cheap identity for a model directory: its config plus the names and sizes of its weights."""
+    """A cheap identity for a model directory: its config plus the names and sizes of its weights.
+
+    The config is compared as data, without the `transformers_version` that saving stamps into
+    it: the same weights converted by another transformers release are the same target (the
+    committed data in distill-data/ must not be orphaned by an upgrade)."""
     directory = Path(target_dir)
     digest = hashlib.sha256()
     config = directory / "config.json"
-    digest.update(config.read_bytes() if config.is_file() else str(directory).encode())
+    if config.is_file():
+        settings = json.loads(config.read_text())
+        settings.pop("transformers_version", None)
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+    else:
+        digest.update(str(directory).encode())
     for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
         digest.update(f"{path.name}:{path.stat().st_size}".encode())
     return digest.hexdigest()[:16]
