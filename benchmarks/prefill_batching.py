@@ -26,6 +26,7 @@ import mtad
 from mtad.bench.datasets import load_mtbench
 from mtad.default_pair import default_target_path
 from mtad.models import load_model
+from mtad.tree import additive_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line  # noqa: E402
@@ -34,16 +35,14 @@ from step_profile import machine_line  # noqa: E402
 def padded_inputs(prompts: list[torch.Tensor], dtype: torch.dtype) -> dict:
     """Right-aligned prompts in one batch: padding slots see only themselves (no row of -inf)."""
     rows, width = len(prompts), max(len(p) for p in prompts)
-    lowest = torch.finfo(dtype).min
     ids = torch.zeros((rows, width), dtype=torch.long)
     positions = torch.zeros((rows, width), dtype=torch.long)
-    mask = torch.full((rows, 1, width, width), lowest, dtype=dtype)
+    visible = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1, 1)
     for row, prompt in enumerate(prompts):
         start = width - len(prompt)
         ids[row, start:], positions[row, start:] = prompt, torch.arange(len(prompt))
-        mask[row, 0, start:, start:] = torch.full((len(prompt),) * 2, lowest, dtype=dtype).triu(1)
-        mask[row, 0, range(start), range(start)] = 0
-    return {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
+        visible[row, 0, start:, start:] = torch.ones((len(prompt),) * 2, dtype=torch.bool).tril()
+    return {"input_ids": ids, "position_ids": positions, "attention_mask": additive_mask(visible, dtype)}
 
 
 def main() -> None:
