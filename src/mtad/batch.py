@@ -17,8 +17,10 @@ layout after every round, the rows share one `DynamicCache` per model in which e
 - a forward without holes in which every row feeds the same number of tokens causally passes no
   mask and no positions (the plain call): a row alone, kept dense, computes exactly what it would
   compute on its own cache, so a lone request in the server gives the same tokens as before;
-- a row's first forward (its prompt, when it joins) runs alone on a fresh cache, whose keys and
-  values then join the shared one: a 300-token prefill would otherwise pad every row by 300 slots;
+- a row's first forward (its prompt, when it joins) runs on a fresh cache, whose keys and values
+  then join the shared one: a 300-token prefill would otherwise pad every row by 300 slots. Rows
+  joining together are prefilled in one packed forward, common prefixes fed once
+  (`mtad.packing`); a row joining alone is prefilled exactly as it is alone;
 - beams (mtad's draft, mtjd's target) are extra physical rows of the same row, added by `repeat`
   and dropped by `select`.
 
@@ -46,6 +48,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from mtad import packing
 from mtad.errors import ConfigError
 from mtad.tree import additive_mask
 
@@ -83,19 +86,66 @@ class RaggedCache:
         """One forward for every request (a row's first one alone, then joined); outputs in order."""
         self._trim()  # rolled-back tails go before they would be padded over
         outputs: list = [None] * len(requests)
-        batched = []
-        for i, (store, inputs) in enumerate(requests):
-            if self.rows_of(store):
-                batched.append(i)
+        batched = [i for i, (store, _) in enumerate(requests) if self.rows_of(store)]
+        joining = [i for i in range(len(requests)) if i not in batched]
+        together = [i for i in joining if packing.packable(requests[i][1])]
+        lengths = [requests[i][1]["input_ids"].shape[1] for i in together]
+        for group in packing.groups(lengths):
+            group = [together[k] for k in group]
+            if len(group) == 1:  # a prompt alone is prefilled exactly as it would be alone
                 continue
-            solo = DynamicCache(config=self.model.config)
-            outputs[i] = self.model(cache=solo, use_cache=True, **inputs)
-            self._join(store, solo)
+            for i, output in zip(group, self._prefill_packed([requests[i] for i in group]), strict=True):
+                outputs[i] = output
+        for i in joining:
+            if outputs[i] is None:
+                store, inputs = requests[i]
+                solo = DynamicCache(config=self.model.config)
+                outputs[i] = self.model(cache=solo, use_cache=True, **inputs)
+                self._join(store, solo)
         if batched:
             together = self._run_batched([requests[i] for i in batched])
             for i, output in zip(batched, together, strict=True):
                 outputs[i] = output
         self._trim()
+        return outputs
+
+    def _prefill_packed(self, requests: list[tuple[RowStore, dict]]) -> list:
+        """The first forwards of rows joining together, as one packed forward (`mtad.packing`);
+        each row's keys and values are then gathered along its path and join as a solo cache's."""
+        layout = packing.pack([inputs for _, inputs in requests])
+        keeps = [
+            inputs.get("logits_to_keep", 1) or len(path)  # 0: every position, as transformers reads it
+            for (_, inputs), path in zip(requests, layout.paths, strict=True)
+        ]
+        kept = [path[len(path) - keep :] for path, keep in zip(layout.paths, keeps, strict=True)]
+        logit_positions = torch.cat(kept).unique()  # sorted
+        flags = {
+            name: any(inputs.get(name) for _, inputs in requests)
+            for name in {n for _, inputs in requests for n, v in inputs.items() if isinstance(v, bool)}
+        }
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=layout.input_ids, cache=cache, use_cache=True,
+            position_ids=layout.position_ids.to(self.device),
+            attention_mask=additive_mask(layout.visible.to(self.device)[None, None], self.dtype),
+            logits_to_keep=logit_positions.to(self.device), **layout.extras, **flags,
+        )  # fmt: skip
+        _check_plain_layers(cache)
+        hidden = getattr(out, "hidden_states", None)
+        outputs = []
+        for (store, _), path, rows in zip(requests, layout.paths, kept, strict=True):
+            own = DynamicCache(config=self.model.config)
+            for index, layer in enumerate(cache.layers):
+                if layer.is_initialized:
+                    slots = path.to(layer.keys.device)
+                    own.update(layer.keys[:, :, slots], layer.values[:, :, slots], index)
+            self._join(store, own)
+            outputs.append(
+                SimpleNamespace(
+                    logits=out.logits[:, torch.searchsorted(logit_positions, rows).to(out.logits.device)],
+                    hidden_states=None if hidden is None else tuple(h[:, path.to(h.device)] for h in hidden),
+                )
+            )
         return outputs
 
     def _run_batched(self, requests: list[tuple[RowStore, dict]]) -> list:

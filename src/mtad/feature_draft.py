@@ -144,7 +144,7 @@ class FeatureDraft(PreTrainedModel):
         features: torch.Tensor | None = None,
         cache=None,
         use_cache: bool = True,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -161,7 +161,10 @@ class FeatureDraft(PreTrainedModel):
             inputs_embeds=x, cache=cache, use_cache=use_cache, position_ids=position_ids,
             attention_mask=attention_mask, **kwargs,
         ).last_hidden_state  # fmt: skip
-        kept = out[:, -logits_to_keep:] if logits_to_keep else out
+        if isinstance(logits_to_keep, torch.Tensor):  # positions, as transformers models take them
+            kept = out[:, logits_to_keep.to(out.device)]
+        else:
+            kept = out[:, -logits_to_keep:] if logits_to_keep else out
         return CausalLMOutputWithPast(logits=self.head(kept), hidden_states=(out,))
 
 
