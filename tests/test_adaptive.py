@@ -148,3 +148,51 @@ def test_measured_costs_are_remembered_per_pair(target, draft):
     assert shared is not first and adaptive.measure_costs(target, draft, spec, sampling, rows=2) is shared
     assert set(first.target_s) >= {1, 2, AUTO_MAX_GAMMA + 1} and set(first.draft_s) >= {1}
     assert all(seconds > 0 for seconds in (*first.target_s.values(), *first.draft_s.values()))
+
+
+def test_one_row_agrees_with_itself_exactly():
+    policy = GammaPolicy(SpeculationConfig("sd", "auto"), STEEP)
+    for accepted in [0, 3, 1, 0, 0, 2, 4, 0]:
+        assert adaptive.joint_depth([(policy, 100)]) == policy.choose(100)
+        assert adaptive.joint_depth([(policy, 1)]) == policy.choose(1)
+        policy.observe(policy.choose(100), accepted)
+
+
+def test_rows_of_a_batch_draft_one_depth_that_pays_for_the_batch():
+    """Alone, a row whose draft is right drafts deep and one whose draft is wrong drafts nothing;
+    together they pay for the widest round, so they agree on the depth that pays for both."""
+    spec = SpeculationConfig("sd", "auto")
+    right, wrong = GammaPolicy(spec, STEEP), GammaPolicy(spec, STEEP)
+    for _ in range(40):
+        right.observe(4, accepted=4)
+        wrong.observe(1, accepted=0)
+    assert right.choose(100) > 0 and wrong.choose(100) == 0
+
+    def batch_rate(g: int) -> float:
+        points = [policy.rates(100)[g] for policy in (right, wrong)]
+        return sum(t for t, _ in points) / sum(s for _, s in points)
+
+    agreed = adaptive.joint_depth([(right, 100), (wrong, 100)])
+    assert batch_rate(agreed) == max(batch_rate(g) for g in range(len(right.rates(100))))
+    assert adaptive.joint_depth([(right, 100), (right, 2)]) == right.choose(100)  # the short one drafts less
+    assert adaptive.joint_depth([(wrong, 100), (wrong, 100)]) == 0
+
+
+def test_gamma_auto_rows_of_a_batch_ask_for_their_depth_together(target, draft, costs):
+    from mtad import batch as batching
+
+    costs(STEEP)
+    asked = []  # per round: (rows asking, rows decoding)
+    original = batching.joint_depth
+
+    def spy(choices):
+        asked.append((len(choices), len(generation.batch.live)))
+        return original(choices)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batching, "joint_depth", spy)
+        generation = mtad.stream(target, draft, PROMPTS[:3], method="sd", gamma="auto", max_new_tokens=12,
+                                 seed=0, **NO_EOS)  # fmt: skip
+        results = [block for block in generation]
+    assert results and asked[0] == (3, 3)
+    assert all(rows == live for rows, live in asked)  # every round, every live row at once

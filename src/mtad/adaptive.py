@@ -127,6 +127,14 @@ class GammaPolicy:
                 best, best_rate = g, rate
         return best
 
+    def rates(self, most: int) -> list[tuple[float, float]]:
+        """(expected tokens, seconds) of a round drafting g = 0..min(most, depth) deep."""
+        expected, points = 1.0, [(1.0, self.cost[0])]
+        for g, reach in enumerate(self.reach()[: max(0, most)], start=1):
+            expected += reach
+            points.append((expected, self.cost[g]))
+        return points
+
     def observe(self, drafted: int, accepted: int) -> None:
         """Record a round (drafted 0 included: evidence decays toward the prior either way)."""
         for j in range(len(self.tried)):
@@ -135,6 +143,29 @@ class GammaPolicy:
             if j < drafted and j <= accepted:  # position j + 1 was drafted and reached
                 self.tried[j] += 1
                 self.passed[j] += j < accepted
+
+
+def joint_depth(choices: list[tuple[GammaPolicy, int]]) -> int:
+    """One depth for rows that share their forwards: each (policy, most) is a row of a batch.
+
+    Rows of a batch wait for each other: a round lasts as long as its widest verification, and a
+    draft forward runs if any row drafts. Rows choosing alone split (one drafts, its neighbour does
+    not) and every row pays for the widest; so the batch drafts one depth for all, the g with the
+    most expected tokens per second summed over its rows (a row whose budget is shorter drafts
+    less). Costs are each row's share of a forward over the batch's rows (`measure_costs`). One
+    row chooses exactly as alone (`GammaPolicy.choose`).
+    """
+    if len(choices) == 1:
+        policy, most = choices[0]
+        return policy.choose(most)
+    curves = [policy.rates(most) for policy, most in choices]
+    best, best_rate = 0, 0.0
+    for g in range(max(len(curve) for curve in curves)):
+        points = [curve[min(g, len(curve) - 1)] for curve in curves]
+        rate = sum(tokens for tokens, _ in points) / sum(seconds for _, seconds in points)
+        if rate > best_rate:
+            best, best_rate = g, rate
+    return best
 
 
 #: Costs by (target shape, draft shape, round shape). A shape is the architecture, dtype and

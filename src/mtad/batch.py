@@ -29,12 +29,15 @@ Every row runs the ordinary decode loop (`mtad.engine.Generation`) in its own gr
 batched forward has run. The scheduler resumes every row until each one waits for a forward or has
 committed a block, then runs the waiting forwards of one model together, the draft's first (it
 is cheap), so rows that finished drafting early wait and verify together. The proposers, the
-acceptance rules and the engine do not know about batching.
+acceptance rules and the engine do not know about batching. Rows with gamma "auto" ask for their
+round's depth together, and the batch drafts one depth for all of them (`mtad.adaptive.joint_depth`):
+a round waits for its widest row, so a row drafting alone would make every row pay for it.
 
 Reproducibility: a prompt passed alone takes the plain path (same tokens as ever). In a batch,
 every row samples with its own seeded generators, so it has the distribution it has alone; its
 tokens equal its solo run wherever floating point allows (a batched matmul may round differently
-from a one-row one, which can flip a near tie).
+from a one-row one, which can flip a near tie) and, with gamma "auto", where the batch's depths
+equal the ones it would choose alone (depths never change what a lossless method samples).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from mtad import packing
+from mtad.adaptive import GammaPolicy, joint_depth
 from mtad.errors import ConfigError
 from mtad.tree import additive_mask
 
@@ -390,6 +394,18 @@ class _Forward:
 
 
 @dataclass
+class _Plan:
+    """A gamma "auto" row asks for its round's depth (`joint_depth` over the rows asking)."""
+
+    policy: GammaPolicy
+    most: int
+
+
+def _agree_on_depth(policy: GammaPolicy, most: int) -> int:
+    return greenlet.getcurrent().parent.switch(_Plan(policy, most))
+
+
+@dataclass
 class Row:
     """One prompt of a batch: its generation, the greenlet running it, and how it ended."""
 
@@ -399,7 +415,7 @@ class Row:
     task: greenlet.greenlet | None = None
     done: bool = False
     error: BaseException | None = None
-    waiting: _Forward | None = field(default=None, repr=False)
+    waiting: _Forward | _Plan | None = field(default=None, repr=False)
 
 
 class Batch:
@@ -421,6 +437,7 @@ class Batch:
         stores = RowStore(self.target_cache), RowStore(self.draft_cache) if self.draft_cache else None
         generation.use_stores(*stores)
         generation.batch_rows = self.priced_rows
+        generation.choose_depth = _agree_on_depth
         row = Row(generation, stores, index=self._joined)
         self._joined += 1
         self.rows.append(row)
@@ -455,6 +472,13 @@ class Batch:
             while resume:
                 for row, value in resume.values():
                     self._resume(row, value, blocks)
+                planning = [row for row in self.live if isinstance(row.waiting, _Plan)]
+                if planning:  # gamma "auto" rows starting a round: one depth for all of them
+                    depth = joint_depth([(row.waiting.policy, row.waiting.most) for row in planning])
+                    resume = {id(row): (row, min(depth, row.waiting.most)) for row in planning}
+                    for row in planning:
+                        row.waiting = None
+                    continue
                 waiting = [row for row in self.live if row.waiting is not None]
                 resume = {}
                 if not waiting:
@@ -476,7 +500,7 @@ class Batch:
             row.error = error
             self._finish(row)
             return
-        if isinstance(message, _Forward):
+        if isinstance(message, _Forward | _Plan):
             row.waiting = message
         elif row.task.dead:
             self._finish(row)

@@ -179,6 +179,8 @@ class Generation:
         self._started = False
         # Rows decoding together, as gamma "auto" prices them (a batch sets it; alone: 1).
         self.batch_rows: Callable[[], int] = lambda: 1
+        # How gamma "auto" picks a round's depth (a batch agrees on one for all its rows).
+        self.choose_depth: Callable[[GammaPolicy, int], int] = GammaPolicy.choose
 
     def use_stores(self, target_store: KVStore, draft_store: KVStore | None) -> None:
         """Decode as a row of a batch (`mtad.batch`): keep the caches in the batch's, not in our own."""
@@ -218,7 +220,7 @@ class Generation:
                 policy.use_costs(costs(priced_rows))
                 start += time.perf_counter() - measuring  # a one-off calibration is not decoding time
             # Draft no more than the budget can hold: the round always adds one target token.
-            depth = policy.choose(budget - 1) if policy else self.spec.depth
+            depth = self.choose_depth(policy, budget - 1) if policy else self.spec.depth
             n = min(depth, budget - 1) if proposer else 0
             if n > 0 and not drafter.ready(sequence):  # a feature draft waits for the target's prefill
                 n = 0
