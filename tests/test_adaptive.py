@@ -185,9 +185,9 @@ def test_gamma_auto_rows_of_a_batch_ask_for_their_depth_together(target, draft, 
     asked = []  # per round: (rows asking, rows decoding)
     original = batching.joint_depth
 
-    def spy(choices):
+    def spy(choices, clock):
         asked.append((len(choices), len(generation.batch.live)))
-        return original(choices)
+        return original(choices, clock)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(batching, "joint_depth", spy)
@@ -196,3 +196,40 @@ def test_gamma_auto_rows_of_a_batch_ask_for_their_depth_together(target, draft, 
         results = [block for block in generation]
     assert results and asked[0] == (3, 3)
     assert all(rows == live for rows, live in asked)  # every round, every live row at once
+
+
+def test_the_batch_s_clock_corrects_the_measured_costs_per_depth():
+    clock = adaptive.RoundClock()
+    assert clock.factor(1) == 1.0
+    clock.observe(1, predicted=1.0, seconds=1.3)
+    assert clock.factor(1) == pytest.approx(1.3)
+    assert clock.factor(0) == 1.0  # not run yet: the optimistic guess, so it gets tried
+    clock.observe(0, predicted=1.0, seconds=0.9)
+    assert clock.factor(2) == pytest.approx(0.9)
+    clock.observe(1, predicted=2.0, seconds=2.0)  # decayed mean of the ratios
+    assert clock.factor(1) == pytest.approx((adaptive.DECAY * 1.3 + 1.0) / (adaptive.DECAY + 1.0))
+
+    # Two rows that the costs say should draft one token: rounds that draft take 1.3x what the
+    # costs say, plain steps what they say, so the batch stops drafting.
+    spec = SpeculationConfig("sd", "auto")
+    rows = [GammaPolicy(spec, STEEP) for _ in range(2)]
+    for policy in rows:
+        for _ in range(40):
+            policy.observe(1, accepted=1 if _ % 2 else 0)
+    choices = [(policy, 100) for policy in rows]
+    assert adaptive.joint_depth(choices) >= 1
+    slow = adaptive.RoundClock()
+    for g in range(1, 5):
+        slow.observe(g, predicted=1.0, seconds=1.3)
+    slow.observe(0, predicted=1.0, seconds=1.0)
+    assert adaptive.joint_depth(choices, slow) == 0
+
+
+def test_a_batch_times_the_rounds_its_rows_planned_together(target, draft, costs):
+    costs(STEEP)
+    generation = mtad.stream(target, draft, PROMPTS[:3], method="sd", gamma="auto", max_new_tokens=12,
+                             seed=0, **NO_EOS)  # fmt: skip
+    for _ in generation:
+        pass
+    clock = generation.batch.clock
+    assert clock.seen and all(weight > 0 for _, weight in clock.seen.values())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -145,15 +146,16 @@ class GammaPolicy:
                 self.passed[j] += j < accepted
 
 
-def joint_depth(choices: list[tuple[GammaPolicy, int]]) -> int:
+def joint_depth(choices: list[tuple[GammaPolicy, int]], clock: RoundClock | None = None) -> int:
     """One depth for rows that share their forwards: each (policy, most) is a row of a batch.
 
     Rows of a batch wait for each other: a round lasts as long as its widest verification, and a
     draft forward runs if any row drafts. Rows choosing alone split (one drafts, its neighbour does
     not) and every row pays for the widest; so the batch drafts one depth for all, the g with the
     most expected tokens per second summed over its rows (a row whose budget is shorter drafts
-    less). Costs are each row's share of a forward over the batch's rows (`measure_costs`). One
-    row chooses exactly as alone (`GammaPolicy.choose`).
+    less). Costs are each row's share of a forward over the batch's rows (`measure_costs`), scaled
+    by what the batch's rounds of that depth really took (`clock`). One row chooses exactly as
+    alone (`GammaPolicy.choose`).
     """
     if len(choices) == 1:
         policy, most = choices[0]
@@ -161,11 +163,42 @@ def joint_depth(choices: list[tuple[GammaPolicy, int]]) -> int:
     curves = [policy.rates(most) for policy, most in choices]
     best, best_rate = 0, 0.0
     for g in range(max(len(curve) for curve in curves)):
-        points = [curve[min(g, len(curve) - 1)] for curve in curves]
-        rate = sum(tokens for tokens, _ in points) / sum(seconds for _, seconds in points)
-        if rate > best_rate:
-            best, best_rate = g, rate
+        tokens = sum(curve[min(g, len(curve) - 1)][0] for curve in curves)
+        seconds = predicted_seconds(choices, g) * (clock.factor(g) if clock else 1.0)
+        if tokens / seconds > best_rate:
+            best, best_rate = g, tokens / seconds
     return best
+
+
+def predicted_seconds(choices: list[tuple[GammaPolicy, int]], depth: int) -> float:
+    """A batch round's seconds at `depth` by the measured costs: the rows' shares summed."""
+    return sum(policy.cost[min(depth, most, policy.spec.depth)] for policy, most in choices)
+
+
+class RoundClock:
+    """What a batch's rounds of each depth really take, against what the measured costs predict.
+
+    The costs are forwards timed before decoding. A batch's round also runs every row's warp,
+    draws, acceptance and bookkeeping, one row after another, and its forwards carry masks: on
+    the default pair with 8 rows a drafting round took longer than its forwards by more than a
+    plain step did, and speculation that the costs priced as paying did not. So the batch keeps,
+    per depth, a decayed mean of observed over predicted seconds (`observe`), and `joint_depth`
+    scales its predictions by it. A depth not yet run takes the lowest factor seen (or 1): an
+    optimistic guess, so it gets run and measured instead of being ruled out by a guess.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[float, float]] = {}  # depth -> (decayed sum of ratios, weight)
+
+    def factor(self, depth: int) -> float:
+        if depth in self.seen:
+            total, weight = self.seen[depth]
+            return total / weight
+        return min([1.0] + [total / weight for total, weight in self.seen.values()])
+
+    def observe(self, depth: int, predicted: float, seconds: float) -> None:
+        total, weight = self.seen.get(depth, (0.0, 0.0))
+        self.seen[depth] = (DECAY * total + seconds / predicted, DECAY * weight + 1.0)
 
 
 #: Costs by (target shape, draft shape, round shape). A shape is the architecture, dtype and
@@ -174,9 +207,16 @@ def joint_depth(choices: list[tuple[GammaPolicy, int]]) -> int:
 _MEASURED: dict[tuple, Costs] = {}
 
 
+#: A model's config as JSON, by model (writing it deep-copies the config: ~20 ms on the default
+#: pair, paid by every row that joins a batch otherwise). Configs are not edited after loading.
+_CONFIG_JSON: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _shape(model: PreTrainedModel) -> tuple:
     weight = model.get_input_embeddings().weight
-    return (model.config.to_json_string(use_diff=False), str(weight.dtype), str(weight.device))
+    if model not in _CONFIG_JSON:
+        _CONFIG_JSON[model] = model.config.to_json_string(use_diff=False)
+    return (_CONFIG_JSON[model], str(weight.dtype), str(weight.device))
 
 
 def measure_costs(

@@ -165,9 +165,15 @@ class Generation:
     ) -> None:
         self.vocab_size = output_width(target)
         self.target = CachedModel(target, self.vocab_size)
-        # MTJD: the target drafts for itself, sharing one cache.
+        # MTJD: the target drafts for itself, sharing one cache. A method without a draft gets none
+        # even when one is passed (a server's pair): a feature draft would make every target
+        # forward keep its hidden states for nothing.
         self.drafter = (
-            self.target if spec.shape == "self_beams" else drafter_for(draft, self.target) if draft else None
+            self.target
+            if spec.shape == "self_beams"
+            else drafter_for(draft, self.target)
+            if draft is not None and spec.needs_draft
+            else None
         )
         self.prompt = prompt.to(self.target.device)
         self.spec, self.sampling = spec, sampling
