@@ -55,6 +55,7 @@ from transformers.cache_utils import DynamicLayer
 from mtad import packing
 from mtad.adaptive import GammaPolicy, RoundClock, joint_depth, predicted_seconds
 from mtad.errors import ConfigError
+from mtad.slack_layer import SlackLayer
 from mtad.tree import additive_mask
 
 #: Compact when holes exceed this share of the slots (and the cache is longer than COMPACT_MIN).
@@ -250,6 +251,7 @@ class RaggedCache:
         length = solo.get_seq_length()
         count = next(layer.keys.shape[0] for layer in solo.layers if layer.is_initialized)
         if self.cache is None:
+            solo.layers = [SlackLayer.from_layer(layer) for layer in solo.layers]  # steps append in place
             self.cache = solo
             self.valid = torch.ones((count, length), dtype=torch.bool)
         else:
