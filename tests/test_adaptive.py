@@ -204,8 +204,11 @@ def test_the_batch_s_clock_corrects_the_measured_costs_per_depth():
     clock.observe(1, predicted=1.0, seconds=1.3)
     assert clock.factor(1) == pytest.approx(1.3)
     assert clock.factor(0) == 1.0  # not run yet: the optimistic guess, so it gets tried
+    assert clock.factor(3) == pytest.approx(1.3)  # a deeper draft: as the nearest one run
     clock.observe(0, predicted=1.0, seconds=0.9)
-    assert clock.factor(2) == pytest.approx(0.9)
+    assert clock.factor(2) == pytest.approx(1.3)
+    clock.observe(4, predicted=1.0, seconds=2.0)
+    assert clock.factor(3) == pytest.approx(2.0) and clock.factor(2) == pytest.approx(1.3)
     clock.observe(1, predicted=2.0, seconds=2.0)  # decayed mean of the ratios
     assert clock.factor(1) == pytest.approx((adaptive.DECAY * 1.3 + 1.0) / (adaptive.DECAY + 1.0))
 

@@ -183,8 +183,10 @@ class RoundClock:
     the default pair with 8 rows a drafting round took longer than its forwards by more than a
     plain step did, and speculation that the costs priced as paying did not. So the batch keeps,
     per depth, a decayed mean of observed over predicted seconds (`observe`), and `joint_depth`
-    scales its predictions by it. A depth not yet run takes the lowest factor seen (or 1): an
-    optimistic guess, so it gets run and measured instead of being ruled out by a guess.
+    scales its predictions by it. A drafting depth not yet run takes the factor of the nearest
+    drafting depth run (each depth once would be a costly probe of every depth); a plain step
+    not yet run, or the first drafting depth, takes the lowest factor seen (or 1): an optimistic
+    guess, so it gets run and measured instead of being ruled out by a guess.
     """
 
     def __init__(self) -> None:
@@ -192,9 +194,15 @@ class RoundClock:
 
     def factor(self, depth: int) -> float:
         if depth in self.seen:
-            total, weight = self.seen[depth]
-            return total / weight
-        return min([1.0] + [total / weight for total, weight in self.seen.values()])
+            return self._mean(depth)
+        drafting = [seen for seen in self.seen if seen > 0]
+        if depth > 0 and drafting:  # a drafting round costs what the nearest drafting depth did
+            return self._mean(min(drafting, key=lambda seen: (abs(seen - depth), seen)))
+        return min([1.0] + [self._mean(seen) for seen in self.seen])
+
+    def _mean(self, depth: int) -> float:
+        total, weight = self.seen[depth]
+        return total / weight
 
     def observe(self, depth: int, predicted: float, seconds: float) -> None:
         total, weight = self.seen.get(depth, (0.0, 0.0))
