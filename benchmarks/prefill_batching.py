@@ -1,14 +1,16 @@
-"""The latency floor of a batch that starts together: prefills, serial or padded into one forward, and
-the step cost of N rows against one, on the default target.
+"""The latency floor of a batch that starts together: prefills (serial, padded or packed into one
+forward) and the step cost of N rows against one, on the default target.
 
     python benchmarks/prefill_batching.py --rows 8 --new-tokens 64
 
-The server prefills each joining prompt alone and then joins its cache to the batch (`mtad.batch`).
-This measures, side by side (interleaved, median of --repeats), what one padded forward over all N
-prompts would cost instead, and one decode step of N rows against one row after those prompts. From
-them it prints the best p50 ratio any scheduler can reach when N requests arrive at once: every
-request waits for all prefills (they share the CPU with the decode steps however they are ordered)
-and then for `--new-tokens` batched steps, against one prefill and as many lone steps.
+A batch prefills the prompts that join together in one packed forward, common prefixes fed once
+(`mtad.packing`), and then joins their caches to the batch's (`mtad.batch`). This measures, side
+by side (interleaved, median of --repeats), that packed forward against the N prefills one after
+another (a request joining alone) and one padded forward over all N prompts, and one decode step
+of N rows against one row after those prompts. From them it prints the best p50 ratio any
+scheduler can reach when N requests arrive at once: every request waits for all prefills (they
+share the CPU with the decode steps however they are ordered) and then for `--new-tokens` batched
+steps, against one prefill and as many lone steps.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 import mtad
+from mtad import packing
 from mtad.bench.datasets import load_mtbench
 from mtad.default_pair import default_target_path
 from mtad.models import load_model
@@ -69,6 +72,13 @@ def main() -> None:
         inputs = padded_inputs(prompts, model.dtype)
         model(**inputs, cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
 
+    def packed() -> None:  # what the batch does now (mtad.packing): one row, common prefixes once
+        layout = packing.pack([{"input_ids": prompt[None], "logits_to_keep": 1} for prompt in prompts])
+        last = torch.stack([path[-1] for path in layout.paths]).unique()
+        model(input_ids=layout.input_ids, position_ids=layout.position_ids,
+              attention_mask=additive_mask(layout.visible[None, None], model.dtype),
+              cache=DynamicCache(config=config), use_cache=True, logits_to_keep=last)  # fmt: skip
+
     def step(rows: int):
         cache = DynamicCache(config=config)
         model(input_ids=prompts[0][None].expand(rows, -1), cache=cache, use_cache=True, logits_to_keep=1)
@@ -79,15 +89,16 @@ def main() -> None:
         function()
         return time.perf_counter() - start
 
-    names = ("serial", "padded", "one", "one row step", "batch step")
+    names = ("serial", "padded", "packed", "one", "one row step", "batch step")
     times: dict[str, list[float]] = {name: [] for name in names}
     with torch.no_grad():
         one_step, batch_step = step(1), step(args.rows)
-        for function in (serial, padded, one_step, batch_step):
+        for function in (serial, padded, packed, one_step, batch_step):
             function()  # warm-up
         for _ in range(args.repeats):
             times["serial"].append(timed(serial))
             times["padded"].append(timed(padded))
+            times["packed"].append(timed(packed))
             times["one"].append(timed(lambda: model(input_ids=prompts[0][None], logits_to_keep=1)))
             times["one row step"].append(timed(one_step))
             times["batch step"].append(timed(batch_step))
@@ -97,11 +108,14 @@ def main() -> None:
     print(machine_line(model))
     print(f"{args.rows} MT-Bench prompts ({', '.join(str(len(p)) for p in prompts)} tokens), median of "
           f"{args.repeats}, interleaved")  # fmt: skip
+    fed = packing.pack([{"input_ids": prompt[None]} for prompt in prompts]).tokens
     print(f"prefills one after another: {median['serial'] * 1000:.0f} ms; padded into one forward: "
-          f"{median['padded'] * 1000:.0f} ms ({median['padded'] / median['serial']:.2f}x)")  # fmt: skip
+          f"{median['padded'] * 1000:.0f} ms ({median['padded'] / median['serial']:.2f}x); packed, "
+          f"common prefixes once (mtad.packing, {fed} of {sum(len(p) for p in prompts)} tokens): "
+          f"{median['packed'] * 1000:.0f} ms ({median['packed'] / median['serial']:.2f}x)")  # fmt: skip
     print(f"decode step: 1 row {one * 1000:.1f} ms, {args.rows} rows {batch * 1000:.1f} ms "
           f"({batch / one:.2f}x)")  # fmt: skip
-    for name in ("serial", "padded"):
+    for name in ("serial", "padded", "packed"):
         together = median[name] + args.new_tokens * batch
         print(f"p50 floor with {name} prefills, {args.new_tokens} tokens: {together:.2f} s against "
               f"{alone:.2f} s alone = {together / alone:.2f}x")  # fmt: skip

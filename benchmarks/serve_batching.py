@@ -7,8 +7,10 @@ One process loads the pair once and serves it from two in-process servers on loo
 through the official `openai` client as chat completions of MT-Bench first turns, with the paper's
 settings (temperature 1, top-k 10, top-p 0.9, gamma 4 or `--gamma auto`, 4 beams, threshold 0.5).
 For each method and round, side by side: one client alone (sequential: the latency a lone user sees),
-then CLIENTS concurrent clients on each server. Prints total tokens/s, p50 latency and the ratios
-(medians over rounds); writes them as JSON with `--out`. Nothing is asserted.
+then CLIENTS concurrent clients on each server (the batching one first, next to the lone client's
+run: a shared machine's speed drifts, and the p50 ratio compares those two). Prints total
+tokens/s, p50 latency and the ratios (medians over rounds); writes them as JSON with `--out`.
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def one_round(servers: dict, method: str, questions: list[str], args: argparse.N
         list(pool.map(send, [args.clients] * args.clients, range(args.clients)))
     alone = [send(1, i) for i in range(args.clients)]
     run = {"alone": summary(alone, sum(seconds for seconds, _ in alone))}
-    for size in servers:
+    for size in sorted(servers, reverse=True):  # batched right after alone: the p50 ratio's two sides
         with ThreadPoolExecutor(args.clients) as pool:
             start = time.perf_counter()
             results = list(pool.map(send, [size] * (2 * args.clients), range(2 * args.clients)))
