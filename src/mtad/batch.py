@@ -434,7 +434,9 @@ class Batch:
         self.draft_cache = RaggedCache(draft) if draft is not None else None
         self.rows: list[Row] = []
         self._joined = 0
-        self.clock = RoundClock()  # what this batch's rounds really take, per depth
+        # What this batch's rounds really take, per depth, by the batch size rounds are priced at
+        # (the rows' own work grows with their number; a forward's share shrinks).
+        self.clocks: dict[int, RoundClock] = {}
 
     def add(self, generation) -> Row:
         """A `Generation` not yet started joins: its caches become rows of the batch's."""
@@ -481,9 +483,10 @@ class Batch:
                 planning = [row for row in self.live if isinstance(row.waiting, _Plan)]
                 if planning:  # gamma "auto" rows starting a round: one depth for all of them
                     choices = [(row.waiting.policy, row.waiting.most) for row in planning]
-                    depth = joint_depth(choices, self.clock)
+                    clock = self.clocks.setdefault(self.priced_rows(), RoundClock())
+                    depth = joint_depth(choices, clock)
                     if len(planning) > 1 and len(planning) == len(self.live) and not joining:
-                        planned = depth, predicted_seconds(choices, depth), time.perf_counter()
+                        planned = clock, depth, predicted_seconds(choices, depth), time.perf_counter()
                     resume = {id(row): (row, min(depth, row.waiting.most)) for row in planning}
                     for row in planning:
                         row.waiting = None
@@ -499,8 +502,8 @@ class Batch:
                     row.waiting = None
                     resume[id(row)] = (row, output)
         if planned is not None:
-            depth, predicted, start = planned
-            self.clock.observe(depth, predicted, time.perf_counter() - start)
+            clock, depth, predicted, start = planned
+            clock.observe(depth, predicted, time.perf_counter() - start)
         return blocks
 
     def _resume(self, row: Row, value, blocks: list) -> None:
