@@ -33,6 +33,7 @@ from transformers import PreTrainedModel
 from mtad.cache import CachedModel
 from mtad.config import SamplingConfig, SpeculationConfig
 from mtad.models import context_length, output_width
+from mtad.precision import synchronise
 
 DECAY = 0.97  # per round: evidence from ~30 rounds back weighs a third of the latest
 PRIOR_ROUNDS = 2.0
@@ -282,15 +283,10 @@ def _forward_seconds(
     for _ in range(REPEATS + 1):  # the first pass warms kernels up and is dropped
         for k in sizes:
             block = torch.randint(0, vocab, (rows, k), generator=generator)
-            _synchronise(cached.device)
+            synchronise(cached.device)
             start = time.perf_counter()
             cached.distributions(block, sampling, keep=k)
-            _synchronise(cached.device)
+            synchronise(cached.device)
             times[k].append(time.perf_counter() - start)
             cached.truncate(prefix_len)
     return {k: statistics.median(seconds[1:]) / rows for k, seconds in times.items()}
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -122,6 +122,12 @@ def bf16_speed_ratio(rows: int = 4, width: int = 576, out: int = 1536, repeats: 
     return bf16 / fp32 if fp32 > 0 else 1.0
 
 
+def synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer reads what the device did (a no-op on CPUs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _cuda_bf16(device: torch.device) -> bool:
     with torch.cuda.device(device):
         return torch.cuda.is_bf16_supported()

@@ -56,6 +56,7 @@ from mtad.bench.scoring import encode_record, prompt_is_chat, score_task, stop_s
 from mtad.errors import ConfigError
 from mtad.methods import get_method
 from mtad.models import LoadedModel
+from mtad.precision import synchronise
 from mtad.scoring import target_logprobs
 
 SWEEP_PARAMS = {"gamma": mtad_config.parse_gamma, "beam_width": int, "threshold": float, "reference": str}
@@ -261,8 +262,7 @@ def _measured_generation(context: BenchContext, prompt_ids, variant: Variant, se
         if timeout is not None and time.perf_counter() - start > timeout:
             context.meter.stop()
             raise SampleTimeout(f"generation ran past the {timeout:g} s sample timeout")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronise(device)
     wall = time.perf_counter() - start
     reading = context.meter.stop()
     result = generation.results if isinstance(seed, list) else generation.result
