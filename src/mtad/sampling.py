@@ -4,6 +4,13 @@ The warp (paper brief): divide logits by temperature, keep the top-k, keep the t
 most likely token is always kept), softmax. temperature 0 gives a one-hot distribution on the
 argmax, so greedy decoding is sampling from a degenerate distribution and every acceptance rule
 works unchanged.
+
+Every finite temperature > 0 gives a distribution, never NaN: logits are shifted so the row's
+maximum is 0 before the division (softmax is shift-invariant), so a tiny temperature sends the
+others to -inf (greedy, ties shared) instead of +inf - inf; and a temperature float32 cannot hold
+(below its smallest normal number, or above its largest) is divided in float64, where a subnormal
+like 1e-45 is not rounded to 0 and 1e308 not to inf (-inf / inf is NaN). A huge temperature gives
+the uniform distribution over the kept tokens.
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ import torch
 from mtad.config import SamplingConfig
 from mtad.errors import NumericalError
 
+#: Temperatures float32 divides exactly enough (its normal range); outside it, float64 divides.
+_FLOAT32 = torch.finfo(torch.float32)
+
 
 def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     """Warped probabilities, float32, same shape as `logits` (`[..., vocab]`)."""
-    check_finite(logits)
+    row_max = check_finite(logits)  # [..., 1]
     if sampling.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     if 0 < sampling.top_k < logits.shape[-1]:
@@ -37,11 +47,20 @@ def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
         values, by_value = values.gather(-1, by_id).sort(dim=-1, descending=True, stable=True)
         order = order.gather(-1, by_value)
         outside = values < kth_largest
-        values = values.float().masked_fill(outside, float("-inf")) / sampling.temperature
+        values = _scaled(values, values[..., :1], sampling.temperature).masked_fill(outside, float("-inf"))
         kept = _nucleus_sorted(torch.softmax(values, dim=-1), sampling.top_p)
         probs = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         return probs.scatter(-1, order, kept)
-    return _warp_sorted_full(logits.float() / sampling.temperature, sampling.top_p)
+    return _warp_sorted_full(_scaled(logits, row_max, sampling.temperature), sampling.top_p)
+
+
+def _scaled(logits: torch.Tensor, row_max: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(logits - row max) / temperature in float32 (`[..., n]`, row_max `[..., 1]`): every entry is
+    <= 0 or -inf, the maximum exactly 0, so softmax never meets +inf or NaN (see the docstring)."""
+    temperature = float(temperature)  # an int like 2**70 is a valid temperature; torch reads ints as int64
+    if _FLOAT32.tiny <= temperature <= _FLOAT32.max:
+        return (logits.float() - row_max.float()) / temperature
+    return ((logits.double() - row_max.double()) / temperature).float()
 
 
 def _warp_sorted_full(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -57,19 +76,24 @@ def _nucleus_sorted(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return sorted_probs
     mass_before = sorted_probs.cumsum(-1) - sorted_probs  # mass of strictly more likely tokens
-    kept = sorted_probs * (mass_before < top_p)  # the first token has mass_before 0: always kept
+    keep = mass_before < top_p
+    # The first token is always kept, even where top_p rounds to 0 in float32 (e.g. 1e-300).
+    keep[..., 0] = True
+    kept = sorted_probs * keep
     return kept / kept.sum(-1, keepdim=True)
 
 
-def check_finite(logits: torch.Tensor) -> None:
-    """Refuse NaN and +inf logits (-inf is a legitimate mask) before they poison a draw."""
+def check_finite(logits: torch.Tensor) -> torch.Tensor:
+    """Refuse NaN and +inf logits (-inf is a legitimate mask) before they poison a draw; return
+    each row's maximum (`[..., vocab]` -> `[..., 1]`), which the warp shifts by."""
     # One reduction instead of three elementwise passes: the row maximum is NaN if any entry is
     # NaN, +inf if any is +inf, and -inf only if every entry is -inf.
-    row_max = logits.amax(-1)
+    row_max = logits.amax(-1, keepdim=True)
     if bool((torch.isnan(row_max) | torch.isposinf(row_max)).any()):
         raise NumericalError("model produced NaN or +inf logits; allowed: finite values or -inf")
     if bool(torch.isneginf(row_max).any()):
         raise NumericalError("model produced a row of all -inf logits; at least one token must be possible")
+    return row_max
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
