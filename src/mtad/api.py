@@ -15,6 +15,7 @@ from mtad.config import (
     SamplingConfig,
     SpeculationConfig,
     StopConfig,
+    shown,
 )
 from mtad.engine import Generation, GenerationResult
 from mtad.errors import ConfigError
@@ -60,6 +61,7 @@ def stream(
             )
         check_heads_compatible(target, draft, tokenizer)
     for name, prompt in prompts:
+        _check_token_ids(prompt, target, name)
         if spec.needs_draft:
             check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft", name)
         check_fits_context(target, prompt.shape[1], max_new_tokens, "target", name)
@@ -121,7 +123,7 @@ def validate_settings(
 
 def _check_seed(seed, name: str) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
-        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {seed!r}", "seed")
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {shown(seed)}", "seed")
 
 
 def generate(
@@ -184,7 +186,7 @@ def _prompt_tensor(input_ids, tokenizer, name: str = "prompt") -> torch.Tensor:
         prompt = torch.as_tensor(input_ids, dtype=torch.long)
     except (TypeError, ValueError, RuntimeError):
         raise ConfigError(
-            f"{name} must be token ids (integers) or a string, got {input_ids!r:.80}", name
+            f"{name} must be token ids (integers) or a string, got {shown(input_ids, 80)}", name
         ) from None
     if prompt.dim() == 1:
         prompt = prompt.unsqueeze(0)
@@ -195,6 +197,16 @@ def _prompt_tensor(input_ids, tokenizer, name: str = "prompt") -> torch.Tensor:
     if prompt.shape[1] == 0:
         raise ConfigError(f"{name} is empty; allowed: at least one token", name)
     return prompt
+
+
+def _check_token_ids(prompt: torch.Tensor, target: PreTrainedModel, name: str) -> None:
+    """Every id indexes the target's embedding (an id past it was an IndexError inside the model)."""
+    vocab = getattr(target.get_input_embeddings(), "num_embeddings", None)
+    if vocab is None:  # an embedding of another kind: let the model judge its ids
+        return
+    bad = prompt[(prompt < 0) | (prompt >= vocab)]
+    if bad.numel():
+        raise ConfigError(f"{name} has token id {int(bad[0])}; allowed: ids in [0, {vocab})", name)
 
 
 def check_text(text: str, name: str) -> None:
@@ -220,6 +232,11 @@ def _eos_ids(eos_token_id, target: PreTrainedModel, tokenizer) -> tuple[int, ...
         return ()
     if isinstance(eos_token_id, int):
         return (eos_token_id,)
+    if not isinstance(eos_token_id, Sequence) or isinstance(eos_token_id, str):
+        raise ConfigError(
+            f"eos_token_id must be an integer or a list of integers, got {shown(eos_token_id)}",
+            "eos_token_id",
+        )
     return tuple(eos_token_id)
 
 
@@ -228,6 +245,8 @@ def _stop_strings(stop) -> tuple[str, ...]:
         return ()
     if isinstance(stop, str):
         return (stop,)
+    if not isinstance(stop, Sequence):
+        raise ConfigError(f"stop must be a string or a list of strings, got {shown(stop)}", "stop")
     return tuple(stop)
 
 

@@ -375,9 +375,14 @@ class RowStore:
     def reorder(self, indices: torch.Tensor) -> None:
         ragged = self.ragged
         own = ragged.rows_of(self)
+        sources = [own[source] for source in indices.tolist()]
+        if len(sources) != len(own):  # the beams grew (drawn without replacement from a few tokens)
+            others = [r for r, owner in enumerate(ragged.owners) if owner is not self]
+            ragged.take_rows(others + sources, [ragged.owners[r] for r in others] + [self] * len(sources))
+            return
         order = list(range(len(ragged.owners)))
-        for k, source in enumerate(indices.tolist()):
-            order[own[k]] = own[source]
+        for row, source in zip(own, sources, strict=True):
+            order[row] = source
         ragged.take_rows(order, ragged.owners)
 
     def select(self, row: int) -> None:

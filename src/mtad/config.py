@@ -6,6 +6,7 @@ Names follow the paper: gamma = draft length, beam_width = W, threshold = tau.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 from mtad.errors import ConfigError
@@ -49,13 +50,13 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not _is_finite_number(self.temperature) or self.temperature < 0:
             raise ConfigError(
-                f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}",
+                f"temperature must be a finite number >= 0 (0 = greedy), got {shown(self.temperature)}",
                 "temperature",
             )
         if not _is_int(self.top_k) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}", "top_k")
+            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {shown(self.top_k)}", "top_k")
         if not _is_finite_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p")
+            raise ConfigError(f"top_p must be in (0, 1], got {shown(self.top_p)}", "top_p")
 
     @property
     def greedy(self) -> bool:
@@ -88,23 +89,25 @@ class SpeculationConfig:
     def __post_init__(self) -> None:
         self.record  # noqa: B018 - an unknown method is a ConfigError naming the allowed ones
         if self.gamma != AUTO and (not _is_int(self.gamma) or self.gamma < 1):
-            raise ConfigError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}", "gamma")
+            raise ConfigError(f"gamma must be an integer >= 1 or 'auto', got {shown(self.gamma)}", "gamma")
         if not _is_int(self.beam_width) or self.beam_width < 1:
-            raise ConfigError(f"beam_width must be an integer >= 1, got {self.beam_width!r}", "beam_width")
+            raise ConfigError(
+                f"beam_width must be an integer >= 1, got {shown(self.beam_width)}", "beam_width"
+            )
         if not _is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
-            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold!r}", "threshold")
+            raise ConfigError(f"threshold must be in (0, 1], got {shown(self.threshold)}", "threshold")
         if (
             not isinstance(self.tree, tuple)
             or not self.tree
             or not all(_is_int(b) and b >= 1 for b in self.tree)
         ):
             raise ConfigError(
-                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2), got {_shown(self.tree)}",
+                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2), got {shown(self.tree)}",
                 "tree",
             )
         if self.reference not in REFERENCES:
             raise ConfigError(
-                f"unknown reference {self.reference!r}; allowed: {', '.join(REFERENCES)}", "reference"
+                f"unknown reference {shown(self.reference)}; allowed: {', '.join(REFERENCES)}", "reference"
             )
 
     @property
@@ -187,7 +190,7 @@ class Limits:
         for name in ("max_gamma", "max_beam_width", "max_tree_nodes"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", name)
+                raise ConfigError(f"{name} must be an integer >= 1, got {shown(value)}", name)
 
     def for_models(self, vocab_size: int, context_length: int | None) -> Limits:
         """These limits, lowered to what one model pair allows: draft tokens per round fit its
@@ -206,18 +209,19 @@ class Limits:
             raise ConfigError(
                 f"gamma {spec.gamma} (depth {spec.depth}) is over the limit of {self.max_gamma} (max_gamma)"
                 if spec.gamma == AUTO
-                else f"gamma {spec.gamma} is over the limit of {self.max_gamma} (max_gamma)",
+                else f"gamma {shown(spec.gamma)} is over the limit of {self.max_gamma} (max_gamma)",
                 "gamma",
             )
         if spec.uses_beams and spec.beam_width > self.max_beam_width:
             raise ConfigError(
-                f"beam_width {spec.beam_width} is over the limit of {self.max_beam_width} (max_beam_width)",
+                f"beam_width {shown(spec.beam_width)} is over the limit of {self.max_beam_width} "
+                "(max_beam_width)",
                 "beam_width",
             )
         nodes = spec.verified_nodes(stop_above=self.max_tree_nodes)
         if nodes > self.max_tree_nodes and spec.shape == "branching_tree":
             raise ConfigError(
-                f"tree {_shown(spec.tree)} has more than {self.max_tree_nodes} nodes, "
+                f"tree {shown(spec.tree)} has more than {self.max_tree_nodes} nodes, "
                 f"the limit (max_tree_nodes)",
                 "tree",
             )
@@ -240,22 +244,32 @@ class StopConfig:
     def __post_init__(self) -> None:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             raise ConfigError(
-                f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}", "max_new_tokens"
+                f"max_new_tokens must be an integer >= 0, got {shown(self.max_new_tokens)}", "max_new_tokens"
             )
         for token_id in self.eos_token_ids:
             if not _is_int(token_id) or token_id < 0:
                 raise ConfigError(
-                    f"eos_token_id must be a non-negative integer, got {token_id!r}", "eos_token_id"
+                    f"eos_token_id must be a non-negative integer, got {shown(token_id)}", "eos_token_id"
                 )
         for stop in self.stop_strings:
             if not isinstance(stop, str) or not stop:
-                raise ConfigError(f"stop strings must be non-empty strings, got {stop!r}", "stop")
+                raise ConfigError(f"stop strings must be non-empty strings, got {shown(stop)}", "stop")
 
 
-def _shown(value: object, width: int = 60) -> str:
-    """`repr(value)`, cut to `width` characters: an error message stays one short line."""
-    text = repr(value)
+def shown(value: object, width: int = 60) -> str:
+    """`repr(value)`, cut to `width` characters: an error message stays one short line, whatever
+    the value (a few levels of nesting, a few digits of a huge int; never an error of its own)."""
+    text = _SHORT.repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of an int past 4300 digits raises ValueError; its size is what matters here.
+        return repr(x) if abs(x) < 10**20 else f"{'-' if x < 0 else ''}~1e{int(x.bit_length() * 0.30103)}"
+
+
+_SHORT = _ShortRepr()
 
 
 def _is_int(value: object) -> bool:

@@ -26,7 +26,7 @@ import torch
 
 from mtad import acceptance
 from mtad.cache import CachedModel
-from mtad.config import SamplingConfig, SpeculationConfig
+from mtad.config import SamplingConfig, SpeculationConfig, shown
 from mtad.drafting import Proposal, Round, TreeProposal, beam_sample, beam_tree, branching_tree, chain_sample
 from mtad.errors import ConfigError
 
@@ -190,7 +190,7 @@ def get_method(name: object) -> Method:
     """The method called `name`, or a `ConfigError` listing the allowed names."""
     registry = methods()
     if not isinstance(name, str) or name not in registry:
-        raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(registry)}", "method")
+        raise ConfigError(f"unknown method {shown(name)}; allowed: {', '.join(registry)}", "method")
     return registry[name]
 
 

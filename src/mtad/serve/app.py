@@ -29,7 +29,7 @@ from starlette.routing import Route
 from mtad.api import stream
 from mtad.config import Limits, SpeculationConfig
 from mtad.engine import Generation
-from mtad.errors import ConfigError, ContextLengthError, MtadError
+from mtad.errors import ConfigError, ContextLengthError, MtadError, NumericalError
 from mtad.models import LoadedModel, pair_context_length
 from mtad.precision import dtype_name
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
@@ -301,7 +301,9 @@ class _Server:
                     outcome = _OUTCOME[event.kind]
                     if event.kind == "done":
                         self.metrics.observe(method, prompt_tokens, event.payload)
-                    if event.kind == "error":
+                    if event.kind == "error" and isinstance(event.payload, NumericalError):
+                        logger.error("generation failed: %s", event.payload)  # the model's, not ours
+                    elif event.kind == "error":
                         logger.error("generation failed", exc_info=event.payload)
                     yield event
                     return
@@ -368,6 +370,14 @@ def _failure(event: Event) -> ApiError:
             status=504,
             kind="timeout_error",
             code="time_limit_exceeded",
+        )
+    if isinstance(event.payload, NumericalError):
+        # The model, not the request, is at fault: a 5xx, but one that says what happened.
+        return ApiError(
+            f"the model failed on this request: {event.payload}",
+            status=500,
+            kind="server_error",
+            code="model_numerical_error",
         )
     return _server_error(event.payload)
 

@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mtad.config import shown
+
 MAX_STOP_STRINGS = 4
 
 #: Fields accepted only at these values (None, i.e. JSON null, is always accepted).
@@ -213,7 +215,7 @@ def _check_neutral(data: dict) -> None:
         if value is not None and not any(_same(value, a) for a in allowed):
             shown = " or ".join(json.dumps(a) for a in allowed)
             raise ApiError(
-                f"{name}={json.dumps(value)} is not supported by this server; allowed: {shown} or null",
+                f"{name}={_shown_json(value)} is not supported by this server; allowed: {shown} or null",
                 param=name,
                 code="unsupported_parameter",
             )
@@ -238,9 +240,17 @@ def _api_error(error: ValidationError) -> ApiError:
     if first["type"] == "missing":
         return ApiError(f"{param!r} is required", param=param, code="missing_parameter")
     message = first["msg"].removeprefix("Value error, ")
-    shown = json.dumps(first.get("input"))
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    shown = _shown_json(first.get("input"))
     return ApiError(f"invalid {param!r}: {message}; got {shown}", param=param, code="invalid_parameter")
+
+
+def _shown_json(value: object, width: int = 60) -> str:
+    """`value` as JSON, cut to `width` characters (a message stays one short line)."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):  # an int past 4300 digits; nesting deeper than the stack
+        text = shown(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _param(loc: tuple) -> str:
