@@ -33,7 +33,7 @@ from mtad.errors import ConfigError, ContextLengthError, MtadError, NumericalErr
 from mtad.models import LoadedModel, pair_context_length
 from mtad.precision import dtype_name
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
-from mtad.serve.responses import Reply, sse
+from mtad.serve.responses import Reply, error_response, failure, server_error, sse, too_large
 from mtad.serve.scheduler import TERMINAL, Event, Job, QueueFull, Scheduler
 from mtad.serve.schemas import ApiError, ChatMessage, ChatRequest, CompletionRequest, parse_request
 
@@ -150,12 +150,12 @@ class _Server:
 
     async def api_error(self, request: Request, error: ApiError) -> Response:
         self.metrics.count(_endpoint(request), "rejected" if error.status == 429 else "invalid")
-        return _error_response(error)
+        return error_response(error)
 
     async def internal_error(self, request: Request, error: Exception) -> Response:
         logger.error("unhandled error on %s", request.url.path, exc_info=error)
         self.metrics.count(_endpoint(request), "error")  # every 5xx is counted, expected or not
-        return _error_response(_server_error(error))
+        return error_response(server_error(error))
 
     # -- one generation request -----------------------------------------------------------------
 
@@ -164,12 +164,12 @@ class _Server:
         limit = self.config.max_request_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise _too_large(int(declared), limit)
+            raise too_large(int(declared), limit)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(size, limit)
+                raise too_large(size, limit)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -185,7 +185,8 @@ class _Server:
     ) -> Response:
         prompt_param = "messages" if chat else "prompt"
         settings = self._settings(body, len(prompt_ids), prompt_param)
-        generation = self._generation(prompt_ids, settings, prompt_param)
+        params = _ENGINE_PARAMS | ({"top_k": "top_k"} if body.top_k is not None else {})
+        generation = self._generation(prompt_ids, settings, prompt_param, params)
         job = Job(generation, asyncio.get_running_loop(), self.config.request_timeout_s)
         self._submit(job)
         reply, prompt_tokens = Reply.new(chat, self.config.model_name), len(prompt_ids)
@@ -224,8 +225,7 @@ class _Server:
 
     def _settings(self, body: CompletionRequest | ChatRequest, prompt_len: int, prompt_param: str) -> dict:
         """Server defaults, overridden by what the request set; max_new_tokens capped by the context."""
-        options = body.mtad.model_dump(exclude_none=True) if body.mtad else {}
-        settings = self.config.defaults | options
+        settings = self.config.defaults | body.decoding_options()
         for name in ("temperature", "top_p", "seed"):
             if getattr(body, name) is not None:
                 settings[name] = getattr(body, name)
@@ -257,7 +257,11 @@ class _Server:
             )
         return limit - prompt_len
 
-    def _generation(self, prompt_ids: list[int], settings: dict, prompt_param: str) -> Generation:
+    def _generation(
+        self, prompt_ids: list[int], settings: dict, prompt_param: str, params: dict
+    ) -> Generation:
+        """The request's generation; an engine `ConfigError` is a 400 naming the field (`params`:
+        the request field behind each engine setting)."""
         draft = self.draft.model if self.draft else None
         try:
             return stream(
@@ -272,7 +276,7 @@ class _Server:
             if isinstance(error, ContextLengthError):
                 raise ApiError(str(error), param=prompt_param, code="context_length_exceeded") from None
             setting = error.setting if isinstance(error, ConfigError) else None
-            param = prompt_param if setting == "prompt" else _ENGINE_PARAMS.get(setting)
+            param = prompt_param if setting == "prompt" else params.get(setting)
             raise ApiError(str(error), param=param, code="invalid_parameter") from None
 
     def _submit(self, job: Job) -> None:
@@ -321,7 +325,7 @@ class _Server:
                 if event.kind == "done":
                     return JSONResponse(reply.whole(event.payload, prompt_tokens, settings))
                 if event.kind in ("error", "timeout"):
-                    return _error_response(_failure(event))
+                    return error_response(failure(event))
                 if event.kind == "gone":
                     return Response(status_code=499)  # nobody is listening
         return Response(status_code=499)
@@ -340,7 +344,7 @@ class _Server:
                 elif event.kind == "done":
                     yield sse(reply.last_chunk(event.payload, prompt_tokens, settings))
                 elif event.kind in ("error", "timeout"):
-                    yield sse(_failure(event).body())
+                    yield sse(failure(event).body())
                 elif event.kind == "gone":
                     return
             yield sse("[DONE]")
@@ -362,44 +366,8 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> None:
     job.events.put_nowait(Event("gone"))
 
 
-def _failure(event: Event) -> ApiError:
-    if event.kind == "timeout":
-        return ApiError(
-            f"generation stopped at the server's time limit of {event.payload:g} s per request; "
-            "ask for fewer max_tokens",
-            status=504,
-            kind="timeout_error",
-            code="time_limit_exceeded",
-        )
-    if isinstance(event.payload, NumericalError):
-        # The model, not the request, is at fault: a 5xx, but one that says what happened.
-        return ApiError(
-            f"the model failed on this request: {event.payload}",
-            status=500,
-            kind="server_error",
-            code="model_numerical_error",
-        )
-    return _server_error(event.payload)
-
-
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError(
-        f"request body is {size} bytes or more; allowed: at most {limit} bytes",
-        status=413,
-        code="request_too_large",
-    )
-
-
-def _server_error(error: BaseException) -> ApiError:
-    return ApiError(f"internal error: {type(error).__name__}: {error}", status=500, kind="server_error")
-
-
-def _error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
 async def _http_error(request: Request, error: HTTPException) -> Response:
     """Unknown route or method, in the same error shape as everything else."""
     kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
     message = f"{request.method} {request.url.path}: {error.detail}"
-    return _error_response(ApiError(message, status=error.status_code, kind=kind))
+    return error_response(ApiError(message, status=error.status_code, kind=kind))

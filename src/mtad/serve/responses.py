@@ -4,6 +4,7 @@ Every finished response carries `usage` and an `mtad` object: the decoding setti
 (method, gamma, ..., temperature, top_k, top_p, and the seed, so a run can be repeated) and the
 request's statistics (`mtad.Stats.as_dict()`).
 In a stream they come in the final chunk, the one with `finish_reason`.
+Errors have one shape everywhere: `{"error": {"message", "type", "param", "code"}}` (`ApiError`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from starlette.responses import JSONResponse
+
 from mtad.engine import GenerationResult
+from mtad.errors import NumericalError
+from mtad.serve.scheduler import Event
+from mtad.serve.schemas import ApiError
 
 
 @dataclass(frozen=True)
@@ -80,3 +86,40 @@ def sse(data: dict | str) -> bytes:
     """One server-sent event."""
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
+
+
+def failure(event: Event) -> ApiError:
+    """The error a job's "error" or "timeout" event answers with."""
+    if event.kind == "timeout":
+        return ApiError(
+            f"generation stopped at the server's time limit of {event.payload:g} s per request; "
+            "ask for fewer max_tokens",
+            status=504,
+            kind="timeout_error",
+            code="time_limit_exceeded",
+        )
+    if isinstance(event.payload, NumericalError):
+        # The model, not the request, is at fault: a 5xx, but one that says what happened.
+        return ApiError(
+            f"the model failed on this request: {event.payload}",
+            status=500,
+            kind="server_error",
+            code="model_numerical_error",
+        )
+    return server_error(event.payload)
+
+
+def too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        f"request body is {size} bytes or more; allowed: at most {limit} bytes",
+        status=413,
+        code="request_too_large",
+    )
+
+
+def server_error(error: BaseException) -> ApiError:
+    return ApiError(f"internal error: {type(error).__name__}: {error}", status=500, kind="server_error")
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)

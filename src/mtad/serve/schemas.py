@@ -5,6 +5,8 @@ Which OpenAI fields this server honours, and what happens to the others:
 - honoured: `model`, `prompt` / `messages`, `max_tokens` (chat also `max_completion_tokens`),
   `temperature`, `top_p`, `stop` (up to 4 strings), `seed`, `stream`, and the extension field
   `mtad` (method, gamma, beam_width, threshold, top_k, with_replacement, tree, reference).
+- the common extension `top_k` at the top level too (vLLM and others take it there, e.g. the
+  openai client's `extra_body={"top_k": 10}`); given both there and in `mtad`, the two must agree.
 - accepted and ignored, because they cannot change the output: `user` (an end-user id for a
   provider's abuse monitoring) and `stream_options.include_usage` (usage is always sent, in the
   final chunk of a stream).
@@ -38,6 +40,9 @@ NEUTRAL: dict[str, tuple] = {
     "response_format": ({"type": "text"},),
     "tools": ([],),
     "tool_choice": ("none",),
+    # Sampling extensions other OpenAI-compatible servers take, accepted where they change nothing.
+    "min_p": (0, 0.0),
+    "repetition_penalty": (1, 1.0),
 }
 
 
@@ -93,6 +98,7 @@ class _Request(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    top_k: int | None = None
     mtad: DecodingOptions | None = None
 
     @field_validator("stop")
@@ -107,6 +113,20 @@ class _Request(_Strict):
 
     def new_tokens_requested(self) -> int | None:
         return self.max_tokens
+
+    def decoding_options(self) -> dict:
+        """The `mtad` object's settings, with a top-level `top_k` (which must agree with its own)."""
+        options = self.mtad.model_dump(exclude_none=True) if self.mtad else {}
+        if self.top_k is None:
+            return options
+        if options.get("top_k", self.top_k) != self.top_k:
+            raise ApiError(
+                f"top_k={self.top_k} and mtad.top_k={options['top_k']} disagree; allowed: one of them, "
+                "or the same value in both",
+                param="top_k",
+                code="invalid_parameter",
+            )
+        return options | {"top_k": self.top_k}
 
 
 class CompletionRequest(_Request):
@@ -163,7 +183,7 @@ def parse_request(raw: bytes, schema: type[_Request]) -> _Request:
     try:
         return schema.model_validate(data)
     except ValidationError as error:
-        raise _api_error(error) from None
+        raise _api_error(error, schema) from None
 
 
 def _json_object(raw: bytes) -> dict:
@@ -231,17 +251,23 @@ def _same(value: object, allowed: object) -> bool:
     return type(value) is type(allowed) and value == allowed
 
 
-def _api_error(error: ValidationError) -> ApiError:
+def _api_error(error: ValidationError, schema: type[_Request]) -> ApiError:
     first = error.errors(include_url=False)[0]
     param = _param(first["loc"])
     if first["type"] == "extra_forbidden":
-        param = f"{param}.{first['loc'][-1]}" if param else str(first["loc"][-1])
-        return ApiError(f"unsupported parameter {param!r}", param=param, code="unsupported_parameter")
+        parent, name = _param((*first["loc"][:-1], "")), first["loc"][-1]
+        param = f"{parent}.{name}" if parent else str(name)
+        allowed = ", ".join(_allowed(schema, parent))
+        return ApiError(
+            f"unsupported parameter {shown(param)}; allowed: {allowed}",
+            param=param,
+            code="unsupported_parameter",
+        )
     if first["type"] == "missing":
         return ApiError(f"{param!r} is required", param=param, code="missing_parameter")
     message = first["msg"].removeprefix("Value error, ")
-    shown = _shown_json(first.get("input"))
-    return ApiError(f"invalid {param!r}: {message}; got {shown}", param=param, code="invalid_parameter")
+    value = _shown_json(first.get("input"))
+    return ApiError(f"invalid {param!r}: {message}; got {value}", param=param, code="invalid_parameter")
 
 
 def _shown_json(value: object, width: int = 60) -> str:
@@ -251,6 +277,16 @@ def _shown_json(value: object, width: int = 60) -> str:
     except (ValueError, RecursionError):  # an int past 4300 digits; nesting deeper than the stack
         text = shown(value)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _allowed(schema: type[_Request], parent: str) -> list[str]:
+    """The fields an object at `parent` (a request path) honours (`NEUTRAL` ones are left out)."""
+    if parent == "":
+        return list(schema.model_fields)
+    inner = {"mtad": DecodingOptions, "stream_options": StreamOptions}.get(parent)
+    if inner is None:  # messages[i] or a content part
+        inner = TextPart if parent.endswith("]") and ".content" in parent else ChatMessage
+    return list(inner.model_fields)
 
 
 def _param(loc: tuple) -> str:
