@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mtad.api import validate_settings
@@ -16,8 +17,10 @@ from mtad.cli.common import (
 from mtad.config import SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.serve.app import ServeConfig
+from mtad.serve.auth import check_key
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+API_KEY_ENV = "MTAD_API_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"largest request body; more is a 413 (default {ServeConfig.max_request_bytes})",
     )  # fmt: skip
     group.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    auth = parser.add_argument_group("authentication")
+    auth.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on every request but /health (the openai client's "
+        f"api_key); a 401 without it. Default: the {API_KEY_ENV} environment variable, which keeps the "
+        "key out of the process list; unset: no authentication",
+    )
+    auth.add_argument(
+        "--require-api-key-for-metrics",
+        action="store_true",
+        help="/metrics needs the API key too (default: open, for scrapers without credentials)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -70,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout,
         limits=limits(args),
         max_request_bytes=args.max_request_bytes,
+        api_key=_api_key(args),
+        metrics_need_key=args.require_api_key_for_metrics,
     )
     target, draft = load_pair_from_args(args, need_draft=True)
     if draft is None and SpeculationConfig(args.method).needs_draft:
@@ -78,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
             "--method ar, greedy or mtjd"
         )
     if args.host not in LOOPBACK:
-        print(
-            f"mtad serve: listening on {args.host}: reachable from other machines, with no authentication",
-            file=sys.stderr,
-        )
+        print(f"mtad serve: {_exposure_warning(args.host, config.api_key is not None)}", file=sys.stderr)
     uvicorn.run(create_app(target, draft, config), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -101,6 +116,28 @@ def _validated_defaults(args: argparse.Namespace) -> dict:
     settings = decoding_settings(args)
     limits(args).check(validate_settings(**settings)[0])
     return settings
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else $MTAD_API_KEY, else None; a key a client could not send is a ConfigError."""
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is None:
+        if args.require_api_key_for_metrics:
+            raise ConfigError(f"--require-api-key-for-metrics needs --api-key (or {API_KEY_ENV})")
+        return None
+    return check_key(key, "--api-key" if args.api_key is not None else API_KEY_ENV)
+
+
+def _exposure_warning(host: str, keyed: bool) -> str:
+    if keyed:
+        return (
+            f"listening on {host}: reachable from other machines; requests need the API key, sent "
+            "unencrypted over plain HTTP (put a TLS proxy in front)"
+        )
+    return (
+        f"listening on {host}: reachable from other machines, with no authentication; pass --api-key "
+        f"(or set {API_KEY_ENV}) to require a key"
+    )
 
 
 def _port(text: str) -> int:

@@ -1,8 +1,8 @@
 """The HTTP layer: OpenAI-compatible routes over one `Scheduler` that owns the model pair.
 
-A request flows: parse and validate the body (`schemas`) -> encode the prompt -> build the
-`mtad.Generation` here, so every engine validation error is a 400 before anything is queued ->
-submit to the scheduler (full: 429 + Retry-After) -> relay its events as one JSON response or as
+A request flows: check the bearer key (only with `ServeConfig.api_key`; `auth`) -> parse and
+validate the body (`schemas`) -> encode the prompt -> build the `mtad.Generation` here, so every
+engine validation error is a 400 before anything is queued -> submit to the scheduler (full: 429 + Retry-After) -> relay its events as one JSON response or as
 server-sent events. A client that disconnects cancels its job; the worker moves on at once.
 
 The HTTP thread encodes prompts with its own copy of the tokenizer; the worker thread's copy is
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -32,6 +33,7 @@ from mtad.engine import Generation
 from mtad.errors import ConfigError, ContextLengthError, MtadError, NumericalError
 from mtad.models import LoadedModel, pair_context_length
 from mtad.precision import dtype_name
+from mtad.serve.auth import OPEN_PATHS, ApiKeyMiddleware, check_key
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
 from mtad.serve.responses import Reply, error_response, failure, server_error, sse, too_large
 from mtad.serve.scheduler import TERMINAL, Event, Job, QueueFull, Scheduler
@@ -71,6 +73,8 @@ class ServeConfig:
     request_timeout_s: float | None = 120.0
     limits: Limits = field(default_factory=Limits)  # ceilings on gamma, beams and tree nodes
     max_request_bytes: int = 4 * 2**20  # a larger body is refused (413) before it is read whole
+    api_key: str | None = field(default=None, repr=False)  # None: no authentication (`mtad.serve.auth`)
+    metrics_need_key: bool = False  # with api_key: /metrics needs it too (/health never does)
 
 
 def create_app(target: LoadedModel, draft: LoadedModel | None, config: ServeConfig) -> Starlette:
@@ -85,7 +89,15 @@ def create_app(target: LoadedModel, draft: LoadedModel | None, config: ServeConf
         Route("/metrics", server.metrics_text, methods=["GET"]),
     ]
     handlers = {ApiError: server.api_error, HTTPException: _http_error, Exception: server.internal_error}
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=server.lifespan)
+    middleware = []
+    if config.api_key is not None:
+        check_key(config.api_key)  # now, not at the first request (Starlette builds middleware lazily)
+        open_paths = OPEN_PATHS if config.metrics_need_key else (*OPEN_PATHS, "/metrics")
+        refused = server.unauthorised
+        middleware.append(Middleware(ApiKeyMiddleware, config.api_key, open_paths, refused))
+    app = Starlette(
+        routes=routes, exception_handlers=handlers, lifespan=server.lifespan, middleware=middleware
+    )
     app.state.server = server
     return app
 
@@ -151,6 +163,9 @@ class _Server:
     async def api_error(self, request: Request, error: ApiError) -> Response:
         self.metrics.count(_endpoint(request), "rejected" if error.status == 429 else "invalid")
         return error_response(error)
+
+    def unauthorised(self, path: str) -> None:
+        self.metrics.count(path if path in _GENERATING else "other", "unauthorized")
 
     async def internal_error(self, request: Request, error: Exception) -> Response:
         logger.error("unhandled error on %s", request.url.path, exc_info=error)

@@ -19,7 +19,7 @@ from mtad.engine import GenerationResult
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 #: Outcomes of a request, the `outcome` label of mtad_requests_total.
-OUTCOMES = ("ok", "invalid", "rejected", "timeout", "error", "cancelled")
+OUTCOMES = ("ok", "invalid", "unauthorized", "rejected", "timeout", "error", "cancelled")
 
 
 class Metrics:
