@@ -2,8 +2,9 @@
 
 A request flows: check the bearer key (only with `ServeConfig.api_key`; `auth`) -> parse and
 validate the body (`schemas`) -> encode the prompt -> build the `mtad.Generation` here, so every
-engine validation error is a 400 before anything is queued -> submit to the scheduler (full: 429 + Retry-After) -> relay its events as one JSON response or as
-server-sent events. A client that disconnects cancels its job; the worker moves on at once.
+engine validation error is a 400 before anything is queued -> submit to the scheduler (full: a
+429 and Retry-After) -> relay its events as one JSON response or as server-sent events. A client
+that disconnects cancels its job; the worker moves on at once.
 
 The HTTP thread encodes prompts with its own copy of the tokenizer; the worker thread's copy is
 used only inside generations, so the two threads never share a tokenizer.
