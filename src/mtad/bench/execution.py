@@ -1,6 +1,9 @@
-"""Run model-written Python (HumanEval completion + the problem's tests) in a separate, limited process.
+"""Run model-written Python (HumanEval completion + the problem's tests) in a sandboxed process.
 
 The program never runs in the benchmark's own process. The child gets:
+- a sandbox where this machine allows one (`mtad.bench.sandbox`: Linux namespaces via
+  `unshare`): no network, nothing writable outside its work directory, no other process
+  visible, at most `max_processes` processes, never root;
 - a fresh temporary working directory (removed afterwards), which is also its HOME and TMPDIR;
 - a scrubbed environment (a fixed PATH and locale, nothing inherited), no stdin, isolated mode (-I);
 - limits set by a tiny runner inside the child before the program starts (thread-safe, unlike
@@ -8,8 +11,11 @@ The program never runs in the benchmark's own process. The child gets:
   no core dumps;
 - a wall-clock timeout, after which its whole process group (any children it forked) is killed.
 
-This is isolation against accidents, not a security sandbox: the code can still use the network
-and read files the user can read. Run untrusted benchmarks inside a container or VM.
+Where no sandbox is available (not Linux, no `unshare`, namespaces forbidden, as in a container
+without CAP_SYS_ADMIN), model-written code runs only after an explicit opt-in
+(`allow_unsandboxed()`, `mtad bench --allow-unsandboxed-code`), as bigcode-evaluation-harness
+asks for `--allow_code_execution`; it then gets the limits above and nothing more: it could use
+the network and write wherever the user can. `isolation()` says which of the two runs here.
 
 HumanEval post-processing of a raw completion keeps it up to the first top-level line that is not
 part of the program; see `truncate_completion`. Chat answers are handled by `mtad.bench.humaneval`,
@@ -22,7 +28,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -30,15 +35,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mtad.bench.sandbox import (
+    DEFAULT_MAX_PROCESSES,
+    SETUP,
+    SETUP_FAILED_EXIT,
+    Isolation,
+    isolation,
+    prepare_for_uid,
+    sandbox_uid,
+)
+from mtad.errors import MtadError
+
 Status = Literal["passed", "failed", "timed out", "out of memory"]
 
 # The runner exits with this code when the program raised MemoryError.
 _OOM_EXIT = 86
 _REASON_CHARS = 300
 
-_RUNNER = f"""
+_RUNNER = (
+    SETUP
+    + f"""
 import os, resource, sys
-path, mem, fsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, mem, fsize, nproc, work, mode, uid = sys.argv[1:8]
+if mode != "none":
+    try:
+        _sandbox(work, mode, int(uid))
+    except OSError as error:
+        print(error, file=sys.stderr)
+        os._exit({SETUP_FAILED_EXIT})
+    resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
+mem, fsize = int(mem), int(fsize)
 resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -50,6 +76,30 @@ try:
 except MemoryError:
     os._exit({_OOM_EXIT})
 """
+)
+_unsandboxed_allowed = False
+
+
+class UnsandboxedExecutionError(MtadError):
+    """Model-written code would run without a sandbox, and nobody allowed that."""
+
+
+def allow_unsandboxed(allowed: bool = True) -> None:
+    """Let `run_python` run code without a sandbox where this machine has none (an explicit choice)."""
+    global _unsandboxed_allowed
+    _unsandboxed_allowed = allowed
+
+
+def check_isolation(allow_unsandboxed: bool = False) -> Isolation:
+    """This machine's isolation; `UnsandboxedExecutionError` if there is none and it is not allowed."""
+    found = isolation()
+    if not found.isolated and not (allow_unsandboxed or _unsandboxed_allowed):
+        raise UnsandboxedExecutionError(
+            f"no sandbox for model-written code here ({found.detail}); to run it with resource limits "
+            "only, pass --allow-unsandboxed-code (library: mtad.bench.execution.allow_unsandboxed())"
+        )
+    return found
+
 
 # Generation can stop early at these (they never continue a HumanEval solution); `truncate_completion`
 # still runs afterwards. "\ndef " is deliberately absent: the completion may need a helper function.
@@ -76,6 +126,8 @@ def _tail(text: str) -> str:
 def _classify(returncode: int, stderr: str) -> tuple[Status, str]:
     if returncode == 0:
         return "passed", ""
+    if returncode == SETUP_FAILED_EXIT:
+        return "failed", f"the sandbox could not be set up: {_tail(stderr)}"
     if returncode == _OOM_EXIT or "MemoryError" in _tail(stderr):
         return "out of memory", "MemoryError under the address-space limit"
     if "[Errno 27]" in _tail(stderr):
@@ -96,8 +148,12 @@ def run_python(
     timeout_s: float = 10.0,
     memory_limit_mb: int = 1024,
     output_limit_mb: int = 16,
+    max_processes: int = DEFAULT_MAX_PROCESSES,
 ) -> ExecutionResult:
-    """Run `program` as a script in a fresh subprocess; passed means it exited with status 0."""
+    """Run `program` as a script in a fresh, sandboxed subprocess (see the module docstring);
+    passed means it exited with status 0. Raises `UnsandboxedExecutionError` where there is no
+    sandbox and `allow_unsandboxed()` was not called."""
+    sandbox = check_isolation()
     # The program may leave files it made read-only; cleanup must not turn that into our exception.
     with tempfile.TemporaryDirectory(prefix="mtad-exec-", ignore_cleanup_errors=True) as base:
         # The child's directory holds only its program; our output files live beside it.
@@ -105,6 +161,9 @@ def run_python(
         workdir.mkdir()
         script = workdir / "program.py"
         script.write_text(program)
+        uid = sandbox_uid()
+        if sandbox.mode == "uid":
+            prepare_for_uid(workdir, uid)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -115,14 +174,15 @@ def run_python(
             # Stop a numeric library from spawning one thread per core inside the benchmark.
             "OMP_NUM_THREADS": "1",
         }
-        limits = [str(memory_limit_mb * 2**20), str(output_limit_mb * 2**20)]
+        limits = [str(memory_limit_mb * 2**20), str(output_limit_mb * 2**20), str(max_processes)]
+        where = [str(workdir), sandbox.mode, str(uid)]
         # Output goes to files, not pipes: a grandchild holding a pipe open cannot hang us, and the
         # file-size limit bounds what a print loop can write.
         out_path, err_path = Path(base) / "stdout.txt", Path(base) / "stderr.txt"
         start = time.monotonic()
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _RUNNER, str(script), *limits],
+                [*sandbox.command, sandbox.python, "-I", "-c", _RUNNER, str(script), *limits, *where],
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -66,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--resume", action="store_true", help="continue the run in --out (must match)")
     mode.add_argument("--overwrite", action="store_true", help="discard the results in --out and start over")
     run_group.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_group.add_argument(
+        "--allow-unsandboxed-code",
+        action="store_true",
+        help="humaneval: run model-written code even where this machine has no sandbox (Linux "
+        "namespaces via unshare), with resource limits only; without it such a run is refused",
+    )
     judge = parser.add_argument_group("MT-Bench judge (single-answer grading 1-10 by an LLM)")
     judge.add_argument(
         "--judge-url", help="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1"
@@ -81,6 +88,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_pair_arguments(parser)
     add_decoding_arguments(parser, method=None)
     parser.set_defaults(func=run)
+
+
+def _code_isolation(dataset: str, allowed: bool):
+    """For HumanEval, how its model-written code will run (`mtad.bench.sandbox.Isolation`);
+    refused here, before minutes of loading, where there is no sandbox and no opt-in."""
+    if dataset != "humaneval":
+        return None
+    from mtad.bench.execution import allow_unsandboxed, check_isolation
+
+    if allowed:
+        allow_unsandboxed()
+    return check_isolation(allowed)
+
+
+def _record_isolation(out: Path, sandbox) -> None:
+    """The run's machine.json (and so its report's Machine table) says which isolation ran."""
+    from mtad.bench.rundir import MACHINE_FILE
+
+    path = out / MACHINE_FILE
+    machine = json.loads(path.read_text()) if path.is_file() else {}
+    unsandboxed = "none: resource limits only (--allow-unsandboxed-code)"
+    machine["code_execution"] = sandbox.describe() if sandbox.isolated else unsandboxed
+    path.write_text(json.dumps(machine, indent=2) + "\n")
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -247,12 +277,15 @@ def run(args: argparse.Namespace) -> int:
         from mtad.bench.judge import resolve_model
 
         config = replace(config, judge=resolve_model(config.judge))  # hashed with the model it names
+    sandbox = _code_isolation(config.dataset, args.allow_unsandboxed_code)  # before loading models
     out = Path(args.out or f"bench-{config.dataset}")
     with exclusive_directory(out, LOCK_FILE, "mtad bench"):  # a second run on --out is refused
         prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
         resolved = argparse.Namespace(**(vars(args) | {"dtype": config.dtype}))  # the dtype hashed
         target, draft = load_pair_from_args(resolved, need_draft=needs_draft(config))
         rows = run_bench(config, records, target, draft, out, progress=not args.quiet)
+        if sandbox is not None:
+            _record_isolation(out, sandbox)
         files = write_outputs(out, config, variants, rows, command_line(config, out))
     print(speed_table(summarize(rows, [v.label for v in variants], seed=config.seed)))
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
