@@ -38,6 +38,11 @@ REFUSED = [
     ({"mtad": {"threshold": 0.0}}, "mtad.threshold"),
     ({"mtad": {"threshold": 10**400}}, "mtad.threshold"),
     ({"mtad": {"gamma": 2**70}}, "mtad.gamma"),
+    # greedy ignores the temperature, but a non-finite one is still refused (the reply echoes it)
+    ({"temperature": float("inf"), "mtad": {"method": "greedy"}}, "temperature"),
+    ({"temperature": float("nan"), "mtad": {"method": "greedy"}}, "temperature"),
+    ({"top_p": float("inf")}, "top_p"),
+    ({"mtad": {"threshold": float("nan")}}, "mtad.threshold"),
 ]
 
 

@@ -77,7 +77,7 @@ class DecodingOptions(_Strict):
     method: str | None = None
     gamma: int | Literal["auto"] | None = None
     beam_width: int | None = None
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
     top_k: int | None = None
     with_replacement: bool | None = None
     tree: list[int] | None = None
@@ -91,8 +91,9 @@ class StreamOptions(_Strict):
 class _Request(_Strict):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = None
-    top_p: float | None = None
+    # Finite whatever the method: greedy ignores the temperature but the response echoes it.
+    temperature: float | None = Field(default=None, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, allow_inf_nan=False)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     stream: bool = False
