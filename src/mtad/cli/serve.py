@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one request at a time",
     )
     group.add_argument(
+        "--batch-invariant",
+        action="store_true",
+        help="each request decodes as if alone: its tokens depend only on its prompt, settings and seed, "
+        "never on what else is running (requests interleave but share no forward: throughput is that of "
+        "one request at a time)",
+    )
+    group.add_argument(
         "--request-timeout", type=float, default=120.0, help="seconds of decoding per request (default 120)"
     )
     group.add_argument(
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         defaults=_validated_defaults(args),
         max_queue=args.max_queue,
         max_batch_size=args.max_batch_size,
+        batch_invariant=args.batch_invariant,
         request_timeout_s=args.request_timeout,
         limits=limits(args),
         max_request_bytes=args.max_request_bytes,

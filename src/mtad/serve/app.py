@@ -76,6 +76,7 @@ class ServeConfig:
     max_request_bytes: int = 4 * 2**20  # a larger body is refused (413) before it is read whole
     api_key: str | None = field(default=None, repr=False)  # None: no authentication (`mtad.serve.auth`)
     metrics_need_key: bool = False  # with api_key: /metrics needs it too (/health never does)
+    batch_invariant: bool = False  # each request decodes as if alone (see `Scheduler`)
 
 
 def create_app(target: LoadedModel, draft: LoadedModel | None, config: ServeConfig) -> Starlette:
@@ -113,7 +114,9 @@ class _Server:
             lambda: self.scheduler.depth, lambda: float(self.scheduler.busy), lambda: self.scheduler.rows
         )
         models = (target.model, draft.model if draft else None)
-        self.scheduler = Scheduler(config.max_queue, config.max_batch_size, models, self.metrics.batch_step)
+        self.scheduler = Scheduler(
+            config.max_queue, config.max_batch_size, models, self.metrics.batch_step, config.batch_invariant
+        )
         self.started = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -150,6 +153,7 @@ class _Server:
             "busy": self.scheduler.busy,
             "batch_rows": self.scheduler.rows,
             "max_batch_size": self.config.max_batch_size,
+            "batch_invariant": self.config.batch_invariant,
             "limits": dataclasses.asdict(self.config.limits),
             "dtype": dtype_name(self.target.model.dtype),
             "draft_dtype": dtype_name(self.draft.model.dtype) if self.draft else None,

@@ -19,6 +19,10 @@ Contract:
   "timeout". Blocks come as "block" events (payload: `mtad.Block`) before it.
 - `on_step(rows, tokens, seconds)` (batching only) hears about every batch step: how many rows
   decoded, how many tokens they committed, and how long it took.
+- `batch_invariant` (with `max_batch_size` > 1): requests still interleave, a block each in turn,
+  but each decodes in a batch of its own (its own caches, its own round clock for gamma "auto"),
+  so its tokens are the ones it gets alone, whatever else is running; the forwards are not
+  shared, so throughput is that of one request at a time.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Scheduler:
         max_batch_size: int = 1,
         models: tuple[PreTrainedModel, PreTrainedModel | None] | None = None,
         on_step: Callable[[int, int, float], None] | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         """`models` (target, draft): the pair every batched job decodes with (batching only)."""
         if max_queue < 1:
@@ -87,6 +92,8 @@ class Scheduler:
             raise ValueError("batching needs the (target, draft) models the jobs decode with")
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         work = self._work if max_batch_size == 1 else self._work_batched
+        if max_batch_size > 1 and batch_invariant:
+            work = self._work_invariant
         self._thread = threading.Thread(target=work, name="mtad-worker", daemon=True)
         self.max_batch_size = max_batch_size
         self.models = models
@@ -175,6 +182,41 @@ class Scheduler:
             for row, block in blocks:
                 running[id(row)][1].emit("block", block)
             self._settle(batch, running)
+            self.busy, self.rows = bool(running), len(running)
+
+    def _work_invariant(self) -> None:
+        """Batch-invariant interleaving: a batch of one per job, stepped in turn, a block each."""
+        running: dict[int, tuple[Batch, Row, Job, float]] = {}  # id(row) -> its batch, row, job, start
+        closing = False
+        while running or not closing:
+            while not closing and len(running) < self.max_batch_size:
+                try:  # wait for work only when nothing is decoding
+                    job = self._queue.get(block=not running)
+                except queue.Empty:
+                    break
+                if job is None:
+                    closing = True
+                elif not job.cancelled.is_set():
+                    batch = Batch(*self.models)
+                    row = batch.add(job.generation)
+                    running[id(row)] = (batch, row, job, time.monotonic())
+            self.busy, self.rows = bool(running), len(running)
+            for key, (batch, row, job, start) in list(running.items()):
+                begun = time.monotonic()
+                try:
+                    blocks = batch.step()
+                except Exception as error:  # noqa: BLE001 - this job's batch broke; the others go on
+                    job.emit("error", error)
+                    del running[key]
+                    continue
+                if self.on_step is not None:
+                    self.on_step(1, sum(len(block.tokens) for _, block in blocks), time.monotonic() - begun)
+                for _, block in blocks:
+                    job.emit("block", block)
+                alone = {key: (row, job, start)}
+                self._settle(batch, alone)
+                if not alone:
+                    del running[key]
             self.busy, self.rows = bool(running), len(running)
 
     def _settle(self, batch: Batch, running: dict[int, tuple[Row, Job, float]]) -> None:
