@@ -63,7 +63,7 @@ def check(case) -> None:
     try:
         result = mtad.generate(TARGET, DRAFT, prompt, **settings, **extra)
     except MtadError as error:
-        event(f"refused: {getattr(error, 'setting', None)}: {str(error)[:50]}")
+        event(f"refused: {getattr(error, 'setting', None)}")
         assert one_line(str(error)), repr(str(error))
         return
     event("decoded")
