@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--target", help="default: the built-in target")
     args = parser.parse_args()
     torch.manual_seed(0)
-    source = load_model(args.target or default_target_path(), dtype=torch.float32).model.eval()
+    source = load_model(args.target or default_target_path(), dtype=torch.float32, fast="off").model.eval()
     width = source.config.vocab_size
     prefix = torch.randint(0, width, (1, PREFIX))
     rows = []

@@ -52,7 +52,7 @@ def main() -> None:
         from mtad.default_pair import default_target_path
 
         args.target = default_target_path()
-    target = load_model(args.target, dtype=torch.float32).model.eval()
+    target = load_model(args.target, dtype=torch.float32, fast="off").model.eval()
     data = DataSettings(heldout_samples=args.heldout_samples, gen_batch_size=args.gen_batch_size,
                         instruction_set=args.instruction_set)  # fmt: skip
     answer_sets = {"held-out": load_split(Path(args.data_dir), "heldout", data)}
@@ -61,7 +61,7 @@ def main() -> None:
     settings = TrainSettings(depths=args.depths)
     rows = []
     for path in args.drafts.split(","):
-        draft = load_model(path, dtype=torch.float32).model.eval()
+        draft = load_model(path, dtype=torch.float32, fast="off").model.eval()
         kind = (FeatureDrafts if is_feature_draft(draft) else TokenDrafts)(target, settings)
         draft = kind.loaded(draft)
         for name, answers in answer_sets.items():

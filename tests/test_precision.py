@@ -76,10 +76,11 @@ def test_an_unknown_dtype_is_one_line():
 
 @pytest.mark.parametrize("auto", [torch.float32, torch.bfloat16])
 def test_the_draft_follows_the_target_unless_told(pair_dirs, monkeypatch, auto):
+    """(With the fast path off: where it packs, it decides the dtype; `test_fast_path` covers that.)"""
     monkeypatch.setattr(precision, "auto_dtype", lambda device=None: precision.DtypeChoice(auto, "test"))
-    target, draft = mtad.load_pair(*pair_dirs)
+    target, draft = mtad.load_pair(*pair_dirs, fast="off")
     assert target.model.dtype == draft.model.dtype == auto
-    target, draft = mtad.load_pair(*pair_dirs, dtype="float32", draft_dtype="bfloat16")
+    target, draft = mtad.load_pair(*pair_dirs, dtype="float32", draft_dtype="bfloat16", fast="off")
     assert target.model.dtype == torch.float32 and draft.model.dtype == torch.bfloat16
 
 

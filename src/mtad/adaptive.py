@@ -34,6 +34,7 @@ from mtad.cache import CachedModel
 from mtad.config import SamplingConfig, SpeculationConfig
 from mtad.models import context_length, output_width
 from mtad.precision import synchronise
+from mtad.runtime.fast import weights_format
 
 DECAY = 0.97  # per round: evidence from ~30 rounds back weighs a third of the latest
 PRIOR_ROUNDS = 2.0
@@ -210,9 +211,10 @@ class RoundClock:
         self.seen[depth] = (DECAY * total + seconds / predicted, DECAY * weight + 1.0)
 
 
-#: Costs by (target shape, draft shape, round shape). A shape is the architecture, dtype and
-#: device, not the weights: forward time does not depend on the weights, and two loads of one
-#: pair in a process must choose the same depths, so a seed replays exactly within a process.
+#: Costs by (target shape, draft shape, round shape). A shape is the architecture, dtype, device
+#: and weight format (`mtad.runtime.fast`), not the weights: forward time does not depend on the
+#: weights, and two loads of one pair in a process must choose the same depths, so a seed replays
+#: exactly within a process.
 _MEASURED: dict[tuple, Costs] = {}
 
 
@@ -225,7 +227,7 @@ def _shape(model: PreTrainedModel) -> tuple:
     weight = model.get_input_embeddings().weight
     if model not in _CONFIG_JSON:
         _CONFIG_JSON[model] = model.config.to_json_string(use_diff=False)
-    return (_CONFIG_JSON[model], str(weight.dtype), str(weight.device))
+    return (_CONFIG_JSON[model], str(weight.dtype), str(weight.device), weights_format(model))
 
 
 def measure_costs(
@@ -250,8 +252,8 @@ def measure_costs(
         target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
         vocab = output_width(target)  # a subset draft maps target ids to its own
         _MEASURED[key] = Costs(
-            _forward_seconds(target, vocab, target_sizes, sampling, rows),
-            _forward_seconds(draft, vocab, sorted({1, 2, width}), sampling, rows),
+            forward_seconds(target, vocab, target_sizes, sampling, rows),
+            forward_seconds(draft, vocab, sorted({1, 2, width}), sampling, rows),
         )
     return _MEASURED[key]
 
@@ -266,21 +268,29 @@ def round_nodes(spec: SpeculationConfig, drafted: int) -> int:
     return shape.verified_nodes()
 
 
-def _forward_seconds(
-    model: PreTrainedModel, vocab: int, sizes: list[int], sampling: SamplingConfig, rows: int = 1
+def forward_seconds(
+    model: PreTrainedModel,
+    vocab: int,
+    sizes: list[int],
+    sampling: SamplingConfig,
+    rows: int = 1,
+    prefix_tokens: int | None = None,
+    repeats: int | None = None,
 ) -> dict[int, float]:
-    """Median seconds of a forward of k new tokens a row after a prefix, per k (interleaved
-    repeats), divided by `rows`: one row's share of a forward over `rows` rows."""
-    room = context_length(model) or PREFIX_TOKENS * 4
+    """Median seconds of a forward of k new tokens a row after a prefix (`PREFIX_TOKENS`), per k
+    (interleaved `REPEATS`), divided by `rows`: one row's share of a forward over `rows` rows.
+    `benchmarks/forward_costs.py` prints these beside the machine's roofline."""
+    prefix_tokens = PREFIX_TOKENS if prefix_tokens is None else prefix_tokens
+    room = context_length(model) or prefix_tokens * 4
     # Rows share the prefix budget: the measurement stalls a running batch, so its prefill stays
-    # ~PREFIX_TOKENS tokens in all (a shorter context only shaves the attention's part).
-    prefix_len = max(1, min(PREFIX_TOKENS // rows, room - max(sizes) - 1))
+    # ~prefix_tokens tokens in all (a shorter context only shaves the attention's part).
+    prefix_len = max(1, min(prefix_tokens // rows, room - max(sizes) - 1))
     cached = CachedModel(model, vocab)
     generator = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, vocab, (rows, prefix_len), generator=generator)
     cached.forward(prefix)
     times: dict[int, list[float]] = {k: [] for k in sizes}
-    for _ in range(REPEATS + 1):  # the first pass warms kernels up and is dropped
+    for _ in range((REPEATS if repeats is None else repeats) + 1):  # the first pass warms up, dropped
         for k in sizes:
             block = torch.randint(0, vocab, (rows, k), generator=generator)
             synchronise(cached.device)

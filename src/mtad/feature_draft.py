@@ -132,11 +132,13 @@ class FeatureDraft(PreTrainedModel):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         embedding = self._embedding()
         vectors = embedding(input_ids.to(embedding.weight.device))
-        return vectors.to(device=self.head.weight.device, dtype=self.head.weight.dtype)
+        own = self.get_input_embeddings().weight  # the draft's device and dtype (its layers may be packed)
+        return vectors.to(device=own.device, dtype=own.dtype)
 
     def fuse_features(self, states: torch.Tensor) -> torch.Tensor:
         """Target hidden states [rows, m, layers x hidden] -> draft features [rows, m, hidden]."""
-        return self.fuse(states.to(device=self.fuse.weight.device, dtype=self.fuse.weight.dtype))
+        own = self.get_input_embeddings().weight
+        return self.fuse(states.to(device=own.device, dtype=own.dtype))
 
     def forward(
         self,

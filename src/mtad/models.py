@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mtad.errors import ContextLengthError, ModelLoadError, VocabularyMismatchError
 from mtad.feature_draft import check_target, is_feature_draft
-from mtad.precision import resolve_dtype
+from mtad.runtime import fast as fast_path
 from mtad.vocabulary import subset_of
 
 
@@ -24,6 +24,7 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: object | None  # a transformers tokenizer, or None when the model ships none
     name: str
+    fast_path: fast_path.FastPath | None = None  # how its linear layers run (`mtad.runtime.fast`)
 
 
 def load_model(
@@ -31,14 +32,23 @@ def load_model(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
+    fast: str = "auto",
+    quantize: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer. `device_map` (accelerate) overrides `device`.
 
     `dtype` None or "auto": the fastest dtype this device runs natively (`mtad.precision`:
-    bfloat16 on CPUs with AVX-512 BF16/AMX and on GPUs that support it, else float32).
+    bfloat16 on CPUs with AVX-512 BF16/AMX and on GPUs that support it, else float32), unless the
+    fast path packs the linear layers (`fast`, `quantize`: see `mtad.runtime.fast`), which then
+    decides the dtype the rest of the model runs in.
     """
     source, kwargs = _resolve_source(str(name))
-    torch_dtype = resolve_dtype(dtype, _load_device(device, device_map))
+    where = _load_device(device, device_map)
+    plan, run_dtype = fast_path.resolve(fast, quantize, dtype, where, device_map=device_map is not None)
+    packs = plan.weights != "dense"
+    # Packing reads the weights as stored (float32 in a converted checkpoint): a format that holds
+    # them exactly (int4 on a 4-bit grid) must see them before any rounding to the run dtype.
+    torch_dtype = torch.float32 if packs else run_dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, **kwargs
@@ -48,11 +58,14 @@ def load_model(
     if device_map is None and device is not None:
         model = model.to(device)
     model.eval()
+    plan = fast_path.apply(model, plan)
+    if packs and run_dtype != torch.float32:
+        model = model.to(run_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, TypeError):
         tokenizer = None
-    return LoadedModel(model, tokenizer, str(name))
+    return LoadedModel(model, tokenizer, str(name), plan)
 
 
 def _resolve_source(name: str) -> tuple[str, dict]:
@@ -99,7 +112,9 @@ def check_same_vocabulary(target_tokenizer, draft_tokenizer) -> None:
 def output_width(model: PreTrainedModel) -> int:
     """Token ids the model's output head scores (may exceed the tokenizer's size by padding)."""
     head = model.get_output_embeddings()
-    return head.weight.shape[0] if head is not None else model.config.vocab_size
+    if head is None:
+        return model.config.vocab_size
+    return head.out_features if hasattr(head, "out_features") else head.weight.shape[0]
 
 
 def check_heads_compatible(target: PreTrainedModel, draft: PreTrainedModel, tokenizer=None) -> None:
@@ -154,19 +169,26 @@ def load_pair(
     dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
     draft_dtype: str | torch.dtype | None = None,
+    fast: str = "auto",
+    quantize: str | None = None,
 ) -> tuple[LoadedModel, LoadedModel | None]:
     """Load target and draft; refuse a pair without a shared vocabulary.
 
     `dtype` (None/"auto" = the device's best, see `load_model`) is the target's; the draft
-    follows the dtype the target got unless `draft_dtype` says otherwise.
+    follows the dtype the target got unless `draft_dtype` says otherwise. `fast` and `quantize`
+    (`mtad.runtime.fast`) apply to both.
     """
-    loaded_target = load_model(target, device=device, dtype=dtype, device_map=device_map)
+    loaded_target = load_model(
+        target, device=device, dtype=dtype, device_map=device_map, fast=fast, quantize=quantize
+    )
     if loaded_target.tokenizer is None:
         raise ModelLoadError(f"target {str(target)!r} has no tokenizer; allowed: a model directory with one")
     if draft is None:
         return loaded_target, None
     draft_dtype = loaded_target.model.dtype if draft_dtype is None else draft_dtype
-    loaded_draft = load_model(draft, device=draft_device or device, dtype=draft_dtype)
+    loaded_draft = load_model(
+        draft, device=draft_device or device, dtype=draft_dtype, fast=fast, quantize=quantize
+    )
     if loaded_draft.tokenizer is not None:
         check_same_vocabulary(loaded_target.tokenizer, loaded_draft.tokenizer)
     check_heads_compatible(loaded_target.model, loaded_draft.model, loaded_target.tokenizer)

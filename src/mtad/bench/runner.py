@@ -120,6 +120,7 @@ class BenchConfig:
     device: str | None = None
     dtype: str | None = None  # None: float32 (runs made before dtype auto existed)
     draft_dtype: str | None = None  # None: the target's
+    weights: str | None = None  # linear weights' format (`mtad.runtime.fast`); None: dense
     repeats: int = 1
     seed: int = 0
     sweep: Sweep | None = None
@@ -157,6 +158,8 @@ class BenchConfig:
         data.pop("limits")
         if data["draft_dtype"] is None:  # keeps the hash of runs made before --draft-dtype existed
             data.pop("draft_dtype")
+        if data["weights"] in (None, "dense"):  # and dense runs the hash they had before packed weights
+            data.pop("weights")
         data["methods"] = sorted(data["methods"])
         if data["judge"] is None:  # runs without a judge keep the hash they had before judges existed
             data.pop("judge")
@@ -424,6 +427,8 @@ def run_bench(
     variants = plan_variants(config)
     device = model_device(target.model)
     machine = describe_machine(device, next(target.model.parameters()).dtype)
+    machine["fast_path"] = target.fast_path.as_dict() if target.fast_path is not None else None
+    machine["draft_fast_path"] = draft.fast_path.as_dict() if draft and draft.fast_path else None
     meter = detect_energy_meter(str(device))
     machine["energy_meter"] = meter.description
     machine["energy_meter_notes"] = "; ".join(getattr(meter, "reasons", ()))

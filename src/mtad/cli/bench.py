@@ -17,7 +17,9 @@ from mtad.cli.common import (
 )
 from mtad.errors import ConfigError, DatasetError
 from mtad.methods import get_method
-from mtad.precision import auto_dtype
+from mtad.precision import dtype_name
+from mtad.runtime.fast import load_settings
+from mtad.runtime.fast import resolve as resolve_fast_path
 
 _DEFAULT_METHODS = "ar,sd,mtad"
 
@@ -160,6 +162,10 @@ def build_config(args: argparse.Namespace):
     if args.method is not None:
         raise ConfigError("mtad bench takes --methods (a comma list), not --method")
     dataset, data_path = _data_source(args)
+    # resolved now, so the hash says what the run computes in (auto differs between machines)
+    fast_path, run_dtype = resolve_fast_path(
+        args.fast, args.quantize, args.dtype, _weights_device(args), args.device_map is not None
+    )
     decoding = decoding_settings(args)
     decoding.pop("method")
     decoding.pop("seed")
@@ -171,9 +177,9 @@ def build_config(args: argparse.Namespace):
         target=args.target or "default pair target",
         draft=args.draft or _default_draft(args),
         device=args.device,
-        # resolved now, so the hash says what the run computes in (auto differs between machines)
-        dtype=auto_dtype(_weights_device(args)).name if args.dtype == "auto" else args.dtype,
+        dtype=dtype_name(run_dtype),
         draft_dtype=args.draft_dtype,
+        weights=fast_path.weights,
         repeats=args.repeats,
         batch_size=args.batch_size,
         seed=0 if args.seed is None else args.seed,
@@ -217,6 +223,8 @@ def command_line(config, out: Path) -> str:
         if value and value != "default pair target":
             words += [flag, value]
     flags = (("--device", config.device), ("--dtype", config.dtype), ("--draft-dtype", config.draft_dtype))
+    loading = load_settings(config.weights or "dense")
+    flags += (("--fast", loading["fast"]), ("--quantize", loading["quantize"]))
     for flag, value in (*flags, ("--limit", config.limit)):
         if value is not None:
             words += [flag, str(value)]
@@ -281,7 +289,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-{config.dataset}")
     with exclusive_directory(out, LOCK_FILE, "mtad bench"):  # a second run on --out is refused
         prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
-        resolved = argparse.Namespace(**(vars(args) | {"dtype": config.dtype}))  # the dtype hashed
+        # the dtype and weight format hashed
+        resolved = argparse.Namespace(
+            **(vars(args) | {"dtype": config.dtype} | load_settings(config.weights))
+        )
         target, draft = load_pair_from_args(resolved, need_draft=needs_draft(config))
         rows = run_bench(config, records, target, draft, out, progress=not args.quiet)
         if sandbox is not None:

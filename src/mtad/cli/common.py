@@ -8,6 +8,7 @@ from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SEED_LIMIT, Limit
 from mtad.methods import methods
 from mtad.models import LoadedModel, load_pair
 from mtad.precision import DTYPES
+from mtad.runtime.fast import FAST_MODES, QUANTIZE_FORMATS
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,20 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
         help="the draft's dtype (default: the dtype the target got)",
     )
     group.add_argument("--device-map", default=None, help="accelerate device map for the target, e.g. auto")
+    group.add_argument(
+        "--fast",
+        default="auto",
+        choices=FAST_MODES,
+        help="auto (default): pack linear weights as fp16 (float32 arithmetic) where a self-test shows "
+        "it is faster on this CPU; on: always (error where it cannot run); off: run the model as loaded",
+    )
+    group.add_argument(
+        "--quantize",
+        default="none",
+        choices=QUANTIZE_FORMATS,
+        help="store linear weights in fewer bits, lossy (CPU): int8 (per channel, dynamic activations) "
+        "or int4 (groups of 32; exact for Q4 GGUF weights). Default none",
+    )
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad") -> None:
@@ -148,4 +163,6 @@ def load_pair_from_args(
         dtype=args.dtype,
         device_map=args.device_map,
         draft_dtype=args.draft_dtype,
+        fast=args.fast,
+        quantize=args.quantize,
     )

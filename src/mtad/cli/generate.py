@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             "draft": draft.name if draft else None,
             "dtype": dtype_name(target.model.dtype),
             "draft_dtype": dtype_name(draft.model.dtype) if draft else None,
+            "fast_path": target.fast_path.as_dict() if target.fast_path else None,
+            "draft_fast_path": draft.fast_path.as_dict() if draft and draft.fast_path else None,
             "settings": settings,
         }
         print(json.dumps(record, indent=2))
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"[{args.method}] {stats.new_tokens} tokens, {_shown(stats.tokens_per_s, 1)} tok/s, "
             f"acceptance {_shown(stats.acceptance_rate)}, block efficiency {_shown(stats.block_efficiency)}, "
-            f"finish {result.finish_reason}, {dtype_name(target.model.dtype)}",
+            f"finish {result.finish_reason}, {dtype_name(target.model.dtype)}"
+            + (f", {target.fast_path.weights} weights" if target.fast_path else ""),
             file=sys.stderr,
         )
     return 0

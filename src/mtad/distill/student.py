@@ -131,7 +131,7 @@ def _map_special_ids(config, to_draft: dict[int, int]) -> None:
 
 def load_initial_draft(path: str, target: PreTrainedModel, target_tokenizer) -> PreTrainedModel:
     """An existing draft to continue distilling; refused unless it shares the target's vocabulary."""
-    loaded = load_model(path, dtype=torch.float32)
+    loaded = load_model(path, dtype=torch.float32, fast="off")  # trained: nn.Linear weights
     if loaded.tokenizer is not None:
         check_same_vocabulary(target_tokenizer, loaded.tokenizer)
     widths = [output_width(m) for m in (target, loaded.model)]

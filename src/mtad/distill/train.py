@@ -258,7 +258,7 @@ def _check_resumed_settings(
 
 
 def _load_target(target_dir):
-    loaded = load_model(target_dir, dtype=torch.float32)
+    loaded = load_model(target_dir, dtype=torch.float32, fast="off")  # its head seeds the draft
     if loaded.tokenizer is None:
         raise ModelLoadError(
             f"target {str(target_dir)!r} has no tokenizer; allowed: a model directory with "

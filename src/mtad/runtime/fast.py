@@ -1,0 +1,217 @@
+"""The fast path: which weight format a model's linear layers use on this machine, decided at run time.
+
+`fast="auto"` (the default everywhere) packs the linear layers into fbgemm fp16 weights with
+float32 arithmetic (`mtad.runtime.linear.Fp16Linear`) on CPUs where a short timed self-test shows
+it beats the dense dtype `auto` would otherwise pick; elsewhere (GPUs, CPUs without fbgemm, a
+machine where it does not pay) the model stays as loaded. The self-test multiplies decode-shaped
+rows by a set of weight matrices larger than the CPU's caches, as a forward does, dense against
+packed, interleaved, median (~0.3 s, once per process). "on" packs without asking and refuses
+(`FastPathError`) where the kernels cannot run; "off" never packs.
+
+With the fp16 weights the rest of the model (embeddings, norms, attention, the KV cache) runs in
+float32: the kernels compute in float32 anyway, so a bfloat16 model would only add conversions
+and rounding. `quantize` ("int8", "int4") stores weights in fewer bits instead, explicitly lossy
+(int4 is exact for weights already on a 4-bit grid, e.g. a Q4_1 GGUF model); the result says the
+largest weight error, and the loaded model *is* the quantized one (stats, reports, `/health`).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from mtad.errors import MtadError
+from mtad.runtime.linear import FORMATS, pack_linears
+
+FAST_MODES = ("auto", "on", "off")
+QUANTIZE_FORMATS = ("none", "int8", "int4")
+#: The packed format is chosen when its self-test time is at most this fraction of the dense one's.
+FAST_MAX_RATIO = 0.9
+
+
+class FastPathError(MtadError):
+    """The fast path or a quantized format was asked for where it cannot run."""
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What a model's linear layers run as, and why (shown in --json, bench machine.json, /health)."""
+
+    mode: str  # as asked: auto, on, off
+    weights: str  # dense, fp16, int8 or int4
+    dtype: str | None  # the activations' dtype this choice needs (None: whatever was asked)
+    reason: str
+    layers: int = 0  # linear layers packed
+    weight_bytes: int = 0  # bytes their weights occupy packed
+    weight_error: float = 0.0  # largest |packed - original| over their weights
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_modes(fast: str, quantize: str | None) -> str:
+    """Validate the two settings; quantize None means "none"."""
+    if fast not in FAST_MODES:
+        raise FastPathError(f"unknown fast mode {fast!r}; allowed: {', '.join(FAST_MODES)}")
+    quantize = "none" if quantize is None else quantize
+    if quantize not in QUANTIZE_FORMATS:
+        raise FastPathError(f"unknown quantize format {quantize!r}; allowed: {', '.join(QUANTIZE_FORMATS)}")
+    return quantize
+
+
+def plan(
+    fast: str,
+    quantize: str | None,
+    device: str | torch.device | None,
+    dtype_asked: bool = False,
+    device_map: bool = False,
+) -> FastPath:
+    """The weight format for a model about to be loaded on `device` (not yet packed).
+
+    `dtype_asked`: the caller named a dtype other than float32; "auto" then leaves the model dense
+    (fp16 weights compute in float32, which would silently override a bfloat16 request).
+    `device_map`: accelerate places the weights (offloading, several devices); nothing is packed.
+    """
+    quantize = check_modes(fast, quantize)
+    where = torch.device(device or "cpu")
+    if device_map:
+        if fast == "on" or quantize != "none":
+            raise FastPathError("fast on and quantize pack weights for one CPU; a device map was given")
+        return FastPath(fast, "dense", None, "a device map places the weights")
+    if quantize != "none":
+        if where.type != "cpu":
+            raise FastPathError(f"quantize {quantize} runs on CPUs only, not on {where}; allowed: none there")
+        missing = _kernel_missing(quantize)
+        if missing:
+            raise FastPathError(f"quantize {quantize} cannot run here: {missing}; allowed: none")
+        activations = "bfloat16" if quantize == "int4" else "float32"
+        return FastPath(fast, quantize, activations, f"quantize {quantize} was asked for (lossy)")
+    if fast == "off":
+        return FastPath(fast, "dense", None, "fast path off")
+    if where.type != "cpu":
+        if fast == "on":
+            raise FastPathError(f"fast on packs weights for CPU kernels; device {where} is not a CPU")
+        return FastPath(fast, "dense", None, f"{where.type}: its dense kernels are the fast ones")
+    missing = _kernel_missing("fp16")
+    if missing:
+        if fast == "on":
+            raise FastPathError(f"fast on cannot run here: {missing}; allowed: auto, off")
+        return FastPath(fast, "dense", None, missing)
+    if fast == "on":
+        return FastPath(fast, "fp16", "float32", "fast on was asked for")
+    if dtype_asked:
+        return FastPath(fast, "dense", None, "a dtype was named; fast on packs it anyway")
+    ratio, dense = fp16_speed_ratio()
+    if ratio <= FAST_MAX_RATIO:
+        return FastPath(fast, "fp16", "float32", f"self-test fp16/{dense} time {ratio:.2f}")
+    return FastPath(fast, "dense", None, f"self-test fp16/{dense} time {ratio:.2f} > {FAST_MAX_RATIO}")
+
+
+def resolve(
+    fast: str,
+    quantize: str | None,
+    dtype: str | torch.dtype | None,
+    device: str | torch.device | None,
+    device_map: bool = False,
+) -> tuple[FastPath, torch.dtype]:
+    """The plan for a model about to be loaded, and the dtype it then runs in (`dtype` None or
+    "auto": the packed format's activation dtype when it packs, else the device's best)."""
+    from mtad.precision import resolve_dtype
+
+    asked = dtype not in (None, "auto") and resolve_dtype(dtype, device) != torch.float32
+    path = plan(fast, quantize, device, dtype_asked=asked, device_map=device_map)
+    packs = path.weights != "dense"
+    return path, resolve_dtype(path.dtype if packs and dtype in (None, "auto") else dtype, device)
+
+
+def load_settings(weights: str) -> dict[str, str]:
+    """The `fast`/`quantize` settings that load a model with `weights` again (bench reruns)."""
+    if weights in FORMATS and weights != "fp16":
+        return {"fast": "off", "quantize": weights}
+    return {"fast": "on" if weights == "fp16" else "off", "quantize": "none"}
+
+
+def apply(model: nn.Module, path: FastPath) -> FastPath:
+    """Pack `model`'s linear layers as `path` says (in place); the plan with what was done."""
+    if path.weights == "dense":
+        result = path
+    else:
+        packed = pack_linears(model, path.weights)
+        result = FastPath(
+            path.mode, path.weights, path.dtype, path.reason, len(packed),
+            sum(layer.nbytes for layer in packed),
+            max((layer.weight_error for layer in packed), default=0.0),
+        )  # fmt: skip
+    model.mtad_fast_path = result  # read by weights_format and the reports
+    return result
+
+
+def fast_path_of(model: nn.Module) -> FastPath | None:
+    return getattr(model, "mtad_fast_path", None)
+
+
+def weights_format(model: nn.Module) -> str:
+    """How `model`'s linear weights are stored: part of what a forward costs (`mtad.adaptive`)."""
+    path = fast_path_of(model)
+    return path.weights if path is not None else "dense"
+
+
+@functools.cache
+def _kernel_missing(format: str) -> str | None:
+    """Why `format`'s kernel cannot run on this machine, or None when a tiny product works."""
+    if format in ("fp16", "int8") and "fbgemm" not in torch.backends.quantized.supported_engines:
+        return "this torch build has no fbgemm (an x86 CPU kernel library)"
+    try:
+        layer = FORMATS[format](nn.Linear(64, 16, bias=False))
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer(torch.ones(2, 64))
+    except (RuntimeError, NotImplementedError) as error:
+        return f"its kernel failed a test product ({str(error).splitlines()[0][:120]})"
+    return None
+
+
+@functools.cache
+def fp16_speed_ratio(rows: tuple[int, ...] = (1, 4), repeats: int = 9) -> tuple[float, str]:
+    """Median time of decode-shaped products with fbgemm fp16 weights over the dense dtype dtype
+    auto picks here (bfloat16 or float32), and that dtype's name.
+
+    16 matrices of 1536 x 576 (SmolLM2-135M's MLP): 56 MB in float32, larger than a CPU's last-level
+    cache, so weights stream from memory as they do in a forward. Interleaved, first round dropped.
+    """
+    from mtad.precision import auto_dtype
+
+    dense_dtype = auto_dtype("cpu").dtype
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(1536, 576, generator=generator) / 24 for _ in range(16)]
+    dense = [w.to(dense_dtype) for w in weights]
+    packed = pack_linears(nn.ModuleList(_linear(w) for w in weights), "fp16")
+    inputs = {m: torch.randn(m, 576, generator=generator) for m in rows}
+    times: dict[str, list[float]] = {"dense": [], "fp16": []}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            for name in times:
+                start = time.perf_counter()
+                for x in inputs.values():
+                    if name == "dense":
+                        x = x.to(dense_dtype)
+                        for w in dense:
+                            torch.nn.functional.linear(x, w)
+                    else:
+                        for layer in packed:
+                            layer(x)
+                times[name].append(time.perf_counter() - start)
+    dense_s, packed_s = (statistics.median(times[name][1:]) for name in ("dense", "fp16"))
+    return (packed_s / dense_s if dense_s > 0 else 1.0), str(dense_dtype).removeprefix("torch.")
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    return layer

@@ -1,0 +1,150 @@
+"""Linear layers whose weights are stored in a format that decode-shaped products read faster.
+
+A decode step multiplies a few rows (1 token, or the k tokens a round verifies) by every weight
+matrix of the model, so it is bound by reading the weights, not by arithmetic: bytes read and the
+kernel's efficiency at a few rows decide its time. On CPUs the dense kernels are poor at a few
+rows (MKL float32 at M=1 reads ~10 GB/s on a 2-core EPYC whose copy bandwidth is ~35 GB/s, and
+M=2 costs ~1.7x M=1), while fbgemm's packed kernels stream the weights near the bandwidth. Each
+format below wraps one such kernel from the pinned torch wheel:
+
+- `Fp16Linear`: fbgemm fp16 weights, float32 activations and accumulation. Half of float32's bytes
+  and 8x finer than bfloat16 rounding (11 significant bits against 8): the fast path's default.
+- `Int8Linear`: fbgemm dynamic int8 (weights per output channel, activations per tensor, each
+  product). A quarter of the bytes and cheaper at 4-32 rows; lossy, so only when asked for.
+- `Int4Linear`: 4-bit weights in groups of 32 with a scale and an offset per group, bfloat16
+  activations (`_weight_int4pack_mm_for_cpu`; its float32 path is a slow reference). An eighth of
+  float32's bytes; exact up to the bfloat16 rounding of scales and offsets for weights that lie on
+  such a grid (a Q4_0/Q4_1 GGUF model dequantized, like the default target), lossy otherwise.
+
+Every format keeps the `nn.Linear` call contract (`[..., in] -> [..., out]`, the caller's dtype
+in and out), so a model's own forward code runs unchanged: no model file is forked.
+`weight_error` says how far the stored weights are from the originals (reported, and tested).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+#: Weights per int4 group (one scale and one offset each): GGUF Q4_0/Q4_1 blocks are 32 wide.
+INT4_GROUP = 32
+
+
+class PackedLinear(nn.Module):
+    """An `nn.Linear` replacement whose weights live in a packed format (see the module docstring)."""
+
+    format = "dense"
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+        self.weight_error = 0.0  # max |stored - original| over the weights, set by each format
+        self.nbytes = 0  # bytes the kernel reads per product (weights, scales), set by each format
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
+
+
+class Fp16Linear(PackedLinear):
+    format = "fp16"
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
+        weight = linear.weight.detach().float()
+        half = weight.half()
+        self.weight_error = float((half.float() - weight).abs().max()) if weight.numel() else 0.0
+        with warnings.catch_warnings():  # fbgemm's fp16 ops are marked deprecated, not yet replaced
+            warnings.simplefilter("ignore")
+            self.packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
+        self.nbytes = 2 * weight.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bias = None if self.bias is None else self.bias.float()  # a model cast after packing casts it
+            out = torch.fbgemm_linear_fp16_weight_fp32_activation(x.float(), self.packed, bias)
+        return out.to(x.dtype)
+
+
+class Int8Linear(PackedLinear):
+    format = "int8"
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        source = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        source.weight = nn.Parameter(linear.weight.detach().float(), requires_grad=False)
+        if self.bias is not None:
+            source.bias = nn.Parameter(self.bias.detach(), requires_grad=False)
+        source.qconfig = torch.ao.quantization.default_dynamic_qconfig  # per-channel int8 weights
+        with warnings.catch_warnings():  # torch.ao's quantized tensors are marked deprecated
+            warnings.simplefilter("ignore")
+            self.quantized = DynamicLinear.from_float(source)
+            stored = self.quantized.weight().dequantize()
+        self.weight_error = float((stored - source.weight).abs().max()) if stored.numel() else 0.0
+        self.nbytes = source.weight.numel() + 8 * self.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantized(x.float()).to(x.dtype)  # its bias was copied in at packing
+
+
+class Int4Linear(PackedLinear):
+    format = "int4"
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
+        if self.in_features % INT4_GROUP or self.out_features % 16:  # the kernel's tiles
+            raise ValueError(
+                f"int4 needs in_features divisible by {INT4_GROUP} and out_features by 16, "
+                f"got {self.in_features} and {self.out_features}"
+            )
+        weight = linear.weight.detach().float()
+        groups = weight.reshape(self.out_features, -1, INT4_GROUP)  # [out, in / 32, 32]
+        low = groups.amin(-1)
+        scale = (groups.amax(-1) - low) / 15
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        levels = torch.round((groups - low[..., None]) / safe[..., None]).clamp(0, 15)
+        # The kernel computes (level - 8) * scale + offset, so the offset is the group's low end + 8 steps.
+        scales_offsets = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)  # [in / 32, out, 2]
+        self.scales_offsets = scales_offsets.contiguous().bfloat16()
+        stored_scale, stored_offset = self.scales_offsets.float().transpose(0, 1).unbind(-1)
+        stored = (levels - 8) * stored_scale[..., None] + stored_offset[..., None]
+        self.weight_error = float((stored - groups).abs().max()) if weight.numel() else 0.0
+        levels = levels.to(torch.int32).reshape(self.out_features, self.in_features)
+        self.packed = torch._convert_weight_to_int4pack_for_cpu(levels, 1)
+        self.nbytes = weight.numel() // 2 + self.scales_offsets.numel() * 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).bfloat16()
+        out = torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_offsets)
+        out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+
+FORMATS: dict[str, type[PackedLinear]] = {cls.format: cls for cls in (Fp16Linear, Int8Linear, Int4Linear)}
+
+
+def pack_linears(model: nn.Module, format: str) -> list[PackedLinear]:
+    """Replace every `nn.Linear` in `model` (a tied output head included: it gets its own packed
+    copy, the input embedding stays as it is) by the `format` version, in place; the new modules.
+
+    A layer the format cannot hold (int4 tiles: in_features divisible by 32, out_features by 16)
+    stays dense.
+    """
+    cls = FORMATS[format]
+    packed: list[PackedLinear] = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                try:
+                    replacement = cls(child)
+                except ValueError:
+                    continue
+                setattr(parent, name, replacement)
+                packed.append(replacement)
+    return packed
