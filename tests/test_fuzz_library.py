@@ -44,9 +44,10 @@ EXTRAS = {
     "tokenizer": st.sampled_from([TOKENIZER, None]),
     "eos_token_id": st.one_of(st.integers(0, VOCAB - 1), st.lists(st.integers(0, VOCAB + 2), max_size=3)),
     "stop": st.one_of(st.sampled_from(["w5", "w7 w9"]), st.lists(st.sampled_from(["w5", ""]), max_size=3)),
+    "batch_invariant": st.booleans(),
 }
 # The tokenizer is an object, not a setting: it is never junk.
-HOSTILE_EXTRAS = {"eos_token_id": junk, "stop": junk, "frobnicate": junk}
+HOSTILE_EXTRAS = {"eos_token_id": junk, "stop": junk, "batch_invariant": junk, "frobnicate": junk}
 calm_extras = st.fixed_dictionaries({}, optional=EXTRAS)
 hostile_extras = st.tuples(calm_extras, st.fixed_dictionaries({}, optional=HOSTILE_EXTRAS)).map(
     lambda t: t[0] | t[1]

@@ -33,6 +33,7 @@ def stream(
     stop: str | Sequence[str] | None = None,
     tokenizer=None,
     limits: Limits | None = None,
+    batch_invariant: bool = False,
     **settings,
 ) -> Generation | BatchGeneration:
     """Like `generate`, but returns an iterable of committed blocks; `.result` is set at the end.
@@ -44,6 +45,10 @@ def stream(
     to what the pair's context and vocabulary allow; a setting over its cap is a `ConfigError`
     before any work is done.
     """
+    if not isinstance(batch_invariant, bool):
+        raise ConfigError(
+            f"batch_invariant must be True or False, got {shown(batch_invariant)}", "batch_invariant"
+        )
     seed = settings.get("seed")
     row_seeds = isinstance(seed, list | tuple)  # a batch may give one seed per prompt
     spec, sampling = validate_settings(**(settings | {"seed": None} if row_seeds else settings))
@@ -87,7 +92,7 @@ def stream(
         Generation(target, draft, prompt, spec, sampling, stops, seeds[i], tokenizer)
         for i, (_, prompt) in enumerate(prompts)
     ]
-    return BatchGeneration(target, draft, generations)
+    return BatchGeneration(target, draft, generations, invariant=batch_invariant)
 
 
 def validate_settings(
@@ -138,7 +143,8 @@ def generate(
     `tokenizer` is given (encoded as is; apply a chat template first if you want one). A batch of
     prompts (a list of those, of any lengths, or a tensor [rows, len]) decodes together
     (`mtad.batch`) and returns one result per prompt, in order; `seed` is then one integer (prompt
-    i uses seed + i) or a list with one seed per prompt.
+    i uses seed + i) or a list with one seed per prompt. `batch_invariant=True` decodes each prompt
+    as if alone (its tokens never depend on the other prompts; no forward is shared).
     `eos_token_id`: None takes the target's generation config; [] disables EOS.
     `tree` (specinfer): branching per depth, e.g. (4, 2, 2). `reference` (mmtad): best, max or own.
     Lossless methods (`ar`, `greedy`, `sd`, `specinfer`) sample exactly the warped target

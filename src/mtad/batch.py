@@ -600,18 +600,39 @@ def _check_plain_layers(cache: DynamicCache) -> None:
 class BatchGeneration:
     """An iterable over (prompt index, committed block) for a batch of prompts; `.results` (one
     `GenerationResult` per prompt, in order) is set once iteration ends. A row that fails raises
-    its error at the end, after the other rows have finished."""
+    its error at the end, after the other rows have finished.
 
-    def __init__(self, target: PreTrainedModel, draft: PreTrainedModel | None, generations: list) -> None:
-        self.batch = Batch(target, draft)
-        for generation in generations:
-            self.batch.add(generation)
+    `invariant`: each prompt decodes in a batch of its own and the batches are stepped in turn, a
+    block each, so a prompt's tokens are the ones it gets alone, whatever its neighbours (no
+    forward is shared: the throughput of one prompt at a time). `.batch` is the first of them.
+    """
+
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        draft: PreTrainedModel | None,
+        generations: list,
+        invariant: bool = False,
+    ) -> None:
+        self.batches = [Batch(target, draft) for _ in (generations if invariant else [None])]
+        self.batch = self.batches[0]
+        for index, generation in enumerate(generations):
+            row = self.batches[index if invariant else 0].add(generation)
+            row.index = index
         self.results: list | None = None
 
+    @property
+    def rows(self) -> list[Row]:
+        """Every prompt's row, in prompt order."""
+        return sorted((row for batch in self.batches for row in batch.rows), key=lambda row: row.index)
+
     def __iter__(self) -> Iterator[tuple[int, object]]:
-        for row, block in run_batch(self.batch):
-            yield row.index, block
-        failed = [row for row in self.batch.rows if row.error is not None]
+        while any(batch.live for batch in self.batches):
+            for batch in self.batches:
+                if batch.live:
+                    for row, block in batch.step():
+                        yield row.index, block
+        failed = [row for row in self.rows if row.error is not None]
         if failed:
             raise failed[0].error
-        self.results = [row.generation.result for row in self.batch.rows]
+        self.results = [row.generation.result for row in self.rows]
