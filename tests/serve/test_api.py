@@ -109,6 +109,7 @@ def test_models_health_and_metrics(client, server):
     health = json.load(urllib.request.urlopen(f"{server.url}/health"))
     assert health["status"] == "ok" and health["model"] == MODEL and health["queue_depth"] == 0
     assert isinstance(health["busy"], bool)  # the worker may still be closing the last generation
+    assert health["fast_path"] is None  # models built in the test, not loaded: nothing was packed
     metrics = urllib.request.urlopen(f"{server.url}/metrics").read().decode()
     for name in (
         'mtad_requests_total{endpoint="/v1/completions",outcome="ok"}',

@@ -48,10 +48,12 @@ def test_mtad_serve_listens_on_loopback_and_answers(saved_pair):
     port = free_port()
     command = [sys.executable, "-c", "import sys; from mtad.cli import main; sys.exit(main())"]
     args = ["serve", "--target", target, "--draft", draft, "--port", str(port), "--max-new-tokens", "6"]
-    process = subprocess.Popen(command + args, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command + args + ["--fast", "on"], stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        assert wait_for_health(url, process)["model"] == target
+        health = wait_for_health(url, process)
+        assert health["model"] == target
+        assert health["fast_path"]["weights"] == health["draft_fast_path"]["weights"] == "fp16"
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
         response = client.completions.create(model=target, prompt="w5 w7", seed=4)
         assert 1 <= response.usage.completion_tokens <= 6  # the server's default max_tokens

@@ -157,6 +157,8 @@ class _Server:
             "limits": dataclasses.asdict(self.config.limits),
             "dtype": dtype_name(self.target.model.dtype),
             "draft_dtype": dtype_name(self.draft.model.dtype) if self.draft else None,
+            "fast_path": self.target.fast_path.as_dict() if self.target.fast_path else None,
+            "draft_fast_path": self.draft.fast_path.as_dict() if self.draft and self.draft.fast_path else None,
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 
