@@ -149,3 +149,19 @@ def test_the_cli_refuses_temperatures_past_the_limits_in_one_line(pair_dirs, cap
     assert main([*args, f"--temperature={value}", "--raw", "w3 w5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "temperature" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("temperature", [*TINY, 0.5, 1.0, *HUGE])
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (2, 1.0), (0, 0.5), (2, 5e-324)])
+def test_logits_at_the_dtype_limits_give_distributions(dtype, temperature, top_k, top_p):
+    """Logits as large as the dtype holds (a span past float32's range), ties and masks: every
+    row is a distribution, never NaN, and a masked token keeps zero mass."""
+    big = torch.finfo(dtype).max
+    logits = torch.tensor(
+        [[big, -big, 0.0, big], [-big, -big, -big, -math.inf], [1e-3, 0.0, -1e-3, 5.0]], dtype=dtype
+    )
+    probs = warp(logits, SamplingConfig(temperature, top_k, top_p))
+    assert not probs.isnan().any() and probs.ge(0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    assert probs[1, 3] == 0
