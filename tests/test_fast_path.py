@@ -18,6 +18,7 @@ from conftest import tiny_llama
 from mtad.runtime import fast
 from mtad.runtime.linear import FORMATS, Int4Linear, pack_linears
 from test_distribution import RUNS, VOCAB, WARP, chi_square_p_value, exact_first_two
+from test_engine import _assert_cache_matches_fresh_forward as assert_cache_matches_fresh_forward
 
 NO_EOS = {"eos_token_id": []}
 # Relative error of a product against float32: fp16 weights ~2^-11, int8 weights and activations
@@ -104,13 +105,7 @@ def test_caches_equal_a_fresh_forward_on_a_packed_model(target, draft, method):
         seed=3, **NO_EOS,
     )  # fmt: skip
     for _ in generation:
-        cached, sequence = generation.target, generation.sequence
-        with torch.inference_mode():
-            via_cache = cached.model(
-                input_ids=sequence[:, cached.length :], cache=copy.deepcopy(cached.cache), use_cache=True
-            ).logits[:, -1]
-            fresh = cached.model(input_ids=sequence).logits[:, -1]
-        torch.testing.assert_close(via_cache, fresh, atol=1e-4, rtol=0)
+        assert_cache_matches_fresh_forward(generation.target, generation.sequence)
 
 
 def test_sd_on_a_packed_model_samples_the_packed_targets_distribution():
