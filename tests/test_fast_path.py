@@ -51,6 +51,38 @@ def test_packed_linear_computes_the_dense_product(format, rows):
     assert packed.weight_error > 0 if format != "fp16" else packed.weight_error >= 0
 
 
+def test_fp16_switches_to_its_dense_copy_from_the_crossover_row_count():
+    """Few rows: fbgemm's fp16 kernel; from `dense_from_rows` rows: a dense product over the same
+    fp16-rounded weights in the dense dtype (prefills and wide batches)."""
+    dense = _linear(96, 64, seed=1)
+    plain = FORMATS["fp16"](dense)
+    switching = FORMATS["fp16"](dense, dense_from_rows=4, dense_dtype=torch.bfloat16)
+    few, many = torch.randn(1, 3, 64), torch.randn(2, 2, 64)  # 3 rows, then 4 rows
+    with torch.inference_mode():
+        torch.testing.assert_close(switching(few), plain(few), atol=0, rtol=0)
+        rounded = dense.weight.detach().half().bfloat16()
+        expected = nn.functional.linear(many.bfloat16(), rounded, dense.bias.detach().bfloat16()).float()
+        torch.testing.assert_close(switching(many), expected, atol=0, rtol=0)
+
+
+def test_apply_counts_the_dense_copies_memory(target):
+    model = copy.deepcopy(target)
+    path = fast.FastPath("on", "fp16", "float32", "test", dense_from_rows=16, dense_dtype="bfloat16")
+    result = fast.apply(model, path)
+    weights = sum(m.weight.numel() for m in target.modules() if type(m) is nn.Linear)
+    assert result.weight_bytes == 2 * weights + 2 * weights  # fp16 packed + bf16 copy
+    assert result.dense_from_rows == 16 and result.layers > 0
+
+
+def test_the_self_test_names_a_crossover_it_tried():
+    test = fast.fp16_self_test()
+    assert test.dense_from_rows in (None, *fast.CROSSOVER_ROWS) and test.ratio > 0
+    path = fast.plan("on", None, "cpu")
+    assert (path.dense_from_rows, path.dense_dtype) == (
+        test.dense_from_rows, test.dense_dtype if test.dense_from_rows else None
+    )  # fmt: skip
+
+
 def test_int4_is_exact_for_weights_on_a_four_bit_grid():
     """A GGUF Q4_1 block is scale * level + low with levels 0..15: stored exactly (scales and lows
     that bfloat16 holds exactly), so the product differs from float32 only by bfloat16 activations."""

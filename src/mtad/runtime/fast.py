@@ -21,7 +21,7 @@ import functools
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -48,8 +48,11 @@ class FastPath:
     dtype: str | None  # the activations' dtype this choice needs (None: whatever was asked)
     reason: str
     layers: int = 0  # linear layers packed
-    weight_bytes: int = 0  # bytes their weights occupy packed
+    weight_bytes: int = 0  # bytes their weights occupy (packed, and any dense copy)
     weight_error: float = 0.0  # largest |packed - original| over their weights
+    # fp16: products of at least this many rows use a dense copy in dense_dtype (None: never)
+    dense_from_rows: int | None = None
+    dense_dtype: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,14 +106,20 @@ def plan(
         if fast == "on":
             raise FastPathError(f"fast on cannot run here: {missing}; allowed: auto, off")
         return FastPath(fast, "dense", None, missing)
-    if fast == "on":
-        return FastPath(fast, "fp16", "float32", "fast on was asked for")
-    if dtype_asked:
+    if fast == "auto" and dtype_asked:
         return FastPath(fast, "dense", None, "a dtype was named; fast on packs it anyway")
-    ratio, dense = fp16_speed_ratio()
-    if ratio <= FAST_MAX_RATIO:
-        return FastPath(fast, "fp16", "float32", f"self-test fp16/{dense} time {ratio:.2f}")
-    return FastPath(fast, "dense", None, f"self-test fp16/{dense} time {ratio:.2f} > {FAST_MAX_RATIO}")
+    test = fp16_self_test()
+    crossover = {"dense_from_rows": test.dense_from_rows, "dense_dtype": test.dense_dtype}
+    if test.dense_from_rows is None:
+        crossover["dense_dtype"] = None
+    found = f"self-test fp16/{test.dense_dtype} time {test.ratio:.2f}" + (
+        f", {test.dense_dtype} from {test.dense_from_rows} rows" if test.dense_from_rows else ""
+    )
+    if fast == "on":
+        return FastPath(fast, "fp16", "float32", f"fast on was asked for; {found}", **crossover)
+    if test.ratio <= FAST_MAX_RATIO:
+        return FastPath(fast, "fp16", "float32", found, **crossover)
+    return FastPath(fast, "dense", None, f"{found} > {FAST_MAX_RATIO}")
 
 
 def resolve(
@@ -142,12 +151,20 @@ def apply(model: nn.Module, path: FastPath) -> FastPath:
     if path.weights == "dense":
         result = path
     else:
-        packed = pack_linears(model, path.weights)
-        result = FastPath(
-            path.mode, path.weights, path.dtype, path.reason, len(packed),
-            sum(layer.nbytes for layer in packed),
-            max((layer.weight_error for layer in packed), default=0.0),
-        )  # fmt: skip
+        options = {}
+        if path.dense_from_rows is not None:
+            options = {
+                "dense_from_rows": path.dense_from_rows,
+                "dense_dtype": getattr(torch, path.dense_dtype),
+            }
+        packed = pack_linears(model, path.weights, **options)
+        dense_copies = sum(_dense_bytes(layer) for layer in packed)
+        result = replace(
+            path,
+            layers=len(packed),
+            weight_bytes=sum(layer.nbytes for layer in packed) + dense_copies,
+            weight_error=max((layer.weight_error for layer in packed), default=0.0),
+        )
     model.mtad_fast_path = result  # read by weights_format and the reports
     return result
 
@@ -177,13 +194,24 @@ def _kernel_missing(format: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SelfTest:
+    ratio: float  # fp16 time / dense time at decode rows (1 and 4)
+    dense_dtype: str  # the dense dtype dtype auto picks here
+    dense_from_rows: int | None  # fewest rows from which dense is faster at every larger size tried
+
+
+#: Row counts the self-test tries for the crossover to dense products (prefills, wide batches).
+CROSSOVER_ROWS = (8, 16, 32, 64, 128)
+
+
 @functools.cache
-def fp16_speed_ratio(rows: tuple[int, ...] = (1, 4), repeats: int = 9) -> tuple[float, str]:
-    """Median time of decode-shaped products with fbgemm fp16 weights over the dense dtype dtype
-    auto picks here (bfloat16 or float32), and that dtype's name.
+def fp16_self_test(repeats: int = 7) -> SelfTest:
+    """fbgemm fp16 weights against the dense dtype dtype auto picks here (bfloat16 or float32).
 
     16 matrices of 1536 x 576 (SmolLM2-135M's MLP): 56 MB in float32, larger than a CPU's last-level
-    cache, so weights stream from memory as they do in a forward. Interleaved, first round dropped.
+    cache, so weights stream from memory as they do in a forward. Medians of interleaved rounds
+    (first dropped) at 1 and 4 rows (decoding) and at each of CROSSOVER_ROWS; ~1 s, once a process.
     """
     from mtad.precision import auto_dtype
 
@@ -192,23 +220,38 @@ def fp16_speed_ratio(rows: tuple[int, ...] = (1, 4), repeats: int = 9) -> tuple[
     weights = [torch.randn(1536, 576, generator=generator) / 24 for _ in range(16)]
     dense = [w.to(dense_dtype) for w in weights]
     packed = pack_linears(nn.ModuleList(_linear(w) for w in weights), "fp16")
-    inputs = {m: torch.randn(m, 576, generator=generator) for m in rows}
-    times: dict[str, list[float]] = {"dense": [], "fp16": []}
+    sizes = ((1, 4), *((rows,) for rows in CROSSOVER_ROWS))
+    times: dict[tuple, dict[str, list[float]]] = {size: {"dense": [], "fp16": []} for size in sizes}
     with torch.inference_mode():
         for _ in range(repeats + 1):
-            for name in times:
-                start = time.perf_counter()
-                for x in inputs.values():
-                    if name == "dense":
-                        x = x.to(dense_dtype)
-                        for w in dense:
-                            torch.nn.functional.linear(x, w)
-                    else:
-                        for layer in packed:
-                            layer(x)
-                times[name].append(time.perf_counter() - start)
-    dense_s, packed_s = (statistics.median(times[name][1:]) for name in ("dense", "fp16"))
-    return (packed_s / dense_s if dense_s > 0 else 1.0), str(dense_dtype).removeprefix("torch.")
+            for size in sizes:
+                inputs = [torch.randn(rows, 576, generator=generator) for rows in size]
+                for name, seconds in times[size].items():
+                    start = time.perf_counter()
+                    for x in inputs:
+                        if name == "dense":
+                            x = x.to(dense_dtype)
+                            for w in dense:
+                                torch.nn.functional.linear(x, w)
+                        else:
+                            for layer in packed:
+                                layer(x)
+                    seconds.append(time.perf_counter() - start)
+    ratios = {
+        size: statistics.median(by["fp16"][1:]) / max(statistics.median(by["dense"][1:]), 1e-12)
+        for size, by in times.items()
+    }
+    crossover = None
+    for rows in reversed(CROSSOVER_ROWS):  # dense must win here and at every larger size tried
+        if ratios[(rows,)] < 1 / FAST_MAX_RATIO:
+            break
+        crossover = rows
+    return SelfTest(ratios[(1, 4)], str(dense_dtype).removeprefix("torch."), crossover)
+
+
+def _dense_bytes(layer) -> int:
+    dense = getattr(layer, "dense", None)
+    return 0 if dense is None else dense.numel() * dense.element_size()
 
 
 def _linear(weight: torch.Tensor) -> nn.Linear:

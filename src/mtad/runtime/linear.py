@@ -50,9 +50,22 @@ class PackedLinear(nn.Module):
 
 
 class Fp16Linear(PackedLinear):
+    """fbgemm fp16 weights for products of few rows; optionally a dense copy for many rows.
+
+    fbgemm's fp16 kernel streams weights fast but its cost grows with rows (and it runs on one
+    thread), so past some row count (prefills, wide batches) the dense kernel of the dtype auto
+    would pick is faster: `dense_from_rows` (measured per machine by `mtad.runtime.fast`) switches
+    to a copy of the weights in `dense_dtype`, at the memory of that copy.
+    """
+
     format = "fp16"
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(
+        self,
+        linear: nn.Linear,
+        dense_from_rows: int | None = None,
+        dense_dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
         super().__init__(linear)
         weight = linear.weight.detach().float()
         half = weight.half()
@@ -61,8 +74,13 @@ class Fp16Linear(PackedLinear):
             warnings.simplefilter("ignore")
             self.packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
         self.nbytes = 2 * weight.numel()
+        self.dense_from_rows = dense_from_rows
+        self.dense = None if dense_from_rows is None else half.to(dense_dtype)  # the same rounded values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None and x.numel() >= self.dense_from_rows * self.in_features:
+            bias = None if self.bias is None else self.bias.to(self.dense.dtype)
+            return nn.functional.linear(x.to(self.dense.dtype), self.dense, bias).to(x.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bias = None if self.bias is None else self.bias.float()  # a model cast after packing casts it
@@ -129,12 +147,12 @@ class Int4Linear(PackedLinear):
 FORMATS: dict[str, type[PackedLinear]] = {cls.format: cls for cls in (Fp16Linear, Int8Linear, Int4Linear)}
 
 
-def pack_linears(model: nn.Module, format: str) -> list[PackedLinear]:
+def pack_linears(model: nn.Module, format: str, **options) -> list[PackedLinear]:
     """Replace every `nn.Linear` in `model` (a tied output head included: it gets its own packed
     copy, the input embedding stays as it is) by the `format` version, in place; the new modules.
 
-    A layer the format cannot hold (int4 tiles: in_features divisible by 32, out_features by 16)
-    stays dense.
+    `options` go to the format's constructor. A layer the format cannot hold (int4 tiles:
+    in_features divisible by 32, out_features by 16) stays dense.
     """
     cls = FORMATS[format]
     packed: list[PackedLinear] = []
@@ -142,7 +160,7 @@ def pack_linears(model: nn.Module, format: str) -> list[PackedLinear]:
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 try:
-                    replacement = cls(child)
+                    replacement = cls(child, **options)
                 except ValueError:
                     continue
                 setattr(parent, name, replacement)
