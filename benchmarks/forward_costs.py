@@ -8,9 +8,9 @@ Each variant loads the target with its weight format (`off`: as dtype auto loads
 the fast path, `mtad.runtime.fast`; `int8`/`int4`: quantized). Costs are what gamma auto measures
 (`mtad.adaptive.forward_seconds`: k new tokens after a 128-token prefix, warp included), the
 variants interleaved per repeat, medians. The roofline is max(weight bytes / copy bandwidth,
-2 k x weights / float32 GEMM peak), both rates measured here first (`mtad.runtime.costs`). The
-CPU model and flags are printed beside the table: speculation pays only where k tokens cost
-little more than one, so these are the numbers that say whether it can on a machine.
+2 k x weights / GEMM peak of the dtype each layer computes in), the rates measured here first
+(`mtad.runtime.costs`). The CPU model and flags are printed beside the table: speculation pays
+only where k tokens cost little more than one, so these are the numbers that say whether it can.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def main() -> None:
         parser.error(f"unknown variant {unknown[0]!r}; allowed: {', '.join(LOADS)}")
     sizes = [int(k) for k in args.sizes.split(",")]
     machine = measure_machine()
-    rates = f"float32 GEMM peak {machine.gemm_gflops:.0f} GFLOP/s, {torch.get_num_threads()} threads"
+    peaks = ", ".join(f"{name} {value:.0f}" for name, value in machine.gemm_gflops.items())
+    rates = f"GEMM peak GFLOP/s {peaks}, {torch.get_num_threads()} threads"
     print(f"copy bandwidth {machine.bandwidth_gb_s:.1f} GB/s (read + write), {rates}")
     path = args.target or default_target_path()
     models = {name: load_model(path, **LOADS[name]) for name in variants}

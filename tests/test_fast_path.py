@@ -219,3 +219,16 @@ def test_cli_records_the_fast_path_and_refuses_bad_values(pair_dirs):
     assert refused.stderr.strip().splitlines() == [
         "mtad generate: error: quantize int8 runs on CPUs only, not on cuda; allowed: none there"
     ]
+
+
+def test_roofline_prices_bytes_as_stored_and_flops_at_each_layers_dtype():
+    from mtad.runtime.costs import Machine, linear_bytes_and_params, roofline_seconds
+
+    machine = Machine(bandwidth_gb_s=1.0, gemm_gflops={"float32": 1.0, "bfloat16": 4.0})
+    dense = nn.Sequential(nn.Linear(64, 32, bias=False)).to(torch.bfloat16)
+    assert linear_bytes_and_params(dense) == (64 * 32 * 2, 64 * 32)
+    assert roofline_seconds(dense, 1, machine) == pytest.approx(64 * 32 * 2 / 1e9)  # bandwidth-bound
+    assert roofline_seconds(dense, 1000, machine) == pytest.approx(2 * 1000 * 64 * 32 / 4e9)  # bf16 peak
+    packed = nn.Sequential(FORMATS["fp16"](nn.Linear(64, 32), dense_from_rows=16))
+    assert roofline_seconds(packed, 8, machine) == pytest.approx(max(64 * 32 * 2, 2 * 8 * 64 * 32) / 1e9)
+    assert roofline_seconds(packed, 1000, machine) == pytest.approx(2 * 1000 * 64 * 32 / 4e9)

@@ -3,14 +3,14 @@
 A forward over k new tokens reads every linear weight once (whatever k) and does 2 k FLOPs per
 weight, so it takes at least max(weight bytes / memory bandwidth, FLOPs / GEMM peak). Both rates
 are measured here, on this machine, now: bandwidth by one large tensor copy (bytes read plus bytes
-written, over its time), the peak by one large float32 matrix product. Attention and the KV cache
+written, over its time), the peaks by one large matrix product in float32 and in bfloat16 (each
+layer's FLOPs are priced at the peak of the dtype it computes in). Attention and the KV cache
 are left out of the bound (a few MB and MFLOPs at chat lengths), so the ratio measured / roofline
 says how far the kernels and the ~1,000 small ops of a forward are from the hardware.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -22,46 +22,67 @@ from mtad.runtime.linear import PackedLinear
 
 @dataclass(frozen=True)
 class Machine:
-    bandwidth_gb_s: float  # copy: (read + written bytes) / time
-    gemm_gflops: float  # float32 matrix product, 2 n^3 / time
+    bandwidth_gb_s: float  # copy: (read + written bytes) / time, best of the repeats
+    gemm_gflops: dict[str, float]  # by dtype name (float32, bfloat16): 2 n^3 / time, best of the repeats
+
+    def peak(self, dtype: torch.dtype) -> float:
+        return self.gemm_gflops.get(str(dtype).removeprefix("torch."), self.gemm_gflops["float32"])
 
 
 def measure_machine(copy_mb: int = 256, gemm_size: int = 2048, repeats: int = 5) -> Machine:
-    """The two rates of the roofline, median of `repeats` after one warm-up (~1 s)."""
+    """The rates of the roofline: the best of `repeats` after one warm-up (a ceiling is what the
+    machine reaches, not its typical run). GEMM peaks in float32 and bfloat16 (~2 s)."""
     source = torch.ones(copy_mb * 2**20 // 4)
     target = torch.empty_like(source)
-    copies = _median_seconds(lambda: target.copy_(source), repeats)
-    a, b = torch.randn(gemm_size, gemm_size), torch.randn(gemm_size, gemm_size)
-    products = _median_seconds(lambda: torch.mm(a, b), repeats)
-    return Machine(2 * source.numel() * 4 / copies / 1e9, 2 * gemm_size**3 / products / 1e9)
+    copies = _best_seconds(lambda: target.copy_(source), repeats)
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(gemm_size, gemm_size).to(dtype), torch.randn(gemm_size, gemm_size).to(dtype)
+        peaks[str(dtype).removeprefix("torch.")] = (
+            2 * gemm_size**3 / _best_seconds(lambda a=a, b=b: torch.mm(a, b), repeats) / 1e9
+        )
+    return Machine(2 * source.numel() * 4 / copies / 1e9, peaks)
 
 
 def linear_bytes_and_params(model: nn.Module) -> tuple[int, int]:
-    """Bytes a forward reads for the linear layers' weights (as stored: packed or dense) and their
-    number of weights (each takes 2 FLOPs per token)."""
+    """Bytes a forward reads for the linear layers' weights (as stored for few rows: packed or
+    dense) and their number of weights (each takes 2 FLOPs per token)."""
     total_bytes = params = 0
-    for module in model.modules():
-        if isinstance(module, PackedLinear):
-            total_bytes += module.nbytes
-            params += module.in_features * module.out_features
-        elif isinstance(module, nn.Linear):
-            total_bytes += module.weight.numel() * module.weight.element_size()
-            params += module.weight.numel()
+    for module, weights, _ in _linears(model, rows=1):
+        total_bytes += (
+            module.nbytes if isinstance(module, PackedLinear) else weights * module.weight.element_size()
+        )
+        params += weights
     return total_bytes, params
 
 
 def roofline_seconds(model: nn.Module, tokens: int, machine: Machine) -> float:
-    weight_bytes, params = linear_bytes_and_params(model)
-    return max(
-        weight_bytes / (machine.bandwidth_gb_s * 1e9), 2 * tokens * params / (machine.gemm_gflops * 1e9)
+    """max(weight bytes / bandwidth, sum over layers of 2 k weights / the peak of the dtype the
+    layer computes in at k rows)."""
+    weight_bytes, _ = linear_bytes_and_params(model)
+    compute = sum(
+        2 * tokens * weights / (machine.peak(dtype) * 1e9) for _, weights, dtype in _linears(model, tokens)
     )
+    return max(weight_bytes / (machine.bandwidth_gb_s * 1e9), compute)
 
 
-def _median_seconds(call, repeats: int) -> float:
+def _linears(model: nn.Module, rows: int):
+    """(module, weights, compute dtype at `rows` rows) for every linear layer, packed or dense."""
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            dense = getattr(module, "dense", None)
+            switched = dense is not None and rows >= module.dense_from_rows
+            dtype = dense.dtype if switched else torch.bfloat16 if module.format == "int4" else torch.float32
+            yield module, module.in_features * module.out_features, dtype
+        elif isinstance(module, nn.Linear):
+            yield module, module.weight.numel(), module.weight.dtype
+
+
+def _best_seconds(call, repeats: int) -> float:
     call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
