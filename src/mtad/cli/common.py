@@ -43,7 +43,7 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
         default="none",
         choices=QUANTIZE_FORMATS,
         help="store linear weights in fewer bits, lossy (CPU): int8 (per channel, dynamic activations) "
-        "or int4 (groups of 32; exact for Q4 GGUF weights). Default none",
+        "or int4 (groups of 32, bfloat16 scales). Default none",
     )
 
 

@@ -11,8 +11,8 @@ packed, interleaved, median (~0.3 s, once per process). "on" packs without askin
 With the fp16 weights the rest of the model (embeddings, norms, attention, the KV cache) runs in
 float32: the kernels compute in float32 anyway, so a bfloat16 model would only add conversions
 and rounding. `quantize` ("int8", "int4") stores weights in fewer bits instead, explicitly lossy
-(int4 is exact for weights already on a 4-bit grid, e.g. a Q4_1 GGUF model); the result says the
-largest weight error, and the loaded model *is* the quantized one (stats, reports, `/health`).
+(int4 keeps the grid of a Q4 GGUF model, up to its bfloat16 scales and offsets); the result says
+the largest weight error, and the loaded model *is* the quantized one (stats, reports, `/health`).
 """
 
 from __future__ import annotations

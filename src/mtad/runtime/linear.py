@@ -13,8 +13,9 @@ format below wraps one such kernel from the pinned torch wheel:
   product). A quarter of the bytes and cheaper at 4-32 rows; lossy, so only when asked for.
 - `Int4Linear`: 4-bit weights in groups of 32 with a scale and an offset per group, bfloat16
   activations (`_weight_int4pack_mm_for_cpu`; its float32 path is a slow reference). An eighth of
-  float32's bytes; exact up to the bfloat16 rounding of scales and offsets for weights that lie on
-  such a grid (a Q4_0/Q4_1 GGUF model dequantized, like the default target), lossy otherwise.
+  float32's bytes. Weights that lie on such a grid (a Q4_0/Q4_1 GGUF model dequantized, like the
+  default target) keep their levels, and move only by the bfloat16 rounding of the scales and
+  offsets (up to 0.021 on the default target); other weights are rounded to the grid.
 
 Every format keeps the `nn.Linear` call contract (`[..., in] -> [..., out]`, the caller's dtype
 in and out), so a model's own forward code runs unchanged: no model file is forked.
