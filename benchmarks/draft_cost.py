@@ -3,7 +3,7 @@
     python benchmarks/draft_cost.py --layers 1,2 --heads 4096,8192,16384,0 --dtypes bfloat16,float32
 
 Times one drafted token after a 200-token prefix (median of --repeats, after warm-up) for freshly
-built feature drafts of the default target (`mtad.feature_draft.build_feature_draft`; weights do not
+built feature drafts of the default target (`mtad.models.feature_draft.build_feature_draft`; weights do not
 change the cost), against the target's forward of 1 and 5 tokens on the same cache length. Head 0 =
 the whole vocabulary. Prints the CPU model and flags beside the table; run it on a quiet machine.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from mtad.default_pair import default_target_path
-from mtad.feature_draft import build_feature_draft
 from mtad.models import load_model
+from mtad.models.default_pair import default_target_path
+from mtad.models.feature_draft import build_feature_draft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line  # noqa: E402

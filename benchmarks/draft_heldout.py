@@ -29,8 +29,8 @@ from mtad.bench.datasets import load_mtbench
 from mtad.distill.data import DataSettings, generate_samples, load_split
 from mtad.distill.kinds import FeatureDrafts, TokenDrafts
 from mtad.distill.train import TrainSettings
-from mtad.feature_draft import is_feature_draft
 from mtad.models import load_model
+from mtad.models.feature_draft import is_feature_draft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line  # noqa: E402
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="length of those answers")
     args = parser.parse_args()
     if args.target is None:
-        from mtad.default_pair import default_target_path
+        from mtad.models.default_pair import default_target_path
 
         args.target = default_target_path()
     target = load_model(args.target, dtype=torch.float32, fast="off").model.eval()

@@ -24,8 +24,8 @@ import mtad
 from mtad.bench import metrics
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
-from mtad.precision import auto_dtype
-from mtad.scoring import target_logprobs
+from mtad.models.scoring import target_logprobs
+from mtad.runtime.precision import auto_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import load, machine_line  # noqa: E402

@@ -43,7 +43,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.target is None:
-        from mtad.default_pair import default_draft_path, default_target_path
+        from mtad.models.default_pair import default_draft_path, default_target_path
 
         args.target, args.draft = default_target_path(), args.draft or default_draft_path()
     pairs = {fast: mtad.load_pair(args.target, args.draft, fast=fast) for fast in ("off", "auto")}

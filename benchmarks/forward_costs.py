@@ -6,7 +6,7 @@
 
 Each variant loads the target with its weight format (`off`: as dtype auto loads it; `auto`/`on`:
 the fast path, `mtad.runtime.fast`; `int8`/`int4`: quantized). Costs are what gamma auto measures
-(`mtad.adaptive.forward_seconds`: k new tokens after a 128-token prefix, warp included), the
+(`mtad.decoding.adaptive.forward_seconds`: k new tokens after a 128-token prefix, warp included), the
 variants interleaved per repeat, medians. The roofline is max(weight bytes / copy bandwidth,
 2 k x weights / GEMM peak of the dtype each layer computes in), the rates measured here first
 (`mtad.runtime.costs`). The CPU model and flags are printed beside the table: speculation pays
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from mtad import adaptive
 from mtad.config import SamplingConfig
-from mtad.default_pair import default_target_path
+from mtad.decoding import adaptive
 from mtad.models import load_model, output_width
+from mtad.models.default_pair import default_target_path
 from mtad.runtime.costs import linear_bytes_and_params, measure_machine, roofline_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

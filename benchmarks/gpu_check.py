@@ -45,12 +45,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import mtad  # noqa: E402
 from mtad.bench.energy import NullMeter, detect_energy_meter  # noqa: E402
-from mtad.cache import CachedModel  # noqa: E402
 from mtad.config import SamplingConfig  # noqa: E402
-from mtad.methods import get_method  # noqa: E402
+from mtad.decoding.methods import get_method  # noqa: E402
+from mtad.decoding.sampling import warp  # noqa: E402
 from mtad.models import output_width  # noqa: E402
-from mtad.precision import DTYPES  # noqa: E402
-from mtad.sampling import warp  # noqa: E402
+from mtad.runtime.cache import CachedModel  # noqa: E402
+from mtad.runtime.precision import DTYPES  # noqa: E402
 
 NO_EOS = {"eos_token_id": []}
 

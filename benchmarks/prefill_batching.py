@@ -4,13 +4,13 @@ forward) and the step cost of N rows against one, on the default target.
     python benchmarks/prefill_batching.py --rows 8 --new-tokens 64
 
 A batch prefills the prompts that join together in one packed forward, common prefixes fed once
-(`mtad.packing`), and then joins their caches to the batch's (`mtad.batch`). This measures, side
-by side (interleaved, median of --repeats), that packed forward against the N prefills one after
-another (a request joining alone) and one padded forward over all N prompts, and one decode step
-of N rows against one row after those prompts. From them it prints the best p50 ratio any
-scheduler can reach when N requests arrive at once: every request waits for all prefills (they
-share the CPU with the decode steps however they are ordered) and then for `--new-tokens` batched
-steps, against one prefill and as many lone steps.
+(`mtad.runtime.ragged.packing`), and then joins their caches to the batch's
+(`mtad.runtime.ragged`). This measures, side by side (interleaved, median of --repeats), that
+packed forward against the N prefills one after another (a request joining alone) and one padded
+forward over all N prompts, and one decode step of N rows against one row after those prompts.
+From them it prints the best p50 ratio any scheduler can reach when N requests arrive at once:
+every request waits for all prefills (they share the CPU with the decode steps however they are
+ordered) and then for `--new-tokens` batched steps, against one prefill and as many lone steps.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import torch
 from transformers import DynamicCache
 
 import mtad
-from mtad import packing
 from mtad.bench.datasets import load_mtbench
-from mtad.default_pair import default_target_path
 from mtad.models import load_model
-from mtad.tree import additive_mask
+from mtad.models.default_pair import default_target_path
+from mtad.runtime.attention import additive_mask
+from mtad.runtime.ragged import packing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
         inputs = padded_inputs(prompts, model.dtype)
         model(**inputs, cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
 
-    def packed() -> None:  # what the batch does now (mtad.packing): one row, common prefixes once
+    def packed() -> None:  # what the batch does now (runtime.ragged.packing): one row, common prefixes once
         layout = packing.pack([{"input_ids": prompt[None], "logits_to_keep": 1} for prompt in prompts])
         last = torch.stack([path[-1] for path in layout.paths]).unique()
         model(input_ids=layout.input_ids, position_ids=layout.position_ids,
@@ -111,7 +111,7 @@ def main() -> None:
     fed = packing.pack([{"input_ids": prompt[None]} for prompt in prompts]).tokens
     print(f"prefills one after another: {median['serial'] * 1000:.0f} ms; padded into one forward: "
           f"{median['padded'] * 1000:.0f} ms ({median['padded'] / median['serial']:.2f}x); packed, "
-          f"common prefixes once (mtad.packing, {fed} of {sum(len(p) for p in prompts)} tokens): "
+          f"common prefixes once (ragged.packing, {fed} of {sum(len(p) for p in prompts)} tokens): "
           f"{median['packed'] * 1000:.0f} ms ({median['packed'] / median['serial']:.2f}x)")  # fmt: skip
     print(f"decode step: 1 row {one * 1000:.1f} ms, {args.rows} rows {batch * 1000:.1f} ms "
           f"({batch / one:.2f}x)")  # fmt: skip

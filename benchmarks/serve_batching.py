@@ -27,8 +27,8 @@ import torch
 
 from mtad.bench.datasets import load_dataset
 from mtad.bench.machine import describe_machine
-from mtad.default_pair import default_draft_path, default_target_path
 from mtad.models import load_pair
+from mtad.models.default_pair import default_draft_path, default_target_path
 from mtad.serve import BackgroundServer, ServeConfig, create_app
 
 PAPER = {"temperature": 1.0, "top_k": 10, "top_p": 0.9, "gamma": 4, "beam_width": 4, "threshold": 0.5}

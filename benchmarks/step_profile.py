@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterator
 import torch
 
 import mtad
-from mtad import acceptance, cache, drafting, vocabulary
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
-from mtad.precision import DTYPES
+from mtad.decoding import acceptance, sampling
+from mtad.decoding import proposals as drafting
+from mtad.runtime import cache, vocabulary
+from mtad.runtime.precision import DTYPES
 
 PARTS = ("target forward", "draft forward", "sampling + acceptance", "cache ops", "rest")
 
@@ -79,7 +81,7 @@ def main() -> None:
 def load(args: argparse.Namespace, dtype: str) -> tuple[mtad.LoadedModel, mtad.LoadedModel]:
     """The pair named by --target/--draft, or the built-in default pair, in `dtype`."""
     if args.target is None:
-        from mtad.default_pair import default_draft_path, default_target_path
+        from mtad.models.default_pair import default_draft_path, default_target_path
 
         return mtad.load_pair(default_target_path(), args.draft or default_draft_path(), dtype=dtype)
     return mtad.load_pair(args.target, args.draft, dtype=dtype)
@@ -128,14 +130,14 @@ class PartTimer:
 
         # A feature draft's forward overrides the base one (and does not call it): patch both.
         patches = [
-            (cache.CachedModel, "_own_logits", which_forward),
-            (cache.FeatureDrafter, "_own_logits", which_forward),
+            (cache.CachedModel, "own_logits", which_forward),
+            (cache.FeatureDrafter, "own_logits", which_forward),
         ]
         patches += [
             (cache.CachedModel, op, "cache ops") for op in ("truncate", "keep", "repeat", "reorder", "select")
         ]
         patches += [
-            (cache, "warp", "sampling + acceptance"),
+            (sampling, "warp", "sampling + acceptance"),
             (vocabulary.TokenSubset, "to_target_probs", "sampling + acceptance"),
         ]
         patches += [(drafting, name, "sampling + acceptance") for name in ("sample", "_draw")]

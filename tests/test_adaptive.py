@@ -11,10 +11,11 @@ import torch
 
 import mtad
 from conftest import tiny_llama
-from mtad import adaptive
-from mtad.adaptive import Costs, GammaPolicy, round_cost
 from mtad.cli import main
-from mtad.config import AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SpeculationConfig
+from mtad.config import AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA
+from mtad.decoding import adaptive
+from mtad.decoding.adaptive import Costs, GammaPolicy, round_cost
+from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
 from test_distribution import PROMPT, RUNS, VOCAB, WARP, chi_square_p_value, exact_first_two
 from test_engine import NO_EOS, PROMPTS, greedy_tokens
@@ -28,7 +29,7 @@ def costs(monkeypatch):
     """Make the engine use given costs instead of measuring: `costs(FLAT)`."""
 
     def use(given: Costs) -> None:
-        monkeypatch.setattr(mtad.engine, "measure_costs", lambda *args: given)
+        monkeypatch.setattr(mtad.decoding.loop, "measure_costs", lambda *args: given)
 
     return use
 
@@ -179,7 +180,7 @@ def test_rows_of_a_batch_draft_one_depth_that_pays_for_the_batch():
 
 
 def test_gamma_auto_rows_of_a_batch_ask_for_their_depth_together(target, draft, costs):
-    from mtad import batch as batching
+    from mtad.decoding import batch as batching
 
     costs(STEEP)
     asked = []  # per round: (rows asking, rows decoding)

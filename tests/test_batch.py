@@ -1,4 +1,4 @@
-"""Batches of prompts of different lengths (`mtad.batch`): every row as if it were alone.
+"""Batches of prompts of different lengths (`mtad.decoding.batch`): every row as if it were alone.
 
 Per row: lossless methods keep the exact target distribution (chi-square), greedy decoding equals
 the solo run token for token in float32, the shared caches hold exactly what a fresh forward over
@@ -15,7 +15,7 @@ from transformers import DynamicCache
 
 import mtad
 from conftest import tiny_llama
-from mtad import batch as batching
+from mtad.decoding import batch as batching
 from mtad.errors import ConfigError, ContextLengthError
 from test_distribution import VOCAB, WARP, chi_square_p_value
 from test_feature_draft import feature_draft
@@ -131,7 +131,7 @@ def test_lossless_methods_stay_lossless_in_every_row(method, settings):
 
 def _exact_first_two(model, prompt: list[int]) -> torch.Tensor:
     from mtad.config import SamplingConfig
-    from mtad.sampling import warp
+    from mtad.decoding.sampling import warp
 
     config = SamplingConfig(**WARP)
     with torch.inference_mode():
@@ -223,7 +223,7 @@ def test_a_row_alone_in_a_batch_computes_exactly_what_it_computes_alone(target, 
 def test_gamma_auto_prices_rounds_at_the_batch_size(target, draft, monkeypatch):
     """Costs are measured for the rows that share a forward (rounded down to a power of two) and
     re-priced when rows leave; a prompt alone is priced at one row."""
-    from mtad import adaptive
+    from mtad.decoding import adaptive
 
     asked = []
     flat = adaptive.Costs({1: 1.0, 2: 1.01, 33: 1.5}, {1: 0.01, 2: 0.011, 4: 0.012})
@@ -232,7 +232,7 @@ def test_gamma_auto_prices_rounds_at_the_batch_size(target, draft, monkeypatch):
         asked.append(rows)
         return flat
 
-    monkeypatch.setattr(mtad.engine, "measure_costs", measured)
+    monkeypatch.setattr(mtad.decoding.loop, "measure_costs", measured)
     budgets = [6, 30, 30, 30]  # row 0 leaves early: three rows are priced as two from then on
     generation = mtad.stream(
         target, draft, PROMPTS, method="sd", gamma="auto", max_new_tokens=30, seed=0, **NO_EOS

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mtad import default_pair
-from mtad.default_pair import MANIFEST_NAME, CacheError, cache_problem, ensure_cached
+from mtad.models import default_pair
+from mtad.models.default_pair import MANIFEST_NAME, CacheError, cache_problem, ensure_cached
 
 
 def _tiny_build(calls: list[Path]):

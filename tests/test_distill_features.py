@@ -16,12 +16,13 @@ from safetensors.torch import load_file
 
 import mtad
 from conftest import tiny_llama
-from mtad.cache import CachedModel, FeatureDrafter
 from mtad.config import SamplingConfig
+from mtad.decoding.sampling import distributions
 from mtad.distill import TrainSettings, distill
 from mtad.distill.features import unrolled_outputs
 from mtad.errors import ConfigError
 from mtad.models import load_pair
+from mtad.runtime.cache import CachedModel, FeatureDrafter
 from test_distill import DATA, data_dir, target_dir  # noqa: F401 (fixtures)
 from test_feature_draft import feature_draft
 
@@ -44,10 +45,10 @@ def test_unrolled_training_forward_equals_drafting():
         cached_target = CachedModel(target, 16)
         drafter = FeatureDrafter(draft, 16, cached_target)
         cached_target.forward(sequence[:, :real_end])  # the target has read all but the last context token
-        drafter.distributions(sequence[:, : real_end + 1], sampling)
+        distributions(drafter, sequence[:, : real_end + 1], sampling)
         for depth in (2, 3):
             slot = real_end + depth - 1
-            drafter.distributions(sequence[:, slot : slot + 1], sampling)
+            distributions(drafter, sequence[:, slot : slot + 1], sampling)
             torch.testing.assert_close(
                 drafter.outputs[:, slot], unrolled[depth - 1][:, slot], atol=1e-5, rtol=0
             )

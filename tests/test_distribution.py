@@ -16,7 +16,7 @@ from scipy.stats import chisquare
 import mtad
 from conftest import tiny_llama
 from mtad.config import SamplingConfig
-from mtad.sampling import warp
+from mtad.decoding.sampling import warp
 
 VOCAB = 8
 RUNS = 2000

@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 
 import mtad
 from conftest import EOS, tiny_gpt2, tiny_llama
-from mtad.sampling import warp
+from mtad.decoding.sampling import warp
 
 NO_EOS = {"eos_token_id": []}
 PROMPTS = [[0, 5, 7, 3], [0, 2], [0, 9, 9, 9, 4, 11, 12, 6]]

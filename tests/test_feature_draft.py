@@ -1,4 +1,4 @@
-"""Feature drafts (EAGLE-style, `mtad.feature_draft`) through the one decode loop, on tiny models.
+"""Feature drafts (EAGLE-style, `mtad.models.feature_draft`) through the one decode loop, on tiny models.
 
 Every drafted method decodes with one; sd and specinfer stay lossless (chi-square, as in
 test_distribution); at temperature 0 every method equals greedy; after every round the target's
@@ -16,7 +16,7 @@ import torch
 import mtad
 from conftest import tiny_llama, tiny_tokenizer
 from mtad.errors import DraftMismatchError
-from mtad.feature_draft import FeatureDraft, build_feature_draft, is_feature_draft
+from mtad.models.feature_draft import FeatureDraft, build_feature_draft, is_feature_draft
 from test_distribution import PROMPT, VOCAB, WARP, chi_square_p_value, exact_first_two
 
 NO_EOS = {"eos_token_id": []}
@@ -189,7 +189,7 @@ def test_feature_draft_saves_loads_and_refuses_another_target(tmp_path, target, 
 
 def test_growing_a_draft_keeps_its_function_and_the_new_layer_trains(target, fdraft):
     from mtad.errors import ConfigError
-    from mtad.feature_draft import grow_feature_draft
+    from mtad.models.feature_draft import grow_feature_draft
 
     grown = grow_feature_draft(fdraft, target, 2).eval()
     assert grown.config.num_hidden_layers == 2 and len(grown.decoder.layers) == 2

@@ -12,9 +12,9 @@ import torch
 
 import mtad
 from mtad.cli import main
-from mtad.config import Limits, SpeculationConfig
+from mtad.decoding.speculation import Limits, SpeculationConfig
+from mtad.decoding.stopping import Stopper
 from mtad.errors import ConfigError
-from mtad.stopping import Stopper
 
 PROMPT = [0, 5, 7]
 

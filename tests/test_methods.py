@@ -10,13 +10,13 @@ import json
 import pytest
 
 import mtad
-from mtad.bench.runner import Sweep
+from mtad.bench.plan import Sweep
 from mtad.cli import main
 from mtad.errors import ConfigError
 from test_engine import NO_EOS, PROMPTS
 
 # `mtad.methods` is the function that lists the registry; the module behind it:
-registry = importlib.import_module("mtad.methods")
+registry = importlib.import_module("mtad.decoding.methods")
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_a_new_rule_over_an_existing_proposer(target, draft):
     """A method that accepts every draft token (not lossless: for a test only) is one record."""
     accept_all = registry.Method(
         "accept-all", "keep every draft token", "chain", lambda spec: registry.chain_sample,
-        lambda spec: registry.chain_rule(mtad.acceptance.accept_all), lossless=False,
+        lambda spec: registry.chain_rule(mtad.decoding.acceptance.accept_all), lossless=False,
         settings=frozenset({"gamma"}),
     )  # fmt: skip
     mtad.register_method(accept_all)
@@ -123,4 +123,4 @@ def test_readme_method_table_is_the_registry():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert importlib.import_module("mtad.methods").markdown_table() in readme
+    assert importlib.import_module("mtad.decoding.methods").markdown_table() in readme

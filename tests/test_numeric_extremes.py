@@ -17,8 +17,8 @@ import mtad
 from conftest import tiny_llama
 from mtad.cli import main
 from mtad.config import SamplingConfig
+from mtad.decoding.sampling import warp
 from mtad.errors import ConfigError
-from mtad.sampling import warp
 
 TINY = [1e-30, 1.1e-38, 1e-45, 1e-300, 5e-324]
 HUGE = [1e30, 3.5e38, 2.0**200, 1e308, 1.7976931348623157e308, 2**70]

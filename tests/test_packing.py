@@ -1,5 +1,6 @@
-"""Prompts that join a batch together are prefilled in one packed forward (`mtad.packing`): each
-prompt gets the logits, states and cache a forward of its own gives, common prefixes are fed once."""
+"""Prompts that join a batch together are prefilled in one packed forward
+(`mtad.runtime.ragged.packing`): each prompt gets the logits, states and cache a forward of its own
+gives, common prefixes are fed once."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from transformers import DynamicCache
 
 import mtad
 from conftest import tiny_llama
-from mtad import batch as batching
-from mtad import packing
+from mtad.decoding import batch as batching
+from mtad.runtime.ragged import packing
 from test_feature_draft import feature_draft
 
 # A shared prefix, a prompt that is a prefix of another, two identical prompts, one unrelated.

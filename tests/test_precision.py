@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mtad
-from mtad import precision
 from mtad.cli import main
 from mtad.errors import ModelLoadError
+from mtad.runtime import precision
 
 
 @pytest.fixture

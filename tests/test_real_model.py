@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def real_target():
-    from mtad.default_pair import default_target_path
+    from mtad.models.default_pair import default_target_path
 
     try:
         path = default_target_path()
@@ -84,9 +84,9 @@ def test_real_caches_match_a_fresh_forward(real_target, prompt_ids, method):
 
 @pytest.mark.parametrize("method", ["sd", "mmtad"])
 def test_a_feature_draft_on_the_real_target(real_target, prompt_ids, method):
-    """An untrained feature draft (mtad.feature_draft) of the real target: T = 0 equals greedy, and
+    """An untrained feature draft (mtad.models.feature_draft) of the real target: T = 0 equals greedy, and
     after every round the target's kept hidden states equal a fresh forward's."""
-    from mtad.feature_draft import build_feature_draft
+    from mtad.models.feature_draft import build_feature_draft
 
     model = real_target.model
     draft = build_feature_draft(model, list(range(8192))).eval()

@@ -9,8 +9,8 @@ import torch
 
 from conftest import assert_counts
 from mtad.config import SamplingConfig
+from mtad.decoding.sampling import draw, sample, warp
 from mtad.errors import NumericalError
-from mtad.sampling import draw, sample, warp
 
 
 def reference_warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The draft shipped in the package (src/mtad/data/draft/): a small feature draft (EAGLE-style,
-`mtad.feature_draft`) over an 8,192-token subset of SmolLM2's vocabulary, bound to the default
+`mtad.models.feature_draft`) over an 8,192-token subset of SmolLM2's vocabulary, bound to the default
 target by its fingerprint. Fast checks need no target; the slow group pairs it with the real one."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import mtad
-from mtad.default_pair import default_draft_path
-from mtad.feature_draft import is_feature_draft
-from mtad.vocabulary import subset_of
+from mtad.models.default_pair import default_draft_path
+from mtad.models.feature_draft import is_feature_draft
+from mtad.runtime.vocabulary import subset_of
 
 SMOLLM2_VOCAB = 49152
 #: feature_draft.target_fingerprint of SmolLM2-135M-Instruct's config (the slow test checks it live).
@@ -50,8 +50,8 @@ def test_shipped_draft_is_a_feature_draft_of_the_smollm2_vocabulary(draft_dir):
 
 @pytest.mark.slow
 def test_shipped_draft_is_bound_to_the_default_target(draft_dir):
-    from mtad.default_pair import default_target_path
-    from mtad.feature_draft import target_fingerprint
+    from mtad.models.default_pair import default_target_path
+    from mtad.models.feature_draft import target_fingerprint
 
     try:
         target_path = default_target_path()
@@ -64,7 +64,7 @@ def test_shipped_draft_is_bound_to_the_default_target(draft_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sd", "mtad", "mmtad", "specinfer"])
 def test_default_pair_at_temperature_zero_equals_greedy(draft_dir, method):
-    from mtad.default_pair import default_target_path
+    from mtad.models.default_pair import default_target_path
 
     try:
         target_path = default_target_path()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from mtad.slack_layer import SlackLayer
+from mtad.runtime.slack_layer import SlackLayer
 
 
 def _states(generator: torch.Generator, rows: int, slots: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import mtad
 from conftest import assert_counts, tiny_gpt2, tiny_llama
-from mtad.acceptance import mmtad_tree, reference_log_joints, specinfer_tree
-from mtad.cache import CachedModel
-from mtad.tree import paths_from_parents, tree_from_paths, tree_inputs
+from mtad.decoding.acceptance import mmtad_tree, reference_log_joints, specinfer_tree
+from mtad.decoding.tree import paths_from_parents, tree_from_paths, tree_inputs
+from mtad.runtime.cache import CachedModel
 
 NO_EOS = {"eos_token_id": []}
 PROMPT = [0, 5, 7, 3, 9]

@@ -9,12 +9,12 @@ import torch
 
 import mtad
 from conftest import tiny_llama, tiny_subset_draft, tiny_tokenizer
-from mtad.cache import CachedModel
 from mtad.config import SamplingConfig
+from mtad.decoding.sampling import warp
 from mtad.errors import VocabularyMismatchError
 from mtad.models import load_pair
-from mtad.sampling import warp
-from mtad.vocabulary import TokenSubset, subset_of, target_logits
+from mtad.runtime.cache import CachedModel
+from mtad.runtime.vocabulary import TokenSubset, subset_of, target_logits
 from test_distribution import PROMPT, RUNS, VOCAB, WARP, chi_square_p_value, exact_first_two
 
 NO_EOS = {"eos_token_id": []}

@@ -7,8 +7,10 @@ result.text, result.stats.acceptance_rate, result.stats.block_efficiency
 """
 
 from mtad.api import generate, stream
-from mtad.config import Limits, SamplingConfig, SpeculationConfig, StopConfig
-from mtad.engine import Block, Generation, GenerationResult, Stats
+from mtad.config import SamplingConfig, StopConfig
+from mtad.decoding.loop import Block, Generation, GenerationResult, Stats
+from mtad.decoding.methods import METHODS, Method, methods, register_method
+from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import (
     ConfigError,
     ContextLengthError,
@@ -17,7 +19,6 @@ from mtad.errors import (
     NumericalError,
     VocabularyMismatchError,
 )
-from mtad.methods import METHODS, Method, methods, register_method
 from mtad.models import LoadedModel, encode_prompt, load_model, load_pair
 
 __all__ = [

@@ -7,17 +7,10 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from mtad.batch import BatchGeneration
-from mtad.config import (
-    DEFAULT_MAX_NEW_TOKENS,
-    SEED_LIMIT,
-    Limits,
-    SamplingConfig,
-    SpeculationConfig,
-    StopConfig,
-    shown,
-)
-from mtad.engine import Generation, GenerationResult
+from mtad.config import DEFAULT_MAX_NEW_TOKENS, SEED_LIMIT, SamplingConfig, StopConfig, shown
+from mtad.decoding.batch import BatchGeneration
+from mtad.decoding.loop import Generation, GenerationResult
+from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import check_fits_context, check_heads_compatible, output_width, pair_context_length
 
@@ -142,13 +135,13 @@ def generate(
     `input_ids`: token ids of the prompt (a list, or a tensor [len] / [1, len]), or a string when
     `tokenizer` is given (encoded as is; apply a chat template first if you want one). A batch of
     prompts (a list of those, of any lengths, or a tensor [rows, len]) decodes together
-    (`mtad.batch`) and returns one result per prompt, in order; `seed` is then one integer (prompt
+    (`mtad.decoding.batch`) and returns one result per prompt, in order; `seed` is then one integer (prompt
     i uses seed + i) or a list with one seed per prompt. `batch_invariant=True` decodes each prompt
     as if alone (its tokens never depend on the other prompts; no forward is shared).
     `eos_token_id`: None takes the target's generation config; [] disables EOS.
     `tree` (specinfer): branching per depth, e.g. (4, 2, 2). `reference` (mmtad): best, max or own.
     Lossless methods (`ar`, `greedy`, `sd`, `specinfer`) sample exactly the warped target
-    distribution; `mtad`, `mmtad` and `mtjd` deliberately do not (see `mtad.acceptance`).
+    distribution; `mtad`, `mmtad` and `mtjd` deliberately do not (see `mtad.decoding.acceptance`).
     """
     generation = stream(target, draft, input_ids, **settings)
     for _ in generation:

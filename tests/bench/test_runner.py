@@ -15,20 +15,13 @@ from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import NullMeter
 from mtad.bench.humaneval import CHAT_PROMPT_VERSION
 from mtad.bench.machine import PeakMemory
+from mtad.bench.plan import BenchConfig, Sweep, plan_variants, sample_seed, schedule
 from mtad.bench.rundir import load_results, prepare_output_dir
-from mtad.bench.runner import (
-    BenchConfig,
-    BenchContext,
-    Sweep,
-    plan_variants,
-    run_sample,
-    sample_seed,
-    schedule,
-)
+from mtad.bench.runner import BenchContext, run_sample
 from mtad.bench.scoring import encode_record, prompt_is_chat, stop_strings, uses_chat
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
-from mtad.scoring import target_logprobs
+from mtad.models.scoring import target_logprobs
 
 DECODING = {k: v for k, v in DEFAULT_SETTINGS.items() if k not in ("method", "seed")} | {
     "top_k": 10,

@@ -9,7 +9,7 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from mtad.config import Limits
+from mtad.decoding.speculation import Limits
 from mtad.serve import ServeConfig, create_app
 from serve.conftest import DEFAULTS, MODEL, tiny_pair
 from serve.test_errors import CHAT, CHAT_VALID, COMPLETIONS, VALID, request

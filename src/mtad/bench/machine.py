@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mtad.precision import dtype_name
+from mtad.runtime.precision import dtype_name
 
 CUDA_MEMORY_KIND = "torch.cuda.max_memory_allocated during each generation"
 CPU_MEMORY_KIND = "peak RSS of the bench process (ru_maxrss; includes model loading and scoring)"
@@ -47,7 +47,7 @@ RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile
 
 def relevant_flags() -> str:
     """The RELEVANT_FLAGS this CPU has, space-separated (or which it lacks, all of them)."""
-    from mtad.precision import cpu_flags
+    from mtad.runtime.precision import cpu_flags
 
     flags = cpu_flags()
     return " ".join(flag for flag in RELEVANT_FLAGS if flag in flags) or "none of " + " ".join(RELEVANT_FLAGS)

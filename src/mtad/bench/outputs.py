@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mtad.bench import plots
+from mtad.bench.plan import BenchConfig, Variant, format_sweep_value
 from mtad.bench.report import render_report
 from mtad.bench.rundir import CONFIG_FILE, MACHINE_FILE
-from mtad.bench.runner import BenchConfig, Variant, format_sweep_value
 from mtad.bench.summary import summarize, write_summary_csv
 
 SUMMARY_FILE = "summary.csv"

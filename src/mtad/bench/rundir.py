@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mtad.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mtad.bench.runner import BenchConfig
+    from mtad.bench.plan import BenchConfig
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"

@@ -15,11 +15,11 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
+from mtad.decoding.methods import get_method
 from mtad.errors import ConfigError, DatasetError
-from mtad.methods import get_method
-from mtad.precision import dtype_name
 from mtad.runtime.fast import load_settings
 from mtad.runtime.fast import resolve as resolve_fast_path
+from mtad.runtime.precision import dtype_name
 
 _DEFAULT_METHODS = "ar,sd,mtad"
 
@@ -157,7 +157,7 @@ def _judge_settings(args: argparse.Namespace):
 
 def build_config(args: argparse.Namespace):
     """The validated BenchConfig of the command line; raises MtadError on bad input."""
-    from mtad.bench.runner import BenchConfig, Sweep
+    from mtad.bench.plan import BenchConfig, Sweep
 
     if args.method is not None:
         raise ConfigError("mtad bench takes --methods (a comma list), not --method")
@@ -203,7 +203,7 @@ def _weights_device(args: argparse.Namespace) -> str:
 def _default_draft(args: argparse.Namespace) -> str | None:
     if args.target is not None:
         return None
-    from mtad.default_pair import default_draft_path
+    from mtad.models.default_pair import default_draft_path
 
     path = default_draft_path()
     return None if path is None else str(path)
@@ -233,7 +233,7 @@ def command_line(config, out: Path) -> str:
     if config.batch_size != 1:
         words += ["--batch-size", str(config.batch_size)]
     if config.sweep is not None:
-        from mtad.bench.runner import format_sweep_value
+        from mtad.bench.plan import format_sweep_value
 
         words += [
             "--sweep",
@@ -266,9 +266,10 @@ def _decoding_words(decoding: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from mtad.bench.datasets import load_dataset
     from mtad.bench.outputs import write_outputs
+    from mtad.bench.plan import needs_draft, plan_variants
     from mtad.bench.report import speed_table
     from mtad.bench.rundir import LOCK_FILE, prepare_output_dir
-    from mtad.bench.runner import needs_draft, plan_variants, run_bench
+    from mtad.bench.runner import run_bench
     from mtad.bench.summary import summarize
     from mtad.locking import exclusive_directory
 

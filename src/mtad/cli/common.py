@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SEED_LIMIT, Limits, parse_gamma
-from mtad.methods import methods
+from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SEED_LIMIT, parse_gamma
+from mtad.decoding.methods import methods
+from mtad.decoding.speculation import Limits
 from mtad.models import LoadedModel, load_pair
-from mtad.precision import DTYPES
 from mtad.runtime.fast import FAST_MODES, QUANTIZE_FORMATS
+from mtad.runtime.precision import DTYPES
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +149,7 @@ def load_pair_from_args(
     """The pair named on the command line, or the built-in default pair when --target is omitted."""
     target, draft = args.target, args.draft
     if target is None:
-        from mtad.default_pair import default_draft_path, default_target_path
+        from mtad.models.default_pair import default_draft_path, default_target_path
 
         target = default_target_path()
         if draft is None:

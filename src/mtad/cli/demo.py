@@ -22,12 +22,12 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
-from mtad.config import SpeculationConfig
+from mtad.decoding.methods import methods as registered
+from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
-from mtad.methods import methods as registered
 from mtad.models import encode_prompt
-from mtad.precision import dtype_name
-from mtad.scoring import target_logprobs
+from mtad.models.scoring import target_logprobs
+from mtad.runtime.precision import dtype_name
 
 # Written for this demo: none of them comes from MT-Bench, HumanEval or Spider, nor from the
 # distillation instructions, so the draft never saw them.

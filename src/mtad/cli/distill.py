@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--kind",
         choices=("tokens", "features"),
         help="tokens: the target's own layers over tokens (default); features: an EAGLE-style draft "
-        "reading the target's hidden states (mtad.feature_draft)",
+        "reading the target's hidden states (mtad.models.feature_draft)",
     )
     group.add_argument("--layers", help='tokens: target layers the draft keeps, e.g. "0,-1" (default: 0)')
     group.add_argument(
@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--draft-vocab",
         type=int,
         help="predict only the K target tokens with the most teacher mass (a smaller, faster head; "
-        "lossless methods stay lossless, see mtad.vocabulary). Default: the whole vocabulary",
+        "lossless methods stay lossless, see mtad.runtime.vocabulary). Default: the whole vocabulary",
     )
     group.add_argument(
         "--save-dtype", choices=("float32", "float16", "bfloat16"), help="dtype of the final draft weights"
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     )
     target = args.target
     if target is None:
-        from mtad.default_pair import default_target_path
+        from mtad.models.default_pair import default_target_path
 
         target = default_target_path()
     report = distill(

@@ -16,7 +16,7 @@ from mtad.cli.common import (
 )
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
-from mtad.precision import dtype_name
+from mtad.runtime.precision import dtype_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,7 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
-from mtad.config import SpeculationConfig
+from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.serve.app import ServeConfig
 from mtad.serve.auth import check_key
@@ -162,7 +162,7 @@ def _model_name(args: argparse.Namespace) -> str:
     if args.served_model_name:
         return args.served_model_name
     if args.target is None:
-        from mtad.default_pair import TARGET_NAME
+        from mtad.models.default_pair import TARGET_NAME
 
         return TARGET_NAME
     return str(args.target)

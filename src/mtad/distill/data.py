@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mtad.distill import conversations, instructions
 from mtad.errors import MtadError
 from mtad.models import encode_prompt
-from mtad.precision import resolve_dtype
+from mtad.runtime.precision import resolve_dtype
 
 MANIFEST_NAME = "data_manifest.json"
 BENCHMARK_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "mtbench_question.jsonl"

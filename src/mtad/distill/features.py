@@ -1,4 +1,4 @@
-"""Training a feature draft (`mtad.feature_draft`): teacher states, unrolled steps, held-out table.
+"""Training a feature draft (`mtad.models.feature_draft`): teacher states, unrolled steps, held-out table.
 
 What the draft reads (the chosen layers' hidden states) and what it learns (the teacher's top-64
 next-token log-probs) come from one float32 target forward per training sample (`sample_signal`),
@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from mtad.decoding.sampling import warp
 from mtad.distill.metrics import PAPER_SAMPLING, topk_kl
-from mtad.sampling import warp
-from mtad.vocabulary import TokenSubset
+from mtad.runtime.vocabulary import TokenSubset
 
 
 def target_signal(target, input_ids, attention_mask, layers: list[int], rows, columns):

@@ -2,7 +2,7 @@
 
 - "tokens": a few of the target's own layers over tokens (`student.py`), learning from the teacher
   top-k stored with the data.
-- "features": an EAGLE-style draft over the target's hidden states (`mtad.feature_draft`), learning
+- "features": an EAGLE-style draft over the target's hidden states (`mtad.models.feature_draft`), learning
   from a live target forward per batch with unrolled draft steps (`features.py`).
 
 Each kind builds the initial draft, reconnects a draft loaded from a checkpoint, computes the
@@ -29,9 +29,9 @@ from mtad.distill.student import (
     reduce_vocabulary,
 )
 from mtad.errors import ConfigError
-from mtad.feature_draft import build_feature_draft, grow_feature_draft, is_feature_draft
 from mtad.models import output_width
-from mtad.vocabulary import TokenSubset, subset_of
+from mtad.models.feature_draft import build_feature_draft, grow_feature_draft, is_feature_draft
+from mtad.runtime.vocabulary import TokenSubset, subset_of
 
 KINDS = ("tokens", "features")
 

@@ -15,9 +15,9 @@ import torch
 from transformers import DynamicCache
 
 from mtad.config import SamplingConfig
+from mtad.decoding.sampling import warp
 from mtad.models import output_width
-from mtad.sampling import warp
-from mtad.vocabulary import target_logits
+from mtad.runtime.vocabulary import target_logits
 
 PAPER_SAMPLING = SamplingConfig(temperature=1.0, top_k=10, top_p=0.9)
 

@@ -3,7 +3,7 @@
 Why this shape (measured on the 2-core CPU, SmolLM2-135M target, 1 token after a 200-token
 prefix, see docs/distill.md): the target forward costs ~63 ms; the 49152 x 576 output head alone
 ~9 ms, so it dominates any small draft. Hence `reduce_vocabulary` (`--draft-vocab K`, format in
-`mtad.vocabulary`): the draft keeps only the K target ids with the most teacher probability in the
+`mtad.runtime.vocabulary`): the draft keeps only the K target ids with the most teacher probability in the
 training answers; with K = 8192 a one-layer draft costs ~4 ms (ratio ~0.06), and the lossless
 methods stay lossless because q = 0 outside the subset.
 The layers come from the target (default: its first, with its final norm and tied embeddings):
@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from mtad.errors import ConfigError, VocabularyMismatchError
 from mtad.models import check_same_vocabulary, load_model, output_width
-from mtad.vocabulary import CONFIG_KEY, subset_of
+from mtad.runtime.vocabulary import CONFIG_KEY, subset_of
 
 _LAYER_KEY = re.compile(r"(^|\.)layers\.(\d+)\.")
 

@@ -59,10 +59,10 @@ class TrainSettings:
     seed: int = 0
     layers: str | None = None  # target layers to keep, e.g. "0,-1" (None: the first alone)
     checkpoint_every: int = 100
-    draft_vocab: int | None = None  # target ids the draft predicts (None: all; see mtad.vocabulary)
+    draft_vocab: int | None = None  # target ids the draft predicts (None: all; see mtad.runtime.vocabulary)
     save_dtype: str = "float32"  # dtype of the final draft's weights (training is float32)
     kind: str = (
-        "tokens"  # "tokens" (target layers over tokens) or "features" (EAGLE-style, mtad.feature_draft)
+        "tokens"  # "tokens" (target layers over tokens) or "features" (EAGLE-style, models.feature_draft)
     )
     feature_layers: str | None = None  # features: target hidden_states indices, e.g. "2,15,30"
     draft_layers: int = 1  # features: decoder layers (initialised from the target's first ones)

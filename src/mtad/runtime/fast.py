@@ -131,7 +131,7 @@ def resolve(
 ) -> tuple[FastPath, torch.dtype]:
     """The plan for a model about to be loaded, and the dtype it then runs in (`dtype` None or
     "auto": the packed format's activation dtype when it packs, else the device's best)."""
-    from mtad.precision import resolve_dtype
+    from mtad.runtime.precision import resolve_dtype
 
     asked = dtype not in (None, "auto") and resolve_dtype(dtype, device) != torch.float32
     path = plan(fast, quantize, device, dtype_asked=asked, device_map=device_map)
@@ -174,7 +174,7 @@ def fast_path_of(model: nn.Module) -> FastPath | None:
 
 
 def weights_format(model: nn.Module) -> str:
-    """How `model`'s linear weights are stored: part of what a forward costs (`mtad.adaptive`)."""
+    """How `model`'s linear weights are stored: part of what a forward costs (`mtad.decoding.adaptive`)."""
     path = fast_path_of(model)
     return path.weights if path is not None else "dense"
 
@@ -213,7 +213,7 @@ def fp16_self_test(repeats: int = 7) -> SelfTest:
     cache, so weights stream from memory as they do in a forward. Medians of interleaved rounds
     (first dropped) at 1 and 4 rows (decoding) and at each of CROSSOVER_ROWS; ~1 s, once a process.
     """
-    from mtad.precision import auto_dtype
+    from mtad.runtime.precision import auto_dtype
 
     dense_dtype = auto_dtype("cpu").dtype
     generator = torch.Generator().manual_seed(0)

@@ -29,11 +29,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mtad.api import stream
-from mtad.config import Limits, SpeculationConfig
-from mtad.engine import Generation
+from mtad.decoding.loop import Generation
+from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import ConfigError, ContextLengthError, MtadError, NumericalError
 from mtad.models import LoadedModel, pair_context_length
-from mtad.precision import dtype_name
+from mtad.runtime.precision import dtype_name
 from mtad.serve.auth import OPEN_PATHS, ApiKeyMiddleware, check_key
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
 from mtad.serve.responses import Reply, error_response, failure, server_error, sse, too_large
@@ -158,7 +158,9 @@ class _Server:
             "dtype": dtype_name(self.target.model.dtype),
             "draft_dtype": dtype_name(self.draft.model.dtype) if self.draft else None,
             "fast_path": self.target.fast_path.as_dict() if self.target.fast_path else None,
-            "draft_fast_path": self.draft.fast_path.as_dict() if self.draft and self.draft.fast_path else None,
+            "draft_fast_path": self.draft.fast_path.as_dict()
+            if self.draft and self.draft.fast_path
+            else None,
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from mtad.engine import GenerationResult
+from mtad.decoding.loop import GenerationResult
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

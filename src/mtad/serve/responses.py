@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 
-from mtad.engine import GenerationResult
+from mtad.decoding.loop import GenerationResult
 from mtad.errors import NumericalError
 from mtad.serve.scheduler import Event
 from mtad.serve.schemas import ApiError

@@ -3,7 +3,7 @@
 Contract:
 - With `max_batch_size` 1, generations run one at a time, start to finish, on the worker thread
   (the models are not thread-safe). With more, the worker decodes up to that many requests
-  together (continuous batching, `mtad.batch`): a waiting request joins the running batch at the
+  together (continuous batching, `mtad.decoding.batch`): a waiting request joins the running batch at the
   next block boundary and leaves it when it is done; requests with different methods and
   settings share the batch (each row has its own seed and settings). A request alone gets the
   tokens it gets with batching off; in a batch it gets the same distribution, with tokens
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
-from mtad.batch import Batch, Row
-from mtad.engine import Generation
+from mtad.decoding.batch import Batch, Row
+from mtad.decoding.loop import Generation
 
 TERMINAL = ("done", "error", "timeout")
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mtad.runtime.attention import additive_mask
+
 
 @dataclass(frozen=True)
 class TreeBuffers:
@@ -104,10 +106,3 @@ def tree_inputs(
         torch.arange(cached_context, context), context + tree.depths[fed : fed + new] - 1
     ]).unsqueeze(0)  # fmt: skip
     return positions.to(device), additive_mask(visible, dtype)[None, None].to(device)
-
-
-def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The additive form transformers takes for a custom mask: 0 where `visible`, the dtype's lowest
-    value elsewhere."""
-    zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
-    return zeros.masked_fill(~visible, torch.finfo(dtype).min)

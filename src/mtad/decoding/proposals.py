@@ -6,9 +6,9 @@ distributions they were drawn from. It leaves the drafting model's cache holding
 sequence plus the block's first n - 1 tokens (the last draft token is never fed); the round rolls
 it back after acceptance.
 
-State across rounds lives in the drafting model (`mtad.cache`), which the engine keeps for the
+State across rounds lives in the drafting model (`mtad.runtime.cache`), which the engine keeps for the
 whole generation and tells each round's outcome through `Round.roll_back`. A draft that reads the
-target's hidden states (`mtad.cache.FeatureDrafter`) receives them through the target's cache: the
+target's hidden states (`mtad.runtime.cache.FeatureDrafter`) receives them through the target's cache: the
 target keeps, for every position it has cached, the `hidden_states` layers the draft's config
 names (`feature_layers`: 0 = embeddings, L = the last layer after the final norm), made by the
 verification forward of each round and rolled back with the target's cache; a drafter that is not
@@ -24,10 +24,10 @@ from typing import Protocol
 
 import torch
 
-from mtad.cache import CachedModel
 from mtad.config import SamplingConfig
-from mtad.sampling import draw, normalise, sample
-from mtad.tree import TreeBuffers, paths_from_parents, tree_from_paths, tree_inputs
+from mtad.decoding.sampling import distributions, draw, normalise, sample
+from mtad.decoding.tree import TreeBuffers, paths_from_parents, tree_from_paths, tree_inputs
+from mtad.runtime.cache import CachedModel
 
 
 class Round(Protocol):
@@ -69,7 +69,7 @@ class Proposal:
         n = self.tokens.shape[1]
         feed = torch.cat([sequence, self.tokens.to(sequence.device)], dim=1)[:, target.length :]
         keep = min(n + 1, feed.shape[1])
-        p = target.distributions(feed, sampling, keep)  # [1, keep, vocab]
+        p = distributions(target, feed, sampling, keep)  # [1, keep, vocab]
         if keep < n + 1:  # the target drafted the block itself (MTJD): its q rows are its p rows
             p = torch.cat([self.probs[:, : n + 1 - keep].to(p.device), p], dim=1)
         return p
@@ -95,7 +95,7 @@ def chain_sample(
     feed = sequence[:, drafter.length :]  # the committed tokens the draft has not seen yet
     tokens, probs = [], []
     for _ in range(n):
-        q = drafter.distributions(feed, sampling)[:, -1]  # [rows, vocab]
+        q = distributions(drafter, feed, sampling)[:, -1]  # [rows, vocab]
         token = sample(q, generator)  # [rows]
         tokens.append(token)
         probs.append(q)
@@ -125,7 +125,7 @@ def beam_sample(
     if sequence.shape[0] != 1:
         raise NotImplementedError("beam sampling drafts for one prompt at a time")
     feed = sequence[:, drafter.length :]
-    q = drafter.distributions(feed, sampling)[:, -1]  # [1, vocab]
+    q = distributions(drafter, feed, sampling)[:, -1]  # [1, vocab]
     first = _draw(q[0], width, with_replacement, generator)  # [beams]
     joint = normalise(q[0, first])  # [beams]
     # Per step: each beam's new token, its parent beam and the q it was drawn from. Only the best
@@ -134,7 +134,7 @@ def beam_sample(
     if n > 1:
         drafter.repeat(len(first))
     for _ in range(1, n):
-        q = drafter.distributions(tokens[-1].unsqueeze(-1), sampling)[:, -1]  # [beams, vocab]
+        q = distributions(drafter, tokens[-1].unsqueeze(-1), sampling)[:, -1]  # [beams, vocab]
         parent, token, joint = _beam_step(joint, q, width, with_replacement, generator)
         tokens.append(token)
         parents.append(parent)
@@ -210,7 +210,7 @@ class TreeProposal:
         positions, mask = tree_inputs(self.tree, sequence.shape[1], pending.shape[1], 0, nodes,
                                       dtype=target.dtype, device=target.device)  # fmt: skip
         feed = torch.cat([pending, self.tokens.unsqueeze(0).to(pending.device)], dim=1)
-        return target.distributions(feed, sampling, nodes + 1, positions, mask)
+        return distributions(target, feed, sampling, nodes + 1, positions, mask)
 
     def roll_back(self, models: list[CachedModel], context: int, path: list[int]) -> None:
         for model in models:
@@ -225,7 +225,7 @@ class _TreeBuilder:
     def __init__(self, drafter: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> None:
         self.drafter, self.sampling = drafter, sampling
         self.context = sequence.shape[1]
-        root = drafter.distributions(sequence[:, drafter.length :], sampling)[0, -1]  # [vocab]
+        root = distributions(drafter, sequence[:, drafter.length :], sampling)[0, -1]  # [vocab]
         self.tokens: list[int] = []
         self.parents: list[int] = []
         self.log_joint: list[float] = []
@@ -248,7 +248,7 @@ class _TreeBuilder:
         positions, mask = tree_inputs(tree, self.context, pending=0, fed=frontier[0], new=len(frontier),
                                       dtype=self.drafter.dtype, device=self.drafter.device)  # fmt: skip
         feed = torch.tensor([[self.tokens[i] for i in frontier]])
-        q = self.drafter.distributions(feed, self.sampling, len(frontier), positions, mask)[0]
+        q = distributions(self.drafter, feed, self.sampling, len(frontier), positions, mask)[0]
         self.rows.update({node: q[k] for k, node in enumerate(frontier)})
         return q
 

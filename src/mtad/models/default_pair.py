@@ -38,7 +38,7 @@ WHEEL_ENV = "MTAD_SMOLLM2_WHEEL"
 MANIFEST_NAME = "mtad_manifest.json"
 MANIFEST_FORMAT = 1
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_DRAFT_DIR = Path(__file__).parent / "data" / "draft"
+_DRAFT_DIR = Path(__file__).parent.parent / "data" / "draft"
 
 
 class CacheError(ModelLoadError):
@@ -221,6 +221,6 @@ def convert_default_target(out_dir: Path) -> dict:
     return {
         "model": TARGET_NAME,
         "source": {"pypi": TARGET_WHEEL_REQUIREMENT, "gguf": TARGET_GGUF_MEMBER, "gguf_sha256": gguf_sha256},
-        "converted_by": "mtad.default_pair",
+        "converted_by": "mtad.models.default_pair",
         "conversion_seconds": round(seconds, 1),
     }

@@ -1,7 +1,7 @@
 """The one decode loop: propose -> verify -> commit. Every method runs through it.
 
 A method is a proposer (who drafts the block, and how) plus an acceptance rule (pure function in
-`mtad.acceptance`). Target-only methods propose an empty block, so `ar` is the same loop with
+`mtad.decoding.acceptance`). Target-only methods propose an empty block, so `ar` is the same loop with
 nothing to verify; MTJD lets the target draft for itself, so its "verification" only adds the
 target distribution after the block.
 
@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from mtad.adaptive import Costs, GammaPolicy, measure_costs
-from mtad.cache import CachedModel, KVStore, drafter_for
-from mtad.config import SamplingConfig, SpeculationConfig, StopConfig
-from mtad.drafting import empty_proposal
-from mtad.methods import TARGET_ONLY
+from mtad.config import SamplingConfig, StopConfig
+from mtad.decoding.adaptive import Costs, GammaPolicy, measure_costs
+from mtad.decoding.methods import TARGET_ONLY
+from mtad.decoding.proposals import empty_proposal
+from mtad.decoding.speculation import SpeculationConfig
+from mtad.decoding.stopping import Stopper
 from mtad.models import output_width
-from mtad.stopping import Stopper
+from mtad.models.feature_draft import is_feature_draft
+from mtad.runtime.cache import CachedModel, FeatureDrafter, KVStore
 
 
 @dataclass
@@ -189,7 +191,8 @@ class Generation:
         self.choose_depth: Callable[[GammaPolicy, int], int] = GammaPolicy.choose
 
     def use_stores(self, target_store: KVStore, draft_store: KVStore | None) -> None:
-        """Decode as a row of a batch (`mtad.batch`): keep the caches in the batch's, not in our own."""
+        """Decode as a row of a batch (`mtad.decoding.batch`): keep the caches in the batch's, not in our
+        own."""
         if self._started:
             raise RuntimeError("a generation joins a batch before its first block")
         self.target.store = target_store
@@ -266,6 +269,13 @@ class Generation:
         stats.draft_calls = drafter.calls if drafter is not None and drafter is not target else 0
         text = stopper.visible_text(generated, finished=True) if self.tokenizer is not None else None
         self.result = GenerationResult(generated, text, stats, finish, self.seed)
+
+
+def drafter_for(draft: PreTrainedModel, target: CachedModel) -> CachedModel:
+    """The cached drafting model for `draft`: a feature draft reads `target`'s states."""
+    if is_feature_draft(draft):
+        return FeatureDrafter(draft, target.vocab_size, target)
+    return CachedModel(draft, target.vocab_size)
 
 
 class _Generators:

@@ -8,7 +8,7 @@ picks the g in 0..depth that maximises expected tokens per second:
 
 - Costs (`Costs`) are measured once per model pair and process, before the first auto round:
   target forwards of k new tokens after a prefix and draft steps of 1 and of `beam_width` tokens,
-  median of interleaved repeats, through `CachedModel.distributions` so the warp is included.
+  median of interleaved repeats, through `sampling.distributions` so the warp is included.
 - a_j = P(L >= j) are estimated online from the rounds so far as a chain of conditional rates
   (see `GammaPolicy`), from counts decayed by `DECAY` each round. The decay also runs in rounds
   that draft nothing, so a policy that stopped drafting drifts back to its prior and probes
@@ -30,11 +30,13 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import PreTrainedModel
 
-from mtad.cache import CachedModel
-from mtad.config import SamplingConfig, SpeculationConfig
+from mtad.config import SamplingConfig
+from mtad.decoding.sampling import distributions
+from mtad.decoding.speculation import SpeculationConfig
 from mtad.models import context_length, output_width
-from mtad.precision import synchronise
+from mtad.runtime.cache import CachedModel
 from mtad.runtime.fast import weights_format
+from mtad.runtime.precision import synchronise
 
 DECAY = 0.97  # per round: evidence from ~30 rounds back weighs a third of the latest
 PRIOR_ROUNDS = 2.0
@@ -295,7 +297,7 @@ def forward_seconds(
             block = torch.randint(0, vocab, (rows, k), generator=generator)
             synchronise(cached.device)
             start = time.perf_counter()
-            cached.distributions(block, sampling, keep=k)
+            distributions(cached, block, sampling, keep=k)
             synchronise(cached.device)
             times[k].append(time.perf_counter() - start)
             cached.truncate(prefix_len)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from mtad.config import REFERENCES
-from mtad.sampling import normalise, sample
-from mtad.tree import path_to
+from mtad.decoding.sampling import normalise, sample
+from mtad.decoding.tree import path_to
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 
 from mtad.config import SamplingConfig
 from mtad.errors import NumericalError
+from mtad.runtime.cache import CachedModel
 
 #: Temperatures float32 divides exactly enough (its normal range); outside it, float64 divides.
 _FLOAT32 = torch.finfo(torch.float32)
@@ -52,6 +53,27 @@ def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
         probs = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         return probs.scatter(-1, order, kept)
     return _warp_sorted_full(_scaled(logits, row_max, sampling.temperature), sampling.top_p)
+
+
+@torch.inference_mode()
+def distributions(
+    model: CachedModel,
+    tokens: torch.Tensor,  # [rows, m] fed after the model's cache
+    sampling: SamplingConfig,
+    keep: int = 1,
+    position_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`model.forward`, then the warp: distributions of the last `keep` positions [rows, keep, V].
+
+    A subset draft is warped over its own K ids and only then scattered to target width: the
+    same distribution as warping target-width logits that are -inf outside the subset (the
+    warp never gives those ids mass), with K / V of the vocabulary-wide work.
+    """
+    logits = model.own_logits(tokens, keep, position_ids, attention_mask)
+    if model.subset is not None:
+        return model.subset.to_target_probs(warp(logits[..., : model.subset.size], sampling))
+    return warp(model.align_vocab(logits), sampling)
 
 
 def _scaled(logits: torch.Tensor, row_max: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -7,7 +7,7 @@ the default pair with 8 rows the copies took 23 % of a batch's time (torch profi
 spare capacity, grown by a quarter when it runs out, so appending costs what it writes.
 
 `keys` and `values` are views of the first `used` slots of the storage, so everything that reads
-them (attention, `mtad.batch`) sees a plain [rows, heads, slots, dim] tensor. Anything that
+them (attention, `mtad.decoding.batch`) sees a plain [rows, heads, slots, dim] tensor. Anything that
 assigns them (crop, row selection, compaction) hands over a new tensor, which becomes the storage
 (no spare slots until the next append), except a view that keeps the storage's leading slots
 (a crop): then only the count of used slots shrinks.

@@ -3,9 +3,9 @@ every check, the CLI's help, the server's validation and the bench's sweep rules
 
 A method is a *shape* (how a round is drafted: nothing, a chain, beams, a beam tree, a branching
 tree, or the target's own beams), a *proposer* for that shape, an *acceptance rule* (a pure
-function of `mtad.acceptance` returning a `Verdict`, given the round's `Round`), whether it is lossless, and
-which decoding settings it reads. Adding one is one record (plus, if new, one rule and one
-proposer):
+function of `mtad.decoding.acceptance` returning a `Verdict`, given the round's `Round`),
+whether it is lossless, and which decoding settings it reads. Adding one is one record (plus,
+if new, one rule and one proposer):
 
     import dataclasses, mtad
     mine = dataclasses.replace(mtad.methods()["sd"], name="my-sd", description="sd, renamed")
@@ -21,14 +21,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
+from typing import Protocol
 
 import torch
 
-from mtad import acceptance
-from mtad.cache import CachedModel
-from mtad.config import SamplingConfig, SpeculationConfig, shown
-from mtad.drafting import Proposal, Round, TreeProposal, beam_sample, beam_tree, branching_tree, chain_sample
+from mtad.config import SamplingConfig, shown
+from mtad.decoding import acceptance
+from mtad.decoding.proposals import (
+    Proposal,
+    Round,
+    TreeProposal,
+    beam_sample,
+    beam_tree,
+    branching_tree,
+    chain_sample,
+)
 from mtad.errors import ConfigError
+from mtad.runtime.cache import CachedModel
+
+
+class MethodSettings(Protocol):
+    """The settings a method's parts are built from (`mtad.decoding.speculation.SpeculationConfig`
+    has them all; the registry needs no more, so it sits below the settings that ask it)."""
+
+    gamma: int | str
+    beam_width: int
+    threshold: float
+    with_replacement: bool
+    tree: tuple[int, ...]
+    reference: str
+
 
 #: (drafter, committed sequence [1, len], depth n, warp, generator) -> the round's draft (a `Round`).
 Proposer = Callable[[CachedModel, torch.Tensor, int, SamplingConfig, torch.Generator], Round]
@@ -50,8 +72,8 @@ class Method:
     name: str
     description: str
     shape: str
-    proposer: Callable[[SpeculationConfig], Proposer | None]
-    rule: Callable[[SpeculationConfig], Acceptor]
+    proposer: Callable[[MethodSettings], Proposer | None]
+    rule: Callable[[MethodSettings], Acceptor]
     lossless: bool
     settings: frozenset[str] = frozenset()
 
@@ -77,7 +99,7 @@ class Method:
 
 
 def chain_rule(rule: Callable) -> Acceptor:
-    """A chain rule of `mtad.acceptance` (p, q, tokens, generator) -> Verdict, as an Acceptor."""
+    """A chain rule of `mtad.decoding.acceptance` (p, q, tokens, generator) -> Verdict, as an Acceptor."""
 
     def accept(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> acceptance.Verdict:
         return rule(p, proposal.probs, proposal.tokens, generator)
@@ -89,7 +111,7 @@ def chain_rule(rule: Callable) -> Acceptor:
 TARGET_ONLY = chain_rule(acceptance.accept_none)
 
 
-def _mmtad_rule(spec: SpeculationConfig) -> Acceptor:
+def _mmtad_rule(spec: MethodSettings) -> Acceptor:
     def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> acceptance.Verdict:
         tree = proposal.tree
         reference = acceptance.reference_log_joints(
@@ -102,7 +124,7 @@ def _mmtad_rule(spec: SpeculationConfig) -> Acceptor:
     return accept
 
 
-def _specinfer_rule(spec: SpeculationConfig) -> Acceptor:
+def _specinfer_rule(spec: MethodSettings) -> Acceptor:
     def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> acceptance.Verdict:
         return acceptance.specinfer_tree(
             p[0], proposal.probs, proposal.tokens, proposal.tree.parents, generator, spec.with_replacement
@@ -114,15 +136,15 @@ def _specinfer_rule(spec: SpeculationConfig) -> Acceptor:
 # ---- proposers, built for given settings ----------------------------------------------------------
 
 
-def _beams(spec: SpeculationConfig) -> Proposer:
+def _beams(spec: MethodSettings) -> Proposer:
     return partial(beam_sample, width=spec.beam_width, with_replacement=spec.with_replacement)
 
 
-def _beam_tree(spec: SpeculationConfig) -> Proposer:
+def _beam_tree(spec: MethodSettings) -> Proposer:
     return partial(beam_tree, width=spec.beam_width, with_replacement=spec.with_replacement)
 
 
-def _branching(spec: SpeculationConfig) -> Proposer:
+def _branching(spec: MethodSettings) -> Proposer:
     def propose(drafter, sequence, n, sampling, generator):  # depth n <= len(tree): budget or gamma auto
         return branching_tree(drafter, sequence, spec.tree[:n], sampling, generator,
                               with_replacement=spec.with_replacement)  # fmt: skip
@@ -130,11 +152,11 @@ def _branching(spec: SpeculationConfig) -> Proposer:
     return propose
 
 
-def _none(spec: SpeculationConfig) -> None:
+def _none(spec: MethodSettings) -> None:
     return None
 
 
-def _always(acceptor: Acceptor) -> Callable[[SpeculationConfig], Acceptor]:
+def _always(acceptor: Acceptor) -> Callable[[MethodSettings], Acceptor]:
     return lambda spec: acceptor
 
 

@@ -13,7 +13,7 @@ common prefix is computed once. Each prompt's *path* lists the packed positions 
 order; a packed token at logical position p of its prompt takes position id p and sees exactly
 the packed positions path[: p + 1] of a prompt it belongs to (prompts sharing it agree on those).
 So every prompt computes what it computes alone, up to floating-point rounding, and its keys and
-values are gathered along its path afterwards (`mtad.batch` joins them as a solo prefill's).
+values are gathered along its path afterwards (`mtad.decoding.batch` joins them as a solo prefill's).
 
 A packed forward holds at most `PACK_TOKENS` tokens: its attention mask and scores grow with the
 square of its length. Longer prompts are prefilled alone.

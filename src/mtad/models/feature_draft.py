@@ -68,7 +68,7 @@ class FeatureDraftConfig(PretrainedConfig):
         kwargs["vocab_size"] = len(self.mtad_token_ids)  # head rows: the predicted target ids
         super().__init__(**kwargs)
 
-    #: Inputs are target ids, embedded by the target: no draft id mapping (see mtad.vocabulary).
+    #: Inputs are target ids, embedded by the target: no draft id mapping (see mtad.runtime.vocabulary).
     embeds_with_target = True
 
     @property

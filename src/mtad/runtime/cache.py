@@ -5,8 +5,11 @@ committed (plus, transiently inside a round, the draft tokens fed after them). T
 never re-encoded: a forward feeds only what the cache lacks.
 
 The cache itself is a `KVStore`: a `SoloStore` (one `DynamicCache` per model, the plain case) or a
-row of a batch's shared cache (`mtad.batch`); `CachedModel` and everything above it do not know
-which, so one decode loop serves a prompt alone and a prompt in a batch.
+row of a batch's shared cache (`mtad.runtime.ragged.RowStore`); `CachedModel` and everything above
+it do not know which, so one decode loop serves a prompt alone and a prompt in a batch.
+
+A `CachedModel` gives logits (`forward`, `own_logits`); the warp that turns them into p or q is
+the decoding layer's (`mtad.decoding.sampling.distributions`).
 
 Rollback has one named operation per shape:
 - `truncate(length)`: a chain of tokens was rejected after `length`.
@@ -26,10 +29,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from mtad.config import SamplingConfig
-from mtad.feature_draft import is_feature_draft
-from mtad.sampling import warp
-from mtad.vocabulary import subset_of
+from mtad.runtime.vocabulary import subset_of
 
 
 class KVStore(Protocol):
@@ -100,7 +100,7 @@ class CachedModel:
 
     vocab_size: the width every distribution is aligned to (the target's), so draft and target
     probabilities index the same token ids even when one model pads its output head, or is a
-    draft over a token subset (`mtad.vocabulary`): it is fed target ids mapped to its own, and
+    draft over a token subset (`mtad.runtime.vocabulary`): it is fed target ids mapped to its own, and
     its logits come back at target width with -inf outside the subset.
     """
 
@@ -151,31 +151,11 @@ class CachedModel:
         """Feed `tokens` [rows, m] after the cache; logits of the last `keep` positions [rows, keep, V].
 
         Tree attention passes `position_ids` [rows, m] and a 4D additive `attention_mask`
-        [rows, 1, m, cached + m] (see `mtad.tree.tree_inputs`); plain causal decoding passes neither.
+        [rows, 1, m, cached + m] (see `mtad.decoding.tree.tree_inputs`); plain causal decoding passes neither.
         """
-        return self._align_vocab(self._own_logits(tokens, keep, position_ids, attention_mask))
+        return self.align_vocab(self.own_logits(tokens, keep, position_ids, attention_mask))
 
-    @torch.inference_mode()
-    def distributions(
-        self,
-        tokens: torch.Tensor,
-        sampling: SamplingConfig,
-        keep: int = 1,
-        position_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`forward`, then the warp: distributions of the last `keep` positions [rows, keep, V].
-
-        A subset draft is warped over its own K ids and only then scattered to target width: the
-        same distribution as warping target-width logits that are -inf outside the subset (the
-        warp never gives those ids mass), with K / V of the vocabulary-wide work.
-        """
-        logits = self._own_logits(tokens, keep, position_ids, attention_mask)
-        if self.subset is not None:
-            return self.subset.to_target_probs(warp(logits[..., : self.subset.size], sampling))
-        return warp(self._align_vocab(logits), sampling)
-
-    def _own_logits(
+    def own_logits(
         self,
         tokens: torch.Tensor,
         keep: int,
@@ -198,7 +178,7 @@ class CachedModel:
             self.features = fed if self.features is None else torch.cat([self.features, fed], dim=1)
         return out.logits[:, -keep:].float()
 
-    def _align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+    def align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         if self.subset is not None:
             return self.subset.to_target_logits(logits)
         width = logits.shape[-1]
@@ -246,7 +226,7 @@ class CachedModel:
 
 
 class FeatureDrafter(CachedModel):
-    """A feature draft (`mtad.feature_draft`), its cache, and the target whose states it reads.
+    """A feature draft (`mtad.models.feature_draft`), its cache, and the target whose states it reads.
 
     Slot s reads token x_s with the target's state at position s - 1 (`target.features`); a
     drafted slot reads the draft's own output at its parent slot instead (the previous slot in a
@@ -268,7 +248,7 @@ class FeatureDrafter(CachedModel):
     def ready(self, sequence: torch.Tensor) -> bool:
         return self.target.length >= sequence.shape[1] - 1
 
-    def _own_logits(self, tokens, keep, position_ids, attention_mask) -> torch.Tensor:
+    def own_logits(self, tokens, keep, position_ids, attention_mask) -> torch.Tensor:
         tokens = tokens.to(self.device)
         rows, fed = tokens.shape
         start = self.length
@@ -343,10 +323,3 @@ def _parent_slots(start: int, fed: int, attention_mask: torch.Tensor | None) -> 
     own = torch.arange(start, start + fed, device=attention_mask.device).unsqueeze(-1)
     allowed = (attention_mask[0, 0] == 0) & (columns < own)  # [fed, start + fed]
     return ((allowed * (columns + 1)).max(-1).values - 1).cpu()
-
-
-def drafter_for(draft: PreTrainedModel, target: CachedModel) -> CachedModel:
-    """The cached drafting model for `draft`: a feature draft reads `target`'s states."""
-    if is_feature_draft(draft):
-        return FeatureDrafter(draft, target.vocab_size, target)
-    return CachedModel(draft, target.vocab_size)

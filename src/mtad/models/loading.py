@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mtad.errors import ContextLengthError, ModelLoadError, VocabularyMismatchError
-from mtad.feature_draft import check_target, is_feature_draft
+from mtad.models.feature_draft import check_target, is_feature_draft
 from mtad.runtime import fast as fast_path
-from mtad.vocabulary import subset_of
+from mtad.runtime.vocabulary import subset_of
 
 
 @dataclass
@@ -37,7 +37,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer. `device_map` (accelerate) overrides `device`.
 
-    `dtype` None or "auto": the fastest dtype this device runs natively (`mtad.precision`:
+    `dtype` None or "auto": the fastest dtype this device runs natively (`mtad.runtime.precision`:
     bfloat16 on CPUs with AVX-512 BF16/AMX and on GPUs that support it, else float32), unless the
     fast path packs the linear layers (`fast`, `quantize`: see `mtad.runtime.fast`), which then
     decides the dtype the rest of the model runs in.
@@ -119,7 +119,7 @@ def output_width(model: PreTrainedModel) -> int:
 
 def check_heads_compatible(target: PreTrainedModel, draft: PreTrainedModel, tokenizer=None) -> None:
     """Output heads may differ only by padding past the real vocabulary (e.g. Qwen2.5 0.5B vs 7B),
-    or the draft predicts a subset of the target's ids (`mtad.vocabulary`, checked here)."""
+    or the draft predicts a subset of the target's ids (`mtad.runtime.vocabulary`, checked here)."""
     if subset_of(draft.config, output_width(target)) is not None:
         return
     widths = [output_width(m) for m in (target, draft)]
