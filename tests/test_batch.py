@@ -15,8 +15,8 @@ from transformers import DynamicCache
 
 import mtad
 from conftest import tiny_llama
-from mtad.decoding import batch as batching
 from mtad.errors import ConfigError, ContextLengthError
+from mtad.runtime import ragged
 from test_distribution import VOCAB, WARP, chi_square_p_value
 from test_feature_draft import feature_draft
 
@@ -78,10 +78,10 @@ def _assert_row_cache_is_fresh(store, model, sequence: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("method", ["sd", "mtad", "mmtad", "specinfer", "mtjd"])
 def test_every_rows_caches_equal_a_fresh_forward_after_every_round(target, close_draft, method, monkeypatch):
-    monkeypatch.setattr(batching, "COMPACT_MIN", 8)  # compaction happens within the run too
+    monkeypatch.setattr(ragged.slots, "COMPACT_MIN", 8)  # compaction happens within the run too
     compactions = []
-    original = batching.RaggedCache.compact
-    monkeypatch.setattr(batching.RaggedCache, "compact", lambda self: (compactions.append(1), original(self)))
+    original = ragged.RaggedCache.compact
+    monkeypatch.setattr(ragged.RaggedCache, "compact", lambda self: (compactions.append(1), original(self)))
     generation = mtad.stream(target, close_draft, PROMPTS, method=method, max_new_tokens=40, seed=3, **NO_EOS)
     rows = generation.batch.rows
     committed = [0] * len(rows)

@@ -10,8 +10,7 @@ from transformers import DynamicCache
 
 import mtad
 from conftest import tiny_llama
-from mtad.decoding import batch as batching
-from mtad.runtime.ragged import packing
+from mtad.runtime.ragged import RaggedCache, RowStore, packing
 from test_feature_draft import feature_draft
 
 # A shared prefix, a prompt that is a prefix of another, two identical prompts, one unrelated.
@@ -45,8 +44,8 @@ def test_tokens_with_different_per_token_inputs_are_not_shared():
 @pytest.mark.parametrize("keep", [1, 2, 0])
 def test_a_packed_prefill_gives_each_prompt_its_solo_logits_and_cache(keep):
     model = tiny_llama(seed=3, layers=2).float()
-    ragged = batching.RaggedCache(model)
-    stores = [batching.RowStore(ragged) for _ in PROMPTS]
+    ragged = RaggedCache(model)
+    stores = [RowStore(ragged) for _ in PROMPTS]
     requests = [
         (store, _inputs(p, keep, output_hidden_states=True)) for store, p in zip(stores, PROMPTS, strict=True)
     ]
@@ -93,14 +92,14 @@ def test_feature_draft_rows_prefill_packed_and_match_their_solo_runs():
     target = tiny_llama(seed=0, layers=3)
     draft = feature_draft(target, token_ids=[1, *range(3, 16)])
     packed = []
-    original = batching.RaggedCache._prefill_packed
+    original = RaggedCache._prefill_packed
 
     def spy(self, requests):
         packed.append(type(self.model).__name__)
         return original(self, requests)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(batching.RaggedCache, "_prefill_packed", spy)
+        patch.setattr(RaggedCache, "_prefill_packed", spy)
         settings = dict(method="sd", temperature=0.0, max_new_tokens=12, eos_token_id=[])
         results = mtad.generate(target, draft, PROMPTS, **settings)
     assert packed == ["LlamaForCausalLM", "FeatureDraft"]

@@ -18,7 +18,7 @@ import math
 import torch
 
 from mtad.config import SamplingConfig
-from mtad.sampling import draw, normalise, sample, warp
+from mtad.decoding.sampling import draw, normalise, sample, warp
 
 
 @torch.inference_mode()
