@@ -7,6 +7,7 @@
     tree          token trees as data: node order, ancestor masks, positions
     proposals     proposers (chain, beams, beam tree, branching tree) and how a round verifies
                   and rolls itself back
+    shapes        draft shapes as objects: depth, verified nodes, draft cost, needs a draft
     methods       the registry: a method = a draft shape, a proposer, a rule, its settings
     speculation   the settings that depend on a method, and the limits that size a round
     loop          the one decode loop: propose -> verify -> commit -> roll back -> record

@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 import time
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
@@ -75,20 +75,8 @@ def round_cost(spec: SpeculationConfig, drafted: int, costs: Costs) -> float:
     """Seconds of one round of `spec`'s method drafting `drafted` tokens deep (0: a target step)."""
     if drafted == 0:
         return costs.target(1)
-    width = spec.beam_width
-    if spec.shape == "chain":
-        nodes, draft = drafted, drafted * costs.draft(1)
-    elif spec.shape == "branching_tree":
-        widths, level = [], 1
-        for branches in spec.tree[:drafted]:
-            level *= branches
-            widths.append(level)
-        nodes = sum(widths)
-        draft = costs.draft(1) + sum(costs.draft(w) for w in widths[:-1])
-    else:  # beams (as rows) and a beam tree (beams as nodes): width tokens a step after the first
-        nodes = drafted * width if spec.shape == "beam_tree" else drafted
-        draft = costs.draft(1) + (drafted - 1) * costs.draft(width)
-    return costs.target(1 + nodes) + draft
+    shape = spec.shape  # its nodes and draft forwards (`mtad.decoding.shapes`)
+    return costs.target(1 + shape.nodes(spec, drafted)) + shape.draft_seconds(spec, drafted, costs)
 
 
 class GammaPolicy:
@@ -249,7 +237,7 @@ def measure_costs(
     """
     key = (_shape(target), _shape(draft), spec.shape, spec.beam_width, spec.tree, spec.depth, rows)
     if key not in _MEASURED:
-        width = max(spec.beam_width, max(spec.tree) if spec.shape == "branching_tree" else 1)
+        width = spec.shape.draft_width(spec)
         most = max(round_nodes(spec, g) for g in range(spec.depth + 1)) + 1
         target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
         vocab = output_width(target)  # a subset draft maps target ids to its own
@@ -262,12 +250,7 @@ def measure_costs(
 
 def round_nodes(spec: SpeculationConfig, drafted: int) -> int:
     """Nodes the target verifies in a round drafting `drafted` deep."""
-    if drafted == 0:
-        return 0
-    shape = replace(
-        spec, gamma=drafted, tree=spec.tree[:drafted] if spec.shape == "branching_tree" else spec.tree
-    )
-    return shape.verified_nodes()
+    return spec.shape.nodes(spec, drafted)
 
 
 def forward_seconds(

@@ -172,7 +172,7 @@ class Generation:
         # forward keep its hidden states for nothing.
         self.drafter = (
             self.target
-            if spec.shape == "self_beams"
+            if spec.shape.self_drafted
             else drafter_for(draft, self.target)
             if draft is not None and spec.needs_draft
             else None

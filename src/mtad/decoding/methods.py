@@ -36,6 +36,7 @@ from mtad.decoding.proposals import (
     branching_tree,
     chain_sample,
 )
+from mtad.decoding.shapes import SHAPES
 from mtad.errors import ConfigError
 from mtad.runtime.cache import CachedModel
 
@@ -57,9 +58,6 @@ Proposer = Callable[[CachedModel, torch.Tensor, int, SamplingConfig, torch.Gener
 #: (p, proposal, generator) -> the Verdict (accepted nodes and the next token; chains' nodes are 0..n-1).
 Acceptor = Callable[[torch.Tensor, Proposal | TreeProposal, torch.Generator], acceptance.Verdict]
 
-#: How a round is drafted; decides the nodes the target verifies and what a round costs.
-SHAPES = ("target", "chain", "beams", "beam_tree", "branching_tree", "self_beams")
-DRAFTED_SHAPES = ("chain", "beams", "beam_tree", "branching_tree")
 ENTRY_POINT_GROUP = "mtad.methods"
 
 
@@ -92,7 +90,7 @@ class Method:
 
     @property
     def needs_draft(self) -> bool:
-        return self.shape in DRAFTED_SHAPES
+        return SHAPES[self.shape].drafts
 
 
 # ---- acceptance rules, given a round's proposal ---------------------------------------------------
@@ -220,7 +218,8 @@ def markdown_table(listed: tuple[Method, ...] = BUILT_IN) -> str:
     """The README's method table, made from the registry's built-ins (a test keeps them equal)."""
     lines = ["| method | what it does | lossless | draft |", "|---|---|---|---|"]
     for method in listed:
-        draft = "the target's own" if method.shape == "self_beams" else "yes" if method.needs_draft else "no"
+        own = SHAPES[method.shape].self_drafted
+        draft = "the target's own" if own else "yes" if method.needs_draft else "no"
         lossless = "yes" if method.lossless else "no"
         lines.append(f"| `{method.name}` | {method.description} | {lossless} | {draft} |")
     return "\n".join(lines)

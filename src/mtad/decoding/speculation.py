@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, REFERENCES, is_finite_number, is_int, shown
+from mtad.config import AUTO, REFERENCES, is_finite_number, is_int, shown
 from mtad.decoding.methods import Method, get_method
+from mtad.decoding.shapes import SHAPES, Shape
 from mtad.errors import ConfigError
 
 #: Bytes of vocabulary-wide work one drafted row may cost (logits, float32 probabilities, the
@@ -73,9 +74,9 @@ class SpeculationConfig:
         return get_method(self.method)
 
     @property
-    def shape(self) -> str:
-        """How a round is drafted (`mtad.decoding.methods.SHAPES`)."""
-        return self.record.shape
+    def shape(self) -> Shape:
+        """How a round is drafted (`mtad.decoding.shapes`)."""
+        return SHAPES[self.record.shape]
 
     @property
     def adaptive(self) -> bool:
@@ -85,33 +86,17 @@ class SpeculationConfig:
     @property
     def depth(self) -> int:
         """Draft tokens per round along one path (at most, when adaptive): gamma, AUTO_MAX_GAMMA
-        for gamma "auto", or the SpecInfer tree's depth."""
-        if self.shape == "branching_tree":
-            return len(self.tree)
-        if self.gamma != AUTO:
-            return self.gamma
-        return MTJD_AUTO_GAMMA if self.shape == "self_beams" else AUTO_MAX_GAMMA
+        for gamma "auto" (mtjd: MTJD_AUTO_GAMMA), or the SpecInfer tree's depth."""
+        return self.shape.depth(self)
 
     def verified_nodes(self, stop_above: int | None = None) -> int:
         """Draft nodes the target verifies in one round (each gets a vocabulary-wide row of p).
 
         sd and mtad verify a chain of gamma tokens; mmtad every beam at every depth; specinfer the
-        whole branching tree; target-only methods nothing. Counting stops early once past
-        `stop_above`, so a tree like (1000, 1000, 1000, ...) is refused without big arithmetic.
+        whole branching tree; target-only methods nothing. Counting may stop once past
+        `stop_above` (`mtad.decoding.shapes`).
         """
-        if self.shape in ("chain", "beams"):
-            return self.depth
-        if self.shape == "beam_tree":
-            return self.depth * self.beam_width
-        if self.shape != "branching_tree":
-            return 0
-        nodes, width = 0, 1
-        for branches in self.tree:
-            width *= branches
-            nodes += width
-            if stop_above is not None and nodes > stop_above:
-                break
-        return nodes
+        return self.shape.nodes(self, self.depth, stop_above)
 
     @property
     def uses_gamma(self) -> bool:
@@ -157,10 +142,7 @@ class Limits:
 
     def check(self, spec: SpeculationConfig) -> None:
         """Raise `ConfigError` naming the first setting of `spec` over its limit."""
-        if spec.shape == "branching_tree" and len(spec.tree) > self.max_gamma:
-            raise ConfigError(
-                f"tree depth {len(spec.tree)} is over the limit of {self.max_gamma} (max_gamma)", "tree"
-            )
+        spec.shape.check_limits(spec, self.max_gamma)
         if spec.uses_gamma and spec.depth > self.max_gamma:
             raise ConfigError(
                 f"gamma {spec.gamma} (depth {spec.depth}) is over the limit of {self.max_gamma} (max_gamma)"
@@ -175,15 +157,5 @@ class Limits:
                 "beam_width",
             )
         nodes = spec.verified_nodes(stop_above=self.max_tree_nodes)
-        if nodes > self.max_tree_nodes and spec.shape == "branching_tree":
-            raise ConfigError(
-                f"tree {shown(spec.tree)} has more than {self.max_tree_nodes} nodes, "
-                f"the limit (max_tree_nodes)",
-                "tree",
-            )
         if nodes > self.max_tree_nodes:
-            raise ConfigError(
-                f"beam_width {spec.beam_width} x gamma {spec.depth} = {nodes} tree nodes a round is over "
-                f"the limit of {self.max_tree_nodes} (max_tree_nodes)",
-                "beam_width",
-            )
+            raise spec.shape.too_many_nodes(spec, nodes, self.max_tree_nodes)
