@@ -124,3 +124,25 @@ def test_readme_method_table_is_the_registry():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert importlib.import_module("mtad.decoding.methods").markdown_table() in readme
+
+
+@pytest.fixture
+def my_greedy():
+    """`greedy` re-registered as "my-greedy": a target-only method that fixes the temperature."""
+    method = mtad.register_method(dataclasses.replace(mtad.methods()["greedy"], name="my-greedy"))
+    yield method
+    registry._REGISTRY.pop("my-greedy", None)
+
+
+def test_a_method_may_fix_sampling_settings_and_greedy_is_such_a_record(target, my_greedy):
+    assert mtad.methods()["greedy"].fixed_sampling == (("temperature", 0.0),)
+    settings = {"max_new_tokens": 12, "temperature": 1.5, "seed": 3, **NO_EOS}
+    greedy = mtad.generate(target, None, PROMPTS[0], method="greedy", **settings)
+    assert mtad.generate(target, None, PROMPTS[0], method="my-greedy", **settings).tokens == greedy.tokens
+    ar_at_zero = mtad.generate(target, None, PROMPTS[0], method="ar", **(settings | {"temperature": 0}))
+    assert greedy.tokens == ar_at_zero.tokens
+
+
+def test_the_missing_draft_error_lists_the_registrys_target_only_methods(target, my_greedy):
+    with pytest.raises(ConfigError, match="or use ar, greedy, mtjd, my-greedy"):
+        mtad.generate(target, None, PROMPTS[0], method="sd", max_new_tokens=2)

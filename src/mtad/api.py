@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 from mtad.config import DEFAULT_MAX_NEW_TOKENS, SEED_LIMIT, SamplingConfig, StopConfig, shown
 from mtad.decoding.batch import BatchGeneration
 from mtad.decoding.loop import Generation, GenerationResult
+from mtad.decoding.methods import without_draft
 from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import check_fits_context, check_heads_compatible, output_width, pair_context_length
@@ -55,7 +56,8 @@ def stream(
     if spec.needs_draft:
         if draft is None:
             raise ConfigError(
-                f"method {spec.method!r} needs a draft model; pass draft=... or use ar, greedy, mtjd"
+                f"method {spec.method!r} needs a draft model; pass draft=... or use "
+                f"{', '.join(without_draft())}"
             )
         check_heads_compatible(target, draft, tokenizer)
     for name, prompt in prompts:
@@ -112,7 +114,8 @@ def validate_settings(
         )
     tree = tuple(tree) if isinstance(tree, (list, tuple)) else tree
     spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement, tree, reference)
-    sampling = SamplingConfig(0.0 if method == "greedy" else temperature, top_k, top_p)
+    warp = {"temperature": temperature, "top_k": top_k, "top_p": top_p} | dict(spec.record.fixed_sampling)
+    sampling = SamplingConfig(**warp)
     StopConfig(max_new_tokens)
     if seed is not None:
         _check_seed(seed, "seed")

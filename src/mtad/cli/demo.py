@@ -23,6 +23,7 @@ from mtad.cli.common import (
     load_pair_from_args,
 )
 from mtad.decoding.methods import methods as registered
+from mtad.decoding.methods import without_draft
 from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
@@ -40,7 +41,6 @@ DEMO_PROMPTS = (
 
 
 DEFAULT_METHODS = "ar,sd,mtad"
-TARGET_ONLY_METHODS = "ar,greedy,mtjd"
 
 
 def _split_methods(text: str) -> list[str]:
@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated methods (default {DEFAULT_METHODS}; {TARGET_ONLY_METHODS} without a draft)",
+        help=f"comma-separated methods (default {DEFAULT_METHODS}; {','.join(without_draft())} "
+        "without a draft)",
     )
     parser.add_argument("--prompts", type=int, default=len(DEMO_PROMPTS), help="how many built-in prompts")
     parser.set_defaults(func=run, max_new_tokens=64, seed=0)
@@ -86,13 +87,14 @@ def run(args: argparse.Namespace) -> int:
         # what runs instead of failing, and say how to get the drafted methods.
         console.print(
             f"[yellow]no draft model[/yellow] for this target, so {', '.join(needs_draft)} "
-            f"cannot run; showing {TARGET_ONLY_METHODS}. Pass --draft DIR (see `mtad distill`) for them."
+            f"cannot run; showing {','.join(without_draft())}. Pass --draft DIR (see `mtad distill`) "
+            "for them."
         )
-        methods = _split_methods(TARGET_ONLY_METHODS)
+        methods = without_draft()
     elif draft is None and needs_draft:
         raise ConfigError(
             f"no draft model for {', '.join(needs_draft)}: pass --draft DIR (the built-in draft pairs "
-            f"only with the default target), or --methods {TARGET_ONLY_METHODS}"
+            f"only with the default target), or --methods {','.join(without_draft())}"
         )
     prompts = [encode_prompt(target.tokenizer, text) for text in DEMO_PROMPTS[: args.prompts]]
     draft_model = draft.model if draft else None

@@ -14,6 +14,7 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
+from mtad.decoding.methods import without_draft
 from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.serve.app import ServeConfig
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if draft is None and SpeculationConfig(args.method).needs_draft:
         raise ConfigError(
             f"--method {args.method} needs a draft model and none was given; pass --draft, or serve "
-            "--method ar, greedy or mtjd"
+            f"--method {_one_of(without_draft())}"
         )
     if args.host not in LOOPBACK:
         print(f"mtad serve: {_exposure_warning(args.host, config.api_key is not None)}", file=sys.stderr)
@@ -166,3 +167,8 @@ def _model_name(args: argparse.Namespace) -> str:
 
         return TARGET_NAME
     return str(args.target)
+
+
+def _one_of(names: list[str]) -> str:
+    """ "a, b or c"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

@@ -74,6 +74,8 @@ class Method:
     rule: Callable[[MethodSettings], Acceptor]
     lossless: bool
     settings: frozenset[str] = frozenset()
+    #: Warp settings the method fixes whatever is asked, e.g. greedy's (("temperature", 0.0),).
+    fixed_sampling: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if (
@@ -162,7 +164,8 @@ BEAMS = frozenset({"gamma", "beam_width", "with_replacement"})
 BUILT_IN = (
     Method("ar", "target-only sampling with the warp (temperature, top-k, top-p)", "target", _none,
            _always(TARGET_ONLY), lossless=True),
-    Method("greedy", "target-only argmax", "target", _none, _always(TARGET_ONLY), lossless=True),
+    Method("greedy", "target-only argmax", "target", _none, _always(TARGET_ONLY), lossless=True,
+           fixed_sampling=(("temperature", 0.0),)),
     Method("sd", "speculative sampling (Leviathan et al. 2023, Chen et al. 2023): draft gamma tokens, accept "
            "each with min(1, p/q), resample the residual, bonus token", "chain", lambda spec: chain_sample,
            _always(chain_rule(acceptance.speculative)), lossless=True, settings=frozenset({"gamma"})),
@@ -204,6 +207,11 @@ def methods() -> dict[str, Method]:
     """Every method by name: the built-ins, then registered ones and the `mtad.methods` plugins."""
     _load_plugins()
     return dict(_REGISTRY)
+
+
+def without_draft() -> list[str]:
+    """The methods that run on the target alone (no draft model), plugins included."""
+    return [name for name, method in methods().items() if not method.needs_draft]
 
 
 def get_method(name: object) -> Method:
