@@ -65,11 +65,13 @@ def test_console_script_runs(pair_dirs):
 
 def test_demo_prints_side_by_side_table(pair_dirs, capsys):
     target, draft = pair_dirs
-    code = main(["demo", "--target", target, "--draft", draft, "--prompts", "2", "--max-new-tokens", "8"])
+    code = main(["demo", "--target", target, "--draft", draft, "--prompts", "2", "--max-new-tokens", "8",
+                 "--fast", "on"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     for needle in ("tokens/s", "speed-up vs ar", "acceptance", "perplexity", "ar: sample output", "mtad"):
         assert needle in out
+    assert "float32, fp16 weights" in out  # the title says how the target ran
 
 
 def test_demo_without_draft_shows_target_only_methods_and_says_why(pair_dirs, capsys):

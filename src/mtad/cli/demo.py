@@ -28,6 +28,7 @@ from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
 from mtad.models.scoring import target_logprobs
+from mtad.runtime.fast import weights_format
 from mtad.runtime.precision import dtype_name
 
 # Written for this demo: none of them comes from MT-Bench, HumanEval or Spider, nor from the
@@ -117,7 +118,10 @@ def print_table(results: dict, prompts: list[list[int]], target_model, methods: 
     console = Console()
     speed = {m: statistics.median(r.stats.tokens_per_s for r in rs) for m, rs in results.items()}
     baseline = speed.get("ar")
-    table = Table(title=f"mtad demo: {len(prompts)} prompts, {dtype_name(target_model.dtype)}, medians "
+    precision = dtype_name(target_model.dtype)
+    if weights_format(target_model) != "dense":
+        precision += f", {weights_format(target_model)} weights"
+    table = Table(title=f"mtad demo: {len(prompts)} prompts, {precision}, medians "
                         f"(gamma {args.gamma}, beam width "
                         f"{args.beam_width}, tau {args.threshold}, T {args.temperature}, top-k {args.top_k}, "
                         f"top-p {args.top_p})")  # fmt: skip
