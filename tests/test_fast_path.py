@@ -21,9 +21,9 @@ from test_distribution import RUNS, VOCAB, WARP, chi_square_p_value, exact_first
 from test_engine import _assert_cache_matches_fresh_forward as assert_cache_matches_fresh_forward
 
 NO_EOS = {"eos_token_id": []}
-# Relative error of a product against float32: fp16 weights ~2^-11, int8 weights and activations
-# ~1/127 each, int4 weights (random, off-grid: ~1/30 of a group's range) with bfloat16 activations.
-TOLERANCE = {"fp16": 2e-3, "int8": 5e-2, "int4": 1.5e-1}
+# Relative error of a product against float32: fp16 weights ~2^-11, int8 weights ~1/254 of a row's
+# range with bfloat16 activations, int4 weights (random, off-grid: ~1/30 of a group's range).
+TOLERANCE = {"fp16": 2e-3, "int8": 3e-2, "int4": 1.5e-1}
 
 
 def packed_copy(model: nn.Module, format: str = "fp16") -> nn.Module:
@@ -189,7 +189,7 @@ def test_fast_on_with_a_device_map_is_refused():
         ({"fast": "on"}, "fp16", torch.float32),
         ({"fast": "off"}, "dense", torch.float32),
         ({"fast": "off", "quantize": "int4", "dtype": "auto"}, "int4", torch.bfloat16),
-        ({"fast": "off", "quantize": "int8", "dtype": "auto"}, "int8", torch.float32),
+        ({"fast": "off", "quantize": "int8", "dtype": "auto"}, "int8", torch.bfloat16),
         ({"fast": "on", "dtype": "bfloat16"}, "fp16", torch.bfloat16),
     ],
 )

@@ -43,7 +43,7 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         default="none",
         choices=QUANTIZE_FORMATS,
-        help="store linear weights in fewer bits, lossy (CPU): int8 (per channel, dynamic activations) "
+        help="store linear weights in fewer bits, lossy (CPU): int8 (per channel, bfloat16 activations) "
         "or int4 (groups of 32, bfloat16 scales). Default none",
     )
 

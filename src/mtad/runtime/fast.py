@@ -93,7 +93,7 @@ def plan(
         missing = _kernel_missing(quantize)
         if missing:
             raise FastPathError(f"quantize {quantize} cannot run here: {missing}; allowed: none")
-        activations = "bfloat16" if quantize == "int4" else "float32"
+        activations = "bfloat16"  # both kernels' fast paths take bfloat16 activations
         return FastPath(fast, quantize, activations, f"quantize {quantize} was asked for (lossy)")
     if fast == "off":
         return FastPath(fast, "dense", None, "fast path off")
@@ -182,7 +182,7 @@ def weights_format(model: nn.Module) -> str:
 @functools.cache
 def _kernel_missing(format: str) -> str | None:
     """Why `format`'s kernel cannot run on this machine, or None when a tiny product works."""
-    if format in ("fp16", "int8") and "fbgemm" not in torch.backends.quantized.supported_engines:
+    if format == "fp16" and "fbgemm" not in torch.backends.quantized.supported_engines:
         return "this torch build has no fbgemm (an x86 CPU kernel library)"
     try:
         layer = FORMATS[format](nn.Linear(64, 16, bias=False))
