@@ -32,7 +32,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
@@ -153,14 +153,10 @@ class Scheduler:
         running: dict[int, tuple[Row, Job, float]] = {}  # id(row) -> row, its job, its start
         closing = False
         while running or not closing:
-            while not closing and len(running) < self.max_batch_size:
-                try:  # wait for work only when nothing is decoding
-                    job = self._queue.get(block=not running)
-                except queue.Empty:
-                    break
+            for job in () if closing else self._admit(running):
                 if job is None:
                     closing = True
-                elif not job.cancelled.is_set():
+                else:
                     row = batch.add(job.generation)
                     running[id(row)] = (row, job, time.monotonic())
             if not running:
@@ -189,14 +185,10 @@ class Scheduler:
         running: dict[int, tuple[Batch, Row, Job, float]] = {}  # id(row) -> its batch, row, job, start
         closing = False
         while running or not closing:
-            while not closing and len(running) < self.max_batch_size:
-                try:  # wait for work only when nothing is decoding
-                    job = self._queue.get(block=not running)
-                except queue.Empty:
-                    break
+            for job in () if closing else self._admit(running):
                 if job is None:
                     closing = True
-                elif not job.cancelled.is_set():
+                else:
                     batch = Batch(*self.models)
                     row = batch.add(job.generation)
                     running[id(row)] = (batch, row, job, time.monotonic())
@@ -218,6 +210,20 @@ class Scheduler:
                 if not alone:
                     del running[key]
             self.busy, self.rows = bool(running), len(running)
+
+    def _admit(self, running: dict) -> Iterator[Job | None]:
+        """Waiting jobs up to the batch's room, cancelled ones skipped; None is the close signal, and
+        ends the admissions. Blocks for work only while nothing is decoding."""
+        while len(running) < self.max_batch_size:
+            try:
+                job = self._queue.get(block=not running)
+            except queue.Empty:
+                return
+            if job is None:
+                yield None
+                return
+            if not job.cancelled.is_set():
+                yield job
 
     def _settle(self, batch: Batch, running: dict[int, tuple[Row, Job, float]]) -> None:
         """After a step: finished rows report, cancelled and overdue rows stop; all of them leave."""
