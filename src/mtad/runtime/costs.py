@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mtad.runtime.linear import PackedLinear
+from mtad.runtime.precision import dtype_name
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Machine:
     gemm_gflops: dict[str, float]  # by dtype name (float32, bfloat16): 2 n^3 / time, best of the repeats
 
     def peak(self, dtype: torch.dtype) -> float:
-        return self.gemm_gflops.get(str(dtype).removeprefix("torch."), self.gemm_gflops["float32"])
+        return self.gemm_gflops.get(dtype_name(dtype), self.gemm_gflops["float32"])
 
 
 def measure_machine(copy_mb: int = 256, gemm_size: int = 2048, repeats: int = 5) -> Machine:
@@ -38,7 +39,7 @@ def measure_machine(copy_mb: int = 256, gemm_size: int = 2048, repeats: int = 5)
     peaks = {}
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(gemm_size, gemm_size).to(dtype), torch.randn(gemm_size, gemm_size).to(dtype)
-        peaks[str(dtype).removeprefix("torch.")] = (
+        peaks[dtype_name(dtype)] = (
             2 * gemm_size**3 / _best_seconds(lambda a=a, b=b: torch.mm(a, b), repeats) / 1e9
         )
     return Machine(2 * source.numel() * 4 / copies / 1e9, peaks)
@@ -72,8 +73,11 @@ def _linears(model: nn.Module, rows: int):
         if isinstance(module, PackedLinear):
             dense = getattr(module, "dense", None)
             switched = dense is not None and rows >= module.dense_from_rows
-            dtype = dense.dtype if switched else torch.bfloat16 if module.format == "int4" else torch.float32
-            yield module, module.in_features * module.out_features, dtype
+            yield (
+                module,
+                module.in_features * module.out_features,
+                dense.dtype if switched else module.compute_dtype,
+            )
         elif isinstance(module, nn.Linear):
             yield module, module.weight.numel(), module.weight.dtype
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from mtad.errors import MtadError
 from mtad.runtime.linear import FORMATS, pack_linears
+from mtad.runtime.precision import auto_dtype, dtype_name, resolve_dtype
 
 FAST_MODES = ("auto", "on", "off")
 QUANTIZE_FORMATS = ("none", "int8", "int4")
@@ -93,7 +94,7 @@ def plan(
         missing = _kernel_missing(quantize)
         if missing:
             raise FastPathError(f"quantize {quantize} cannot run here: {missing}; allowed: none")
-        activations = "bfloat16"  # both kernels' fast paths take bfloat16 activations
+        activations = dtype_name(FORMATS[quantize].compute_dtype)
         return FastPath(fast, quantize, activations, f"quantize {quantize} was asked for (lossy)")
     if fast == "off":
         return FastPath(fast, "dense", None, "fast path off")
@@ -109,6 +110,7 @@ def plan(
     if fast == "auto" and dtype_asked:
         return FastPath(fast, "dense", None, "a dtype was named; fast on packs it anyway")
     test = fp16_self_test()
+    fp16_dtype = dtype_name(FORMATS["fp16"].compute_dtype)
     crossover = {"dense_from_rows": test.dense_from_rows, "dense_dtype": test.dense_dtype}
     if test.dense_from_rows is None:
         crossover["dense_dtype"] = None
@@ -116,9 +118,9 @@ def plan(
         f", {test.dense_dtype} from {test.dense_from_rows} rows" if test.dense_from_rows else ""
     )
     if fast == "on":
-        return FastPath(fast, "fp16", "float32", f"fast on was asked for; {found}", **crossover)
+        return FastPath(fast, "fp16", fp16_dtype, f"fast on was asked for; {found}", **crossover)
     if test.ratio <= FAST_MAX_RATIO:
-        return FastPath(fast, "fp16", "float32", found, **crossover)
+        return FastPath(fast, "fp16", fp16_dtype, found, **crossover)
     return FastPath(fast, "dense", None, f"{found} > {FAST_MAX_RATIO}")
 
 
@@ -131,8 +133,6 @@ def resolve(
 ) -> tuple[FastPath, torch.dtype]:
     """The plan for a model about to be loaded, and the dtype it then runs in (`dtype` None or
     "auto": the packed format's activation dtype when it packs, else the device's best)."""
-    from mtad.runtime.precision import resolve_dtype
-
     asked = dtype not in (None, "auto") and resolve_dtype(dtype, device) != torch.float32
     path = plan(fast, quantize, device, dtype_asked=asked, device_map=device_map)
     packs = path.weights != "dense"
@@ -213,8 +213,6 @@ def fp16_self_test(repeats: int = 7) -> SelfTest:
     cache, so weights stream from memory as they do in a forward. Medians of interleaved rounds
     (first dropped) at 1 and 4 rows (decoding) and at each of CROSSOVER_ROWS; ~1 s, once a process.
     """
-    from mtad.runtime.precision import auto_dtype
-
     dense_dtype = auto_dtype("cpu").dtype
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(1536, 576, generator=generator) / 24 for _ in range(16)]
@@ -246,7 +244,7 @@ def fp16_self_test(repeats: int = 7) -> SelfTest:
         if ratios[(rows,)] < 1 / FAST_MAX_RATIO:
             break
         crossover = rows
-    return SelfTest(ratios[(1, 4)], str(dense_dtype).removeprefix("torch."), crossover)
+    return SelfTest(ratios[(1, 4)], dtype_name(dense_dtype), crossover)
 
 
 def _dense_bytes(layer) -> int:

@@ -3,8 +3,8 @@
 A decode step multiplies a few rows (1 token, or the k tokens a round verifies) by every weight
 matrix of the model, so it is bound by reading the weights, not by arithmetic: bytes read and the
 kernel's efficiency at a few rows decide its time. On CPUs the dense kernels are poor at a few
-rows (MKL float32 at M=1 reads ~10 GB/s on a 2-core EPYC whose copy bandwidth is ~35 GB/s, and
-M=2 costs ~1.7x M=1), while fbgemm's packed kernels stream the weights near the bandwidth. Each
+rows (they read the weights well below the memory bandwidth, and two rows can cost nearly twice
+one), while fbgemm's packed kernels stream them near it (`docs/results/fast-path-2026-12/`). Each
 format below wraps one such kernel from the pinned torch wheel:
 
 - `Fp16Linear`: fbgemm fp16 weights, float32 activations and accumulation. Half of float32's bytes
@@ -39,6 +39,7 @@ class PackedLinear(nn.Module):
     """An `nn.Linear` replacement whose weights live in a packed format (see the module docstring)."""
 
     format = "dense"
+    compute_dtype = torch.float32  # what the kernel multiplies in: activations are cast to it
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -62,6 +63,7 @@ class Fp16Linear(PackedLinear):
     """
 
     format = "fp16"
+    compute_dtype = torch.float32
 
     def __init__(
         self,
@@ -87,7 +89,7 @@ class Fp16Linear(PackedLinear):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bias = None if self.bias is None else self.bias.float()  # a model cast after packing casts it
-            out = torch.fbgemm_linear_fp16_weight_fp32_activation(x.float(), self.packed, bias)
+            out = torch.fbgemm_linear_fp16_weight_fp32_activation(x.to(self.compute_dtype), self.packed, bias)
         return out.to(x.dtype)
 
 
@@ -96,6 +98,7 @@ class Int8Linear(PackedLinear):
     (`_weight_int8pack_mm`; its float32 path is a slow reference)."""
 
     format = "int8"
+    compute_dtype = torch.bfloat16
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear)
@@ -108,7 +111,7 @@ class Int8Linear(PackedLinear):
         self.nbytes = weight.numel() + 2 * self.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).bfloat16()
+        rows = x.reshape(-1, self.in_features).to(self.compute_dtype)
         out = torch._weight_int8pack_mm(rows, self.levels, self.scales)
         out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)
@@ -116,6 +119,7 @@ class Int8Linear(PackedLinear):
 
 class Int4Linear(PackedLinear):
     format = "int4"
+    compute_dtype = torch.bfloat16
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear)
@@ -141,7 +145,7 @@ class Int4Linear(PackedLinear):
         self.nbytes = weight.numel() // 2 + self.scales_offsets.numel() * 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).bfloat16()
+        rows = x.reshape(-1, self.in_features).to(self.compute_dtype)
         out = torch._weight_int4pack_mm_for_cpu(rows, self.packed, INT4_GROUP, self.scales_offsets)
         out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)
