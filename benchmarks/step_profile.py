@@ -4,6 +4,7 @@ acceptance, cache operations, and the rest (the loop, tree buffers, stop checks,
     python benchmarks/step_profile.py                              # the default pair, dtype auto
     python benchmarks/step_profile.py --methods ar,sd --prompts 4 --max-new-tokens 64 --dtype float32
     python benchmarks/step_profile.py --target T --draft D
+    python benchmarks/step_profile.py --draft suffix --methods ar,sd,specinfer --tree auto
 
 It wraps the engine's parts with wall-clock timers (the wrappers cost well under a microsecond a
 call) and runs every method on the same MT-Bench prompts, interleaved per prompt, after one
@@ -28,10 +29,11 @@ from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
 from mtad.decoding import acceptance, sampling
 from mtad.decoding import proposals as drafting
+from mtad.decoding.drafts import is_kind_name
 from mtad.runtime import cache, vocabulary
 from mtad.runtime.precision import DTYPES
 
-PARTS = ("target forward", "draft forward", "sampling + acceptance", "cache ops", "rest")
+PARTS = ("target forward", "draft forward", "model-free draft", "sampling + acceptance", "cache ops", "rest")
 
 
 def main() -> None:
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--gamma", type=mtad.config.parse_gamma, default="auto", help="an integer or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--tree", default="4,2,2", help="specinfer/mmtad tree: a branching or auto")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,6 +58,7 @@ def main() -> None:
         "top_k": 10,
         "top_p": 0.9,
         "max_new_tokens": args.max_new_tokens,
+        "tree": args.tree if args.tree == "auto" else tuple(int(b) for b in args.tree.split(",")),
     }  # fmt: skip — the paper's settings
     methods = args.methods.split(",")
     records = load_dataset("mtbench", None, args.prompts)
@@ -71,7 +75,7 @@ def main() -> None:
                 start = time.perf_counter()
                 result = generate(target, draft, prompt, method, settings, seed=i)
                 wall = time.perf_counter() - start
-                profiles[method].append(timer.split(wall, result.stats.new_tokens))
+                profiles[method].append(timer.split(wall, result.stats))
     print(machine_line(target.model))
     print(f"{len(prompts)} MT-Bench prompts, {args.max_new_tokens} new tokens, gamma {args.gamma}, "
           "beam width 4, T 1, top-k 10, top-p 0.9; medians over prompts")  # fmt: skip
@@ -80,15 +84,18 @@ def main() -> None:
 
 def load(args: argparse.Namespace, dtype: str) -> tuple[mtad.LoadedModel, mtad.LoadedModel]:
     """The pair named by --target/--draft, or the built-in default pair, in `dtype`."""
-    if args.target is None:
-        from mtad.models.default_pair import default_draft_path, default_target_path
+    from mtad.models.default_pair import default_draft_path, default_target_path
 
-        return mtad.load_pair(default_target_path(), args.draft or default_draft_path(), dtype=dtype)
-    return mtad.load_pair(args.target, args.draft, dtype=dtype)
+    target = args.target or default_target_path()
+    if is_kind_name(args.draft):  # a model-free draft: only the target is loaded
+        return mtad.load_model(target, dtype=dtype), args.draft
+    draft = args.draft or (default_draft_path() if args.target is None else None)
+    return mtad.load_pair(target, draft, dtype=dtype)
 
 
 def generate(target, draft, prompt, method, settings, seed) -> mtad.GenerationResult:
-    return mtad.generate(target.model, draft.model if draft else None, prompt, method=method, seed=seed,
+    drafting = draft.model if isinstance(draft, mtad.LoadedModel) else draft
+    return mtad.generate(target.model, drafting, prompt, method=method, seed=seed,
                          tokenizer=target.tokenizer, **settings)  # fmt: skip
 
 
@@ -102,9 +109,11 @@ class PartTimer:
     def reset(self) -> None:
         self.seconds.clear()
 
-    def split(self, wall: float, new_tokens: int) -> dict[str, float]:
-        """Milliseconds per new token of each part, and of the whole generation."""
-        parts = {part: self.seconds[part] for part in PARTS[:-1]}
+    def split(self, wall: float, stats: mtad.Stats) -> dict[str, float]:
+        """Milliseconds per new token of each part, and of the whole generation (a model-free
+        draft's lookups and learning are timed by the loop: `Stats.draft_seconds`)."""
+        new_tokens = stats.new_tokens
+        parts = {part: self.seconds[part] for part in PARTS[:-1]} | {"model-free draft": stats.draft_seconds}
         parts["rest"] = max(0.0, wall - sum(parts.values()))
         scale = 1000 / max(1, new_tokens)
         return {part: seconds * scale for part, seconds in parts.items()} | {"total": wall * scale}
@@ -142,7 +151,7 @@ class PartTimer:
         ]
         patches += [(drafting, name, "sampling + acceptance") for name in ("sample", "_draw")]
         rules = ("speculative", "mtad_joint", "accept_none", "accept_all", "mmtad_tree", "specinfer_tree",
-                 "reference_log_joints")  # fmt: skip
+                 "ordered_candidates_tree", "reference_log_joints")  # fmt: skip
         patches += [(acceptance, name, "sampling + acceptance") for name in rules]
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, part in patches:

@@ -8,6 +8,7 @@ result.text, result.stats.acceptance_rate, result.stats.block_efficiency
 
 from mtad.api import generate, stream
 from mtad.config import SamplingConfig, StopConfig
+from mtad.decoding.drafts import DRAFT_KINDS, HybridDraft, ModelFreeDraft, RecycleDraft, SuffixDraft
 from mtad.decoding.loop import Block, Generation, GenerationResult, Stats
 from mtad.decoding.methods import METHODS, Method, methods, register_method
 from mtad.decoding.speculation import Limits, SpeculationConfig
@@ -25,19 +26,24 @@ __all__ = [
     "METHODS",
     "Block",
     "ConfigError",
+    "DRAFT_KINDS",
     "ContextLengthError",
     "Generation",
+    "HybridDraft",
     "GenerationResult",
     "Limits",
     "Method",
     "LoadedModel",
+    "ModelFreeDraft",
     "ModelLoadError",
     "MtadError",
     "NumericalError",
+    "RecycleDraft",
     "SamplingConfig",
     "SpeculationConfig",
     "Stats",
     "StopConfig",
+    "SuffixDraft",
     "VocabularyMismatchError",
     "encode_prompt",
     "generate",

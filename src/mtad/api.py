@@ -9,8 +9,9 @@ from transformers import PreTrainedModel
 
 from mtad.config import DEFAULT_MAX_NEW_TOKENS, SEED_LIMIT, SamplingConfig, StopConfig, shown
 from mtad.decoding.batch import BatchGeneration
+from mtad.decoding.drafts import ModelFreeDraft, is_model_free, resolve_draft
 from mtad.decoding.loop import Generation, GenerationResult
-from mtad.decoding.methods import without_draft
+from mtad.decoding.methods import with_model_free_draft, without_draft
 from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import check_fits_context, check_heads_compatible, output_width, pair_context_length
@@ -20,7 +21,7 @@ Prompt = Sequence[int] | torch.Tensor | str
 
 def stream(
     target: PreTrainedModel,
-    draft: PreTrainedModel | None,
+    draft: PreTrainedModel | ModelFreeDraft | str | None,
     input_ids: Prompt | Sequence[Prompt],
     *,
     eos_token_id: int | Sequence[int] | None = None,
@@ -49,7 +50,9 @@ def stream(
     for i, value in enumerate(seed if row_seeds else ()):
         _check_seed(value, f"seed[{i}]")
     max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    context = pair_context_length(target, draft if spec.needs_draft else None)
+    draft = resolve_draft(draft)
+    draft_model = draft if spec.needs_draft and not is_model_free(draft) else None  # a model that drafts
+    context = pair_context_length(target, draft_model)
     (limits or Limits()).for_models(output_width(target), context).check(spec)
     prompts = _prompt_tensors(input_ids, tokenizer)
     stops = StopConfig(max_new_tokens, _eos_ids(eos_token_id, target, tokenizer), _stop_strings(stop))
@@ -59,10 +62,23 @@ def stream(
                 f"method {spec.method!r} needs a draft model; pass draft=... or use "
                 f"{', '.join(without_draft())}"
             )
-        check_heads_compatible(target, draft, tokenizer)
+        if is_model_free(draft) and spec.record.model_free_proposer is None:
+            raise ConfigError(
+                f"method {spec.method!r} cannot draft with the model-free draft {draft.name!r}; allowed: "
+                f"{', '.join(with_model_free_draft())}, or a draft model",
+                "draft",
+            )
+        if spec.sized_by_cost and draft_model is not None:
+            raise ConfigError(
+                "tree 'auto' sizes the trees of a model-free draft (recycle, suffix); with a draft model, "
+                "give a branching such as 4,2,2",
+                "tree",
+            )
+        if draft_model is not None:
+            check_heads_compatible(target, draft, tokenizer)
     for name, prompt in prompts:
         _check_token_ids(prompt, target, name)
-        if spec.needs_draft:
+        if draft_model is not None:
             check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft", name)
         check_fits_context(target, prompt.shape[1], max_new_tokens, "target", name)
     if _is_one_prompt(input_ids):
@@ -129,7 +145,7 @@ def _check_seed(seed, name: str) -> None:
 
 def generate(
     target: PreTrainedModel,
-    draft: PreTrainedModel | None,
+    draft: PreTrainedModel | ModelFreeDraft | str | None,
     input_ids: Prompt | Sequence[Prompt],
     **settings,
 ) -> GenerationResult | list[GenerationResult]:
@@ -141,6 +157,9 @@ def generate(
     (`mtad.decoding.batch`) and returns one result per prompt, in order; `seed` is then one integer (prompt
     i uses seed + i) or a list with one seed per prompt. `batch_invariant=True` decodes each prompt
     as if alone (its tokens never depend on the other prompts; no forward is shared).
+    `draft`: a draft model, or a model-free draft that runs no forward (`mtad.decoding.drafts`):
+    "recycle" (the target's own earlier distributions), "suffix" (continuations seen in the prompt
+    and output), or a `RecycleDraft` / `SuffixDraft` object to set options or share state across calls.
     `eos_token_id`: None takes the target's generation config; [] disables EOS.
     `tree` (specinfer): branching per depth, e.g. (4, 2, 2). `reference` (mmtad): best, max or own.
     Lossless methods (`ar`, `greedy`, `sd`, `specinfer`) sample exactly the warped target

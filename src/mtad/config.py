@@ -20,6 +20,8 @@ REFERENCES = ("best", "max", "own")
 #: gamma "auto": the draft length is chosen every round, from 0 (a plain target step) up to this.
 AUTO = "auto"
 AUTO_MAX_GAMMA = 8
+#: Most draft nodes a tree "auto" round may verify (it verifies as many as its costs say pay).
+AUTO_TREE_NODES = 32
 #: mtjd drafts with the target itself, a quality reference slow by design: no cost to weigh, so
 #: gamma "auto" means the paper's block length there.
 MTJD_AUTO_GAMMA = 4

@@ -49,6 +49,7 @@ from mtad.bench.machine import PeakMemory, describe_machine
 from mtad.bench.plan import BenchConfig, Variant, plan_variants, sample_key, sample_seed, schedule
 from mtad.bench.rundir import MACHINE_FILE, RESULTS_FILE, load_results
 from mtad.bench.scoring import encode_record, prompt_is_chat, score_task, stop_strings
+from mtad.decoding.drafts import as_draft, describe_draft
 from mtad.decoding.methods import get_method
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
@@ -84,7 +85,7 @@ def _measured_generation(context: BenchContext, prompt_ids, variant: Variant, se
     """Generate with time, energy and memory measured around decoding only. `prompt_ids` is one
     prompt (then `seed` is an int) or a batch (a list of prompts and one seed each); returns the
     result (or the results), joules, peak memory and the wall time of the whole decode."""
-    draft = context.draft.model if context.draft and get_method(variant.method).needs_draft else None
+    draft = as_draft(context.draft) if get_method(variant.method).needs_draft else None
     timeout = context.config.sample_timeout_s
     device = context.memory.device
     context.memory.reset()
@@ -267,7 +268,8 @@ def run_bench(
     device = model_device(target.model)
     machine = describe_machine(device, next(target.model.parameters()).dtype)
     machine["fast_path"] = target.fast_path.as_dict() if target.fast_path is not None else None
-    machine["draft_fast_path"] = draft.fast_path.as_dict() if draft and draft.fast_path else None
+    machine["draft_fast_path"] = (describe_draft(draft) or {}).get("fast_path")
+    machine["draft"] = describe_draft(draft)
     meter = detect_energy_meter(str(device))
     machine["energy_meter"] = meter.description
     machine["energy_meter_notes"] = "; ".join(getattr(meter, "reasons", ()))

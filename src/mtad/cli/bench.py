@@ -166,6 +166,12 @@ def build_config(args: argparse.Namespace):
     fast_path, run_dtype = resolve_fast_path(
         args.fast, args.quantize, args.dtype, _weights_device(args), args.device_map is not None
     )
+    if args.recycle_store is not None or args.suffix_store is not None:
+        flag = "--recycle-store" if args.recycle_store is not None else "--suffix-store"
+        raise ConfigError(
+            f"{flag} shares a draft's store across requests; a bench keeps every sample independent of "
+            "the others (so a run resumes to the same results): drop it"
+        )
     decoding = decoding_settings(args)
     decoding.pop("method")
     decoding.pop("seed")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SEED_LIMIT, parse_gamma
+from mtad.decoding.drafts import HybridDraft, ModelFreeDraft, RecycleDraft, SuffixDraft, is_kind_name
 from mtad.decoding.methods import methods
 from mtad.decoding.speculation import Limits
+from mtad.errors import ConfigError
 from mtad.models import LoadedModel, load_pair
 from mtad.runtime.fast import FAST_MODES, QUANTIZE_FORMATS
 from mtad.runtime.precision import DTYPES
@@ -15,7 +17,21 @@ from mtad.runtime.precision import DTYPES
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model pair (default: the built-in offline pair)")
     group.add_argument("--target", help="target model: a directory, a .gguf file or a hub id")
-    group.add_argument("--draft", help="draft model sharing the target's vocabulary")
+    group.add_argument(
+        "--draft",
+        help="draft model sharing the target's vocabulary (a directory or hub id), or a draft that runs "
+        "no model: recycle (the target's own earlier candidates), suffix (continuations seen in the "
+        "prompt and output), or both merged: recycle+suffix",
+    )
+    group.add_argument(
+        "--recycle-store", type=int, default=None, metavar="N",
+        help="--draft recycle: one table of at most N entries shared by every request of this process "
+        "(default: a table per request)",
+    )  # fmt: skip
+    group.add_argument(
+        "--suffix-store", type=int, default=None, metavar="N",
+        help="--draft suffix: also draft from this process's past outputs, at most N tokens of them",
+    )  # fmt: skip
     group.add_argument("--device", default=None, help="device for both models, e.g. cpu, cuda, cuda:1")
     group.add_argument("--draft-device", default=None, help="device for the draft, if not --device")
     group.add_argument(
@@ -66,7 +82,11 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad"
     group.add_argument(
         "--without-replacement", action="store_true", help="beam/tree sampling without replacement"
     )
-    group.add_argument("--tree", type=_branching, default=(4, 2, 2), help="specinfer branching, e.g. 4,2,2")
+    group.add_argument(
+        "--tree", type=_branching, default=(4, 2, 2),
+        help="specinfer branching, e.g. 4,2,2; or auto (a model-free draft): each round's tree grown from "
+        "the most probable paths and cut where the measured verification costs say it pays",
+    )  # fmt: skip
     group.add_argument("--reference", default="best", help="mmtad reference joint: best, max or own")
     group.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     group.add_argument("--top-k", type=int, default=10, help="0 = off (default 10, the paper's)")
@@ -91,12 +111,14 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad"
     )  # fmt: skip
 
 
-def _branching(text: str) -> tuple[int, ...]:
+def _branching(text: str) -> tuple[int, ...] | str:
+    if text.strip() == AUTO:
+        return AUTO
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid tree {text!r}; allowed: comma-separated integers like 4,2,2"
+            f"invalid tree {text!r}; allowed: comma-separated integers like 4,2,2, or auto"
         ) from None
 
 
@@ -143,10 +165,39 @@ def decoding_settings(args: argparse.Namespace) -> dict:
     }
 
 
+def model_free_draft(args: argparse.Namespace) -> ModelFreeDraft | None:
+    """The model-free draft --draft names, with its store options (None: --draft is a model).
+    A store option for a draft that has no such store, or a store size that is not a positive
+    integer, is a `ConfigError` (exit 2)."""
+    kinds = args.draft.split("+") if is_kind_name(args.draft) else []
+    for flag, value, owner in (("--recycle-store", args.recycle_store, "recycle"),
+                               ("--suffix-store", args.suffix_store, "suffix")):  # fmt: skip
+        if value is not None and owner not in kinds:
+            raise ConfigError(f"{flag} {value} is for --draft {owner}, got --draft {args.draft}", "draft")
+    made = {
+        "recycle": lambda: (
+            RecycleDraft(shared=True, max_entries=args.recycle_store)
+            if args.recycle_store is not None
+            else RecycleDraft()
+        ),
+        "suffix": lambda: SuffixDraft(store_tokens=args.suffix_store),
+    }
+    drafts = [made[kind]() for kind in kinds]
+    if not drafts:
+        return None
+    return drafts[0] if len(drafts) == 1 else HybridDraft(drafts)
+
+
 def load_pair_from_args(
     args: argparse.Namespace, need_draft: bool = True
-) -> tuple[LoadedModel, LoadedModel | None]:
-    """The pair named on the command line, or the built-in default pair when --target is omitted."""
+) -> tuple[LoadedModel, LoadedModel | ModelFreeDraft | None]:
+    """The pair named on the command line, or the built-in default pair when --target is omitted.
+    A model-free --draft loads no draft model."""
+    model_free = model_free_draft(args)
+    if model_free is not None:
+        alone = vars(args) | {"draft": None, "recycle_store": None, "suffix_store": None}
+        target, _ = load_pair_from_args(argparse.Namespace(**alone), need_draft=False)
+        return target, model_free if need_draft else None
     target, draft = args.target, args.draft
     if target is None:
         from mtad.models.default_pair import default_draft_path, default_target_path

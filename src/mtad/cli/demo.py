@@ -22,6 +22,7 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
+from mtad.decoding.drafts import as_draft
 from mtad.decoding.methods import methods as registered
 from mtad.decoding.methods import without_draft
 from mtad.decoding.speculation import SpeculationConfig
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             f"only with the default target), or --methods {','.join(without_draft())}"
         )
     prompts = [encode_prompt(target.tokenizer, text) for text in DEMO_PROMPTS[: args.prompts]]
-    draft_model = draft.model if draft else None
+    draft_model = as_draft(draft)
 
     def run_one(method: str, prompt: list[int], seed: int):
         return generate(target.model, draft_model, prompt, tokenizer=target.tokenizer, limits=ceilings,

@@ -14,6 +14,7 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
+from mtad.decoding.drafts import as_draft, describe_draft
 from mtad.errors import ConfigError
 from mtad.models import encode_prompt
 from mtad.runtime.precision import dtype_name
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     input_ids = encode_prompt(target.tokenizer, args.prompt, chat=not args.raw)
     generation = stream(
         target.model,
-        draft.model if draft else None,
+        as_draft(draft),
         input_ids,
         stop=args.stop,
         tokenizer=target.tokenizer,
@@ -60,15 +61,17 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(block.text)
             sys.stdout.flush()
     result = generation.result
+    described = describe_draft(draft)
     if args.json:
         record = result.as_dict() | {
             "method": args.method,
             "target": target.name,
-            "draft": draft.name if draft else None,
+            "draft": (described or {}).get("name", (described or {}).get("kind")),
+            "draft_kind": described,
             "dtype": dtype_name(target.model.dtype),
-            "draft_dtype": dtype_name(draft.model.dtype) if draft else None,
+            "draft_dtype": (described or {}).get("dtype"),
             "fast_path": target.fast_path.as_dict() if target.fast_path else None,
-            "draft_fast_path": draft.fast_path.as_dict() if draft and draft.fast_path else None,
+            "draft_fast_path": (described or {}).get("fast_path"),
             "settings": settings,
         }
         print(json.dumps(record, indent=2))

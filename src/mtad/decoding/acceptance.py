@@ -239,3 +239,38 @@ def _tree_log_joint(p: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor
     for node, parent in enumerate(parents.tolist()):
         joint[node] = log_p[node] + (joint[parent] if parent >= 0 else 0.0)
     return joint
+
+
+def ordered_candidates_tree(
+    p: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor, generator: torch.Generator
+) -> Verdict:
+    """Multi-candidate speculative sampling for children *chosen* in advance (most likely first),
+    not drawn from q. Lossless.
+
+    Each child is a proposal with a one-hot q: accept child x with probability r(x), r being the
+    node's target p at first; on rejection r <- normalise(r with x removed) (the residual of
+    max(r - one-hot, 0)). No child accepted: draw from r; at an accepted leaf, a bonus token from p.
+    The chance that some child is accepted is the target mass of the children, the most any
+    verification of fixed candidates can give.
+    """
+    children: dict[int, list[int]] = {}
+    for node, parent in enumerate(parents.tolist()):
+        children.setdefault(parent, []).append(node)
+    node, path = -1, []
+    target = p[0]
+    while children.get(node):
+        for child in children[node]:
+            x = int(tokens[child])
+            u = float(torch.rand((), generator=generator, device=p.device))
+            if u < float(target[x]):
+                node = child
+                break
+            if float(target[x]) > 0:
+                target = target.clone()
+                target[x] = 0
+                target = normalise(target)
+        else:
+            return _tree_verdict(path, sample(target.unsqueeze(0), generator))
+        path.append(node)
+        target = p[node + 1]
+    return _tree_verdict(path, sample(target.unsqueeze(0), generator))

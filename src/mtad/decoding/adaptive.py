@@ -138,6 +138,44 @@ class GammaPolicy:
                 self.passed[j] += j < accepted
 
 
+class NodePolicy:
+    """Tree "auto": how many of a round's candidate nodes the target verifies.
+
+    The proposer offers nodes best first, each with its draft path probability P_i (a parent
+    ranks above its children, so every prefix is a tree). Verifying the first k is expected to
+    return 1 + c (P_1 + ... + P_k) tokens for T_target(1 + k) seconds; the policy takes the k,
+    0 included, with the most tokens per second. c calibrates draft confidence against what the
+    target accepted: decayed accepted lengths over decayed predicted sums, shrunk toward 1
+    (trusting the draft) by a prior worth `PRIOR_ROUNDS` rounds. As with gamma "auto", k depends
+    only on rounds already committed, so lossless verification stays lossless.
+    """
+
+    def __init__(self, costs: Costs) -> None:
+        self.costs = costs
+        self.predicted = self.accepted = 0.0
+        self.last = 0.0  # the predicted sum of the round being verified
+
+    @property
+    def calibration(self) -> float:
+        return (self.accepted + PRIOR_ROUNDS) / (self.predicted + PRIOR_ROUNDS)
+
+    def choose(self, path_probabilities: list[float]) -> int:
+        c, total = self.calibration, 0.0
+        best, best_rate, best_total = 0, 1.0 / self.costs.target(1), 0.0
+        for k, probability in enumerate(path_probabilities, start=1):
+            total += probability
+            rate = (1.0 + c * total) / self.costs.target(1 + k)
+            if rate > best_rate:
+                best, best_rate, best_total = k, rate, total
+        self.last = best_total
+        return best
+
+    def observe(self, accepted: int) -> None:
+        self.predicted = DECAY * self.predicted + self.last
+        self.accepted = DECAY * self.accepted + (accepted if self.last else 0.0)
+        self.last = 0.0
+
+
 def joint_depth(choices: list[tuple[GammaPolicy, int]], clock: RoundClock | None = None) -> int:
     """One depth for rows that share their forwards: each (policy, most) is a row of a batch.
 
@@ -222,28 +260,41 @@ def _shape(model: PreTrainedModel) -> tuple:
 
 def measure_costs(
     target: PreTrainedModel,
-    draft: PreTrainedModel,
+    draft: PreTrainedModel | None,
     spec: SpeculationConfig,
     sampling: SamplingConfig,
     rows: int = 1,
 ) -> Costs:
     """Forward times of this pair for the round shapes `spec` can ask for, warp included; measured
     once per pair, round shape and `rows` in this process (~1 s on the default pair on a CPU, with
-    the first caller's warp: its cost is small beside the forwards), then remembered.
+    the first caller's warp: its cost is small beside the forwards), then remembered. A
+    model-free draft (`draft` None) runs no forward: its steps are priced at 0 (the lookups it
+    makes instead are timed in `Stats.draft_seconds`).
 
     `rows` > 1: each forward feeds that many rows at once (a batch's rows share their forwards),
     and a cost is one row's share. A batched forward of k tokens a row is closer to compute-bound
     than a lone one, so extra verified tokens cost more there and the policy drafts less.
     """
-    key = (_shape(target), _shape(draft), spec.shape, spec.beam_width, spec.tree, spec.depth, rows)
+    key = (
+        _shape(target),
+        _shape(draft) if draft is not None else None,
+        spec.shape,
+        spec.beam_width,
+        spec.tree,
+        spec.depth,
+        rows,
+    )
     if key not in _MEASURED:
         width = spec.shape.draft_width(spec)
         most = max(round_nodes(spec, g) for g in range(spec.depth + 1)) + 1
         target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
         vocab = output_width(target)  # a subset draft maps target ids to its own
+        draft_sizes = sorted({1, 2, width})
         _MEASURED[key] = Costs(
             forward_seconds(target, vocab, target_sizes, sampling, rows),
-            forward_seconds(draft, vocab, sorted({1, 2, width}), sampling, rows),
+            forward_seconds(draft, vocab, draft_sizes, sampling, rows)
+            if draft is not None
+            else dict.fromkeys(draft_sizes, 0.0),
         )
     return _MEASURED[key]
 

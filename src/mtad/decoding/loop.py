@@ -20,12 +20,16 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from transformers import PreTrainedModel
 
 from mtad.config import SamplingConfig, StopConfig
-from mtad.decoding.adaptive import Costs, GammaPolicy, measure_costs
+from mtad.decoding.adaptive import Costs, GammaPolicy, NodePolicy, measure_costs
+from mtad.decoding.drafts import ModelFreeDraft, TokenDrafter
+from mtad.decoding.drafts.base import tail
+from mtad.decoding.drafts.proposers import row_contexts
 from mtad.decoding.methods import TARGET_ONLY
 from mtad.decoding.proposals import empty_proposal
 from mtad.decoding.speculation import SpeculationConfig
@@ -57,6 +61,8 @@ class Stats:
     drafted_per_position: list[int] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
     tree_nodes: int = 0  # draft tree nodes the target verified, summed over rounds (tree methods)
+    accepted_lengths: list[int] = field(default_factory=list)  # [L] = rounds that accepted L draft tokens
+    draft_seconds: float = 0.0  # time a model-free draft spent drafting (lookups, q rows), in wall_time_s
     rounds_per_gamma: list[int] = field(default_factory=list)  # [g] = rounds that drafted g deep
     wall_time_s: float = 0.0
 
@@ -101,6 +107,8 @@ class Stats:
             "rounds_per_gamma",
             "tree_nodes",
             "mean_tree_size",
+            "accepted_lengths",
+            "draft_seconds",
             "wall_time_s",
             "tokens_per_s",
             "ms_per_token",
@@ -110,6 +118,8 @@ class Stats:
     def record_round(self, drafted: int, accepted: int, tree_nodes: int = 0) -> None:
         self.rounds += 1
         self.tree_nodes += tree_nodes
+        self.accepted_lengths += [0] * (accepted + 1 - len(self.accepted_lengths))
+        self.accepted_lengths[accepted] += 1
         self.rounds_per_gamma += [0] * (drafted + 1 - len(self.rounds_per_gamma))
         self.rounds_per_gamma[drafted] += 1
         self.drafted_tokens += drafted
@@ -157,7 +167,7 @@ class Generation:
     def __init__(
         self,
         target: PreTrainedModel,
-        draft: PreTrainedModel | None,
+        draft: PreTrainedModel | ModelFreeDraft | None,
         prompt: torch.Tensor,  # [1, prompt_len]
         spec: SpeculationConfig,
         sampling: SamplingConfig,
@@ -196,7 +206,7 @@ class Generation:
         if self._started:
             raise RuntimeError("a generation joins a batch before its first block")
         self.target.store = target_store
-        if self.drafter is not None and self.drafter is not self.target:
+        if isinstance(self.drafter, CachedModel) and self.drafter is not self.target:
             if draft_store is None:
                 raise RuntimeError("this generation has a draft; its batch was made without one")
             self.drafter.store = draft_store
@@ -206,15 +216,22 @@ class Generation:
             raise RuntimeError("a Generation decodes once; call mtad.stream again for another run")
         self._started = True
         method = self.spec.record
-        proposer, accept = method.proposer(self.spec), method.rule(self.spec)
         target, drafter, stopper = self.target, self.drafter, self.stopper
+        model_free = isinstance(drafter, TokenDrafter)
+        proposer = (method.model_free_proposer if model_free else method.proposer)(self.spec)
+        accept = method.rule(self.spec)
         policy, priced_rows = None, self.batch_rows()
+        caches = [m for m in (target, drafter) if isinstance(m, CachedModel)]  # what rounds roll back
 
         def costs(rows: int) -> Costs:  # measured once per pair and batch size in a process
-            return measure_costs(target.model, drafter.model, self.spec, self.sampling, rows)
+            draft_model = None if model_free else drafter.model
+            return measure_costs(target.model, draft_model, self.spec, self.sampling, rows)
 
         if self.spec.adaptive and proposer is not None:  # before the clock
             policy = GammaPolicy(self.spec, costs(priced_rows))
+        sizing = NodePolicy(costs(priced_rows)) if self.spec.sized_by_cost and proposer is not None else None
+        if sizing is not None:
+            proposer = partial(proposer, sizer=sizing.choose)
         generators = _Generators(self.seed)
         stats = Stats()
         sequence = self.prompt  # [1, committed]
@@ -224,9 +241,12 @@ class Generation:
         start = time.perf_counter()
         while finish is None:
             budget = stopper.stop.max_new_tokens - len(generated)
-            if policy and self.batch_rows() != priced_rows:  # the batch changed: so did a round's price
+            if (policy or sizing) and self.batch_rows() != priced_rows:  # the batch changed: so did prices
                 priced_rows, measuring = self.batch_rows(), time.perf_counter()
-                policy.use_costs(costs(priced_rows))
+                if policy:
+                    policy.use_costs(costs(priced_rows))
+                if sizing:
+                    sizing.costs = costs(priced_rows)
                 start += time.perf_counter() - measuring  # a one-off calibration is not decoding time
             # Draft no more than the budget can hold: the round always adds one target token.
             depth = self.choose_depth(policy, budget - 1) if policy else self.spec.depth
@@ -239,25 +259,35 @@ class Generation:
             else:
                 proposal = empty_proposal(sequence, self.vocab_size)
             # 2. verify: one target forward over what it has not seen (pending tokens + block or tree)
-            p = proposal.verify(target, sequence, self.sampling)
+            history = model_free and drafter.learns_from_prompt and target.length == 0  # the prefill
+            p = proposal.verify(target, sequence, self.sampling, history=history)
+            if model_free:  # a model-free draft learns from the rows verification just made
+                learning = time.perf_counter()
+                contexts = row_contexts(proposal, sequence)
+                earlier = p.shape[1] - len(contexts)  # the prompt's rows, when asked for
+                contexts = [tail(sequence[:, : i + 1]) for i in range(earlier)] + contexts
+                drafter.observe(contexts, p[0])
+                p = p[:, earlier:]
+                drafter.seconds += time.perf_counter() - learning
+            drafted = proposal.depth  # a model-free draft may draft less than asked
             # 3. accept, on the target's device (a draft may live on another one)
-            rule = accept if n > 0 else TARGET_ONLY
+            rule = accept if drafted > 0 else TARGET_ONLY
             verdict = rule(p, proposal.to(p.device), generators.on(target.device))
             path, next_token = verdict.path(), int(verdict.next_token[0])
             # 4. commit (stop conditions first: nothing past them is appended or streamed)
             node_tokens = proposal.tokens.flatten().tolist()
             block, finish = stopper.cut(generated, [node_tokens[i] for i in path] + [next_token])
             # 5. roll back both caches to the committed prefix
-            proposal.roll_back(
-                [m for m in (target, drafter) if m is not None], sequence.shape[1], path[: len(block)]
-            )
+            proposal.roll_back(caches, sequence.shape[1], path[: len(block)])
             generated += block
             sequence = torch.cat([sequence, torch.tensor([block], device=sequence.device)], dim=1)
             self.sequence = sequence  # prompt + committed tokens, for inspection between blocks
             # 6. statistics (and what gamma "auto" learns from the round)
             if policy:
-                policy.observe(n, len(path))
-            stats.record_round(n, len(path), tree_nodes=proposal.tree_nodes)
+                policy.observe(drafted, len(path))
+            if sizing and n > 0:
+                sizing.observe(len(path))
+            stats.record_round(drafted, len(path), tree_nodes=proposal.tree_nodes)
             text_delta = ""
             if self.tokenizer is not None:
                 text = stopper.visible_text(generated, finished=finish is not None)
@@ -267,12 +297,18 @@ class Generation:
         stats.new_tokens = len(generated)
         stats.target_calls = target.calls
         stats.draft_calls = drafter.calls if drafter is not None and drafter is not target else 0
+        if model_free:
+            stats.draft_seconds = drafter.seconds
+            drafter.finish(sequence[0].tolist())
         text = stopper.visible_text(generated, finished=True) if self.tokenizer is not None else None
         self.result = GenerationResult(generated, text, stats, finish, self.seed)
 
 
-def drafter_for(draft: PreTrainedModel, target: CachedModel) -> CachedModel:
-    """The cached drafting model for `draft`: a feature draft reads `target`'s states."""
+def drafter_for(draft: PreTrainedModel | ModelFreeDraft, target: CachedModel) -> CachedModel | TokenDrafter:
+    """The drafting model for `draft`: a feature draft reads `target`'s states; a model-free
+    draft makes this request's drafter."""
+    if isinstance(draft, ModelFreeDraft):
+        return draft.drafter(target.vocab_size, target.device)
     if is_feature_draft(draft):
         return FeatureDrafter(draft, target.vocab_size, target)
     return CachedModel(draft, target.vocab_size)

@@ -25,8 +25,9 @@ from typing import Protocol
 
 import torch
 
-from mtad.config import SamplingConfig, shown
+from mtad.config import AUTO, AUTO_TREE_NODES, SamplingConfig, shown
 from mtad.decoding import acceptance
+from mtad.decoding.drafts import proposers as model_free
 from mtad.decoding.proposals import (
     Proposal,
     Round,
@@ -49,7 +50,7 @@ class MethodSettings(Protocol):
     beam_width: int
     threshold: float
     with_replacement: bool
-    tree: tuple[int, ...]
+    tree: tuple[int, ...] | str
     reference: str
 
 
@@ -76,6 +77,9 @@ class Method:
     settings: frozenset[str] = frozenset()
     #: Warp settings the method fixes whatever is asked, e.g. greedy's (("temperature", 0.0),).
     fixed_sampling: tuple[tuple[str, float], ...] = ()
+    #: Its proposer over a model-free draft (`mtad.decoding.drafts`), for given settings; None:
+    #: the method drafts only with a model.
+    model_free_proposer: Callable[[MethodSettings], model_free.TokenProposer] | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -125,12 +129,19 @@ def _mmtad_rule(spec: MethodSettings) -> Acceptor:
 
 
 def _specinfer_rule(spec: MethodSettings) -> Acceptor:
+    if spec.tree == AUTO:  # children chosen best first, not drawn: one-hot proposals
+        return _ordered_rule
+
     def accept(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> acceptance.Verdict:
         return acceptance.specinfer_tree(
             p[0], proposal.probs, proposal.tokens, proposal.tree.parents, generator, spec.with_replacement
         )
 
     return accept
+
+
+def _ordered_rule(p: torch.Tensor, proposal: TreeProposal, generator: torch.Generator) -> acceptance.Verdict:
+    return acceptance.ordered_candidates_tree(p[0], proposal.tokens, proposal.tree.parents, generator)
 
 
 # ---- proposers, built for given settings ----------------------------------------------------------
@@ -156,6 +167,27 @@ def _none(spec: MethodSettings) -> None:
     return None
 
 
+def _free_beams(spec: MethodSettings) -> model_free.TokenProposer:
+    return partial(model_free.beams, width=spec.beam_width, with_replacement=spec.with_replacement)
+
+
+def _free_beam_tree(spec: MethodSettings) -> model_free.TokenProposer:
+    if spec.tree == AUTO:  # the cost-sized tree, verified by the joint test over the tree
+        return partial(model_free.cost_sized_tree, budget=AUTO_TREE_NODES)
+    return partial(model_free.beam_tree, width=spec.beam_width, with_replacement=spec.with_replacement)
+
+
+def _free_branching(spec: MethodSettings) -> model_free.TokenProposer:
+    if spec.tree == AUTO:  # sized by the loop's `mtad.decoding.adaptive.NodePolicy`
+        return partial(model_free.cost_sized_tree, budget=AUTO_TREE_NODES)
+
+    def propose(drafter, sequence, n, sampling, generator):
+        return model_free.branching_tree(drafter, sequence, spec.tree[:n], sampling, generator,
+                                         with_replacement=spec.with_replacement)  # fmt: skip
+
+    return propose
+
+
 def _always(acceptor: Acceptor) -> Callable[[MethodSettings], Acceptor]:
     return lambda spec: acceptor
 
@@ -168,19 +200,23 @@ BUILT_IN = (
            fixed_sampling=(("temperature", 0.0),)),
     Method("sd", "speculative sampling (Leviathan et al. 2023, Chen et al. 2023): draft gamma tokens, accept "
            "each with min(1, p/q), resample the residual, bonus token", "chain", lambda spec: chain_sample,
-           _always(chain_rule(acceptance.speculative)), lossless=True, settings=frozenset({"gamma"})),
+           _always(chain_rule(acceptance.speculative)), lossless=True, settings=frozenset({"gamma"}),
+           model_free_proposer=lambda spec: model_free.chain),
     Method("mtad", "draft beam-samples gamma tokens with W beams; the target accepts the longest prefix "
            "whose joint likelihood ratio p/q exceeds tau; one target token after it (mode-seeking joint "
            "decoding, so not lossless by design)", "beams", _beams,
            lambda spec: chain_rule(partial(acceptance.mtad_joint, threshold=spec.threshold)),
-           lossless=False, settings=BEAMS | {"threshold"}),
+           lossless=False, settings=BEAMS | {"threshold"}, model_free_proposer=_free_beams),
     Method("mmtad", "multi-candidate MTAD: every beam of every draft step forms a tree, verified in one "
            "target pass with tree attention; the deepest node passing the joint-ratio test wins (--reference "
-           "best/max/own)", "beam_tree", _beam_tree, _mmtad_rule, lossless=False,
-           settings=BEAMS | {"threshold", "reference"}),
+           "best/max/own); with a model-free draft, --tree auto verifies a tree sized by measured costs",
+           "beam_tree", _beam_tree, _mmtad_rule, lossless=False,
+           settings=BEAMS | {"threshold", "reference", "tree"}, model_free_proposer=_free_beam_tree),
     Method("specinfer", "SpecInfer-style token tree from a branching config (--tree 4,2,2), multi-candidate "
-           "speculative sampling with or without replacement", "branching_tree", _branching, _specinfer_rule,
-           lossless=True, settings=frozenset({"tree", "with_replacement"})),
+           "speculative sampling with or without replacement; with a model-free draft, --tree auto grows the "
+           "most probable paths and verifies as many as the measured costs pay for", "branching_tree",
+           _branching, _specinfer_rule, lossless=True, settings=frozenset({"tree", "with_replacement"}),
+           model_free_proposer=_free_branching),
     Method("mtjd", "target-only beam sampling of gamma-token blocks: the quality reference, slow by design",
            "self_beams", _beams, _always(chain_rule(acceptance.accept_all)), lossless=False, settings=BEAMS),
 )  # fmt: skip
@@ -207,6 +243,11 @@ def methods() -> dict[str, Method]:
     """Every method by name: the built-ins, then registered ones and the `mtad.methods` plugins."""
     _load_plugins()
     return dict(_REGISTRY)
+
+
+def with_model_free_draft() -> list[str]:
+    """The methods that can draft with a model-free draft (`mtad.decoding.drafts`)."""
+    return [name for name, method in methods().items() if method.model_free_proposer is not None]
 
 
 def without_draft() -> list[str]:

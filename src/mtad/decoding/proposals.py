@@ -41,11 +41,18 @@ class Round(Protocol):
     @property
     def tree_nodes(self) -> int: ...  # draft nodes verified as a tree (0 for a chain)
 
+    @property
+    def depth(self) -> int: ...  # draft tokens along the longest path (0: nothing drafted)
+
     def to(self, device: torch.device) -> Round: ...
 
-    def verify(self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    def verify(
+        self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig, history: bool = False
+    ) -> torch.Tensor:
         """Target distributions [1, 1 + nodes, vocab]: after the committed `sequence`, then after
-        each draft node, from one forward over what the target has not seen."""
+        each draft node, from one forward over what the target has not seen. `history`: first also
+        the rows after each committed token it had not seen but the last ([1, pending - 1 + 1 +
+        nodes, vocab]; a model-free draft learns from a prompt's rows)."""
         ...
 
     def roll_back(self, models: list[CachedModel], context: int, path: list[int]) -> None:
@@ -61,14 +68,20 @@ class Proposal:
     probs: torch.Tensor  # [rows, n, vocab] q(. | x_<j) for each draft position
     tree_nodes = 0
 
+    @property
+    def depth(self) -> int:
+        return self.tokens.shape[1]
+
     def to(self, device: torch.device) -> Proposal:
         """The proposal on `device` (the target's, where the acceptance rules meet p)."""
         return Proposal(self.tokens.to(device), self.probs.to(device))
 
-    def verify(self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    def verify(
+        self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig, history: bool = False
+    ) -> torch.Tensor:
         n = self.tokens.shape[1]
         feed = torch.cat([sequence, self.tokens.to(sequence.device)], dim=1)[:, target.length :]
-        keep = min(n + 1, feed.shape[1])
+        keep = feed.shape[1] if history else min(n + 1, feed.shape[1])
         p = distributions(target, feed, sampling, keep)  # [1, keep, vocab]
         if keep < n + 1:  # the target drafted the block itself (MTJD): its q rows are its p rows
             p = torch.cat([self.probs[:, : n + 1 - keep].to(p.device), p], dim=1)
@@ -199,18 +212,25 @@ class TreeProposal:
     def tree_nodes(self) -> int:
         return self.tokens.numel()
 
+    @property
+    def depth(self) -> int:
+        return int(self.tree.depths.max()) if self.tokens.numel() else 0
+
     def to(self, device: torch.device) -> TreeProposal:
         """The proposal's tensors on `device` (the target's); the tree's index buffers stay put."""
         moved = (self.tokens.to(device), self.probs.to(device), self.log_joint.to(device))
         return TreeProposal(moved[0], self.tree, moved[1], moved[2], self.best_leaf)
 
-    def verify(self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    def verify(
+        self, target: CachedModel, sequence: torch.Tensor, sampling: SamplingConfig, history: bool = False
+    ) -> torch.Tensor:
         pending = sequence[:, target.length :]  # committed tokens the target has not seen
         nodes = self.tokens.numel()
         positions, mask = tree_inputs(self.tree, sequence.shape[1], pending.shape[1], 0, nodes,
                                       dtype=target.dtype, device=target.device)  # fmt: skip
         feed = torch.cat([pending, self.tokens.unsqueeze(0).to(pending.device)], dim=1)
-        return distributions(target, feed, sampling, nodes + 1, positions, mask)
+        keep = feed.shape[1] if history else nodes + 1
+        return distributions(target, feed, sampling, keep, positions, mask)
 
     def roll_back(self, models: list[CachedModel], context: int, path: list[int]) -> None:
         for model in models:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, shown
+from mtad.config import AUTO, AUTO_MAX_GAMMA, AUTO_TREE_NODES, MTJD_AUTO_GAMMA, shown
 from mtad.errors import ConfigError
 
 
@@ -29,7 +29,7 @@ class RoundSettings(Protocol):
 
     gamma: int | str
     beam_width: int
-    tree: tuple[int, ...]
+    tree: tuple[int, ...] | str
 
 
 class ForwardCosts(Protocol):
@@ -96,24 +96,33 @@ class Beams(Chain):
 
 @dataclass(frozen=True)
 class BeamTree(Beams):
-    """Every beam of every step is a node, fed as a tree on one cache and verified whole."""
+    """Every beam of every step is a node, fed as a tree on one cache and verified whole. Tree
+    "auto" (a model-free draft): up to AUTO_TREE_NODES nodes, gamma deep, sized by the costs."""
 
     def nodes(self, spec: RoundSettings, depth: int, stop_above: int | None = None) -> int:
+        if spec.tree == AUTO:
+            return AUTO_TREE_NODES if depth else 0
         return depth * spec.beam_width
+
+    def draft_seconds(self, spec: RoundSettings, depth: int, costs: ForwardCosts) -> float:
+        return 0.0 if spec.tree == AUTO else super().draft_seconds(spec, depth, costs)
 
 
 @dataclass(frozen=True)
 class BranchingTree(Shape):
-    """tree[d] children under every node of depth d; the tree's depth is the round's."""
+    """tree[d] children under every node of depth d; the tree's depth is the round's. Tree "auto":
+    up to AUTO_TREE_NODES nodes, AUTO_MAX_GAMMA deep, as many as the costs say pay."""
 
     drafts: bool = True
 
     def depth(self, spec: RoundSettings) -> int:
-        return len(spec.tree)
+        return AUTO_MAX_GAMMA if spec.tree == AUTO else len(spec.tree)
 
     def nodes(self, spec: RoundSettings, depth: int, stop_above: int | None = None) -> int:
         """Counting stops once past `stop_above`: (1000, 1000, 1000, ...) is refused without big
         arithmetic."""
+        if spec.tree == AUTO:
+            return AUTO_TREE_NODES if depth else 0
         nodes, width = 0, 1
         for branches in spec.tree[:depth]:
             width *= branches
@@ -123,9 +132,11 @@ class BranchingTree(Shape):
         return nodes
 
     def draft_width(self, spec: RoundSettings) -> int:
-        return max(spec.beam_width, max(spec.tree))
+        return spec.beam_width if spec.tree == AUTO else max(spec.beam_width, max(spec.tree))
 
     def draft_seconds(self, spec: RoundSettings, depth: int, costs: ForwardCosts) -> float:
+        if spec.tree == AUTO:  # a model-free draft: lookups, no forward
+            return 0.0
         widths, level = [], 1
         for branches in spec.tree[:depth]:
             level *= branches
@@ -133,9 +144,9 @@ class BranchingTree(Shape):
         return costs.draft(1) + sum(costs.draft(w) for w in widths[:-1])
 
     def check_limits(self, spec: RoundSettings, max_gamma: int) -> None:
-        if len(spec.tree) > max_gamma:
+        if self.depth(spec) > max_gamma:
             raise ConfigError(
-                f"tree depth {len(spec.tree)} is over the limit of {max_gamma} (max_gamma)", "tree"
+                f"tree depth {self.depth(spec)} is over the limit of {max_gamma} (max_gamma)", "tree"
             )
 
     def too_many_nodes(self, spec: RoundSettings, nodes: int, limit: int) -> ConfigError:

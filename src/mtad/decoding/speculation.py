@@ -33,7 +33,10 @@ class SpeculationConfig:
     threshold: tau, MTAD's joint-likelihood-ratio threshold, in (0, 1].
     with_replacement: beam sampling draws (beam, token) pairs with replacement (the paper) or without;
     SpecInfer draws each node's children with or without replacement.
-    tree: SpecInfer's branching config, e.g. (4, 2, 2) = 4 + 8 + 16 nodes, depth 3 (gamma is its depth).
+    tree: SpecInfer's branching config, e.g. (4, 2, 2) = 4 + 8 + 16 nodes, depth 3 (gamma is its depth),
+    or "auto": each round's tree grown best-first by draft path probability and cut where expected
+    tokens per second peak under the measured verification costs (a model-free draft;
+    `mtad.decoding.drafts.proposers.cost_sized_tree`).
     reference: MMTAD's reference draft joint per depth (see `mtad.decoding.acceptance.reference_log_joints`).
     """
 
@@ -42,7 +45,7 @@ class SpeculationConfig:
     beam_width: int = 4
     threshold: float = 0.5
     with_replacement: bool = True
-    tree: tuple[int, ...] = (4, 2, 2)
+    tree: tuple[int, ...] | str = (4, 2, 2)
     reference: str = "best"
 
     def __post_init__(self) -> None:
@@ -55,13 +58,14 @@ class SpeculationConfig:
             )
         if not is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
             raise ConfigError(f"threshold must be in (0, 1], got {shown(self.threshold)}", "threshold")
-        if (
+        if self.tree != AUTO and (
             not isinstance(self.tree, tuple)
             or not self.tree
             or not all(is_int(b) and b >= 1 for b in self.tree)
         ):
             raise ConfigError(
-                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2), got {shown(self.tree)}",
+                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2) or 'auto', got "
+                f"{shown(self.tree)}",
                 "tree",
             )
         if self.reference not in REFERENCES:
@@ -81,7 +85,12 @@ class SpeculationConfig:
     @property
     def adaptive(self) -> bool:
         """gamma "auto" on a method that drafts: the depth is chosen round by round."""
-        return self.gamma == AUTO and self.needs_draft
+        return self.gamma == AUTO and self.needs_draft and not self.sized_by_cost
+
+    @property
+    def sized_by_cost(self) -> bool:
+        """The round's tree is sized by measured costs (tree "auto" on a tree method)."""
+        return self.tree == AUTO and "tree" in self.record.settings
 
     @property
     def depth(self) -> int:

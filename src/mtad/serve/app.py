@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mtad.api import stream
+from mtad.decoding.drafts import LoadedDraft, as_draft, describe_draft
 from mtad.decoding.loop import Generation
 from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import ConfigError, ContextLengthError, MtadError, NumericalError
@@ -79,8 +80,9 @@ class ServeConfig:
     batch_invariant: bool = False  # each request decodes as if alone (see `Scheduler`)
 
 
-def create_app(target: LoadedModel, draft: LoadedModel | None, config: ServeConfig) -> Starlette:
-    """The ASGI app serving `target` (with `draft` for drafted methods); run it with uvicorn."""
+def create_app(target: LoadedModel, draft: LoadedDraft, config: ServeConfig) -> Starlette:
+    """The ASGI app serving `target` (with `draft` for drafted methods: a loaded model, or a model-free
+    draft whose shared store, if any, serves every request); run it with uvicorn."""
     server = _Server(target, draft, config)
     routes = [
         Route("/v1/completions", server.completions, methods=["POST"]),
@@ -105,7 +107,7 @@ def create_app(target: LoadedModel, draft: LoadedModel | None, config: ServeConf
 
 
 class _Server:
-    def __init__(self, target: LoadedModel, draft: LoadedModel | None, config: ServeConfig) -> None:
+    def __init__(self, target: LoadedModel, draft: LoadedDraft, config: ServeConfig) -> None:
         if target.tokenizer is None:
             raise ValueError("the target model needs a tokenizer to serve text")
         self.target, self.draft, self.config = target, draft, config
@@ -113,7 +115,7 @@ class _Server:
         self.metrics = Metrics(
             lambda: self.scheduler.depth, lambda: float(self.scheduler.busy), lambda: self.scheduler.rows
         )
-        models = (target.model, draft.model if draft else None)
+        models = (target.model, as_draft(draft))
         self.scheduler = Scheduler(
             config.max_queue, config.max_batch_size, models, self.metrics.batch_step, config.batch_invariant
         )
@@ -146,6 +148,7 @@ class _Server:
 
     async def health(self, request: Request) -> Response:
         alive = self.scheduler.alive
+        described = describe_draft(self.draft)
         body = {
             "status": "ok" if alive else "worker stopped",
             "model": self.config.model_name,
@@ -156,11 +159,10 @@ class _Server:
             "batch_invariant": self.config.batch_invariant,
             "limits": dataclasses.asdict(self.config.limits),
             "dtype": dtype_name(self.target.model.dtype),
-            "draft_dtype": dtype_name(self.draft.model.dtype) if self.draft else None,
+            "draft_dtype": (described or {}).get("dtype"),
             "fast_path": self.target.fast_path.as_dict() if self.target.fast_path else None,
-            "draft_fast_path": self.draft.fast_path.as_dict()
-            if self.draft and self.draft.fast_path
-            else None,
+            "draft_fast_path": (described or {}).get("fast_path"),
+            "draft": described,  # a model-free draft: its kind and the memory of any shared store
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 
@@ -268,7 +270,7 @@ class _Server:
 
     def _room(self, prompt_len: int, needs_draft: bool, prompt_param: str) -> int | None:
         """Tokens the context window leaves after the prompt (None: no known limit)."""
-        draft = self.draft.model if needs_draft and self.draft else None
+        draft = self.draft.model if needs_draft and isinstance(self.draft, LoadedModel) else None
         limit = pair_context_length(self.target.model, draft)
         if limit is None:
             return None
@@ -286,7 +288,7 @@ class _Server:
     ) -> Generation:
         """The request's generation; an engine `ConfigError` is a 400 naming the field (`params`:
         the request field behind each engine setting)."""
-        draft = self.draft.model if self.draft else None
+        draft = as_draft(self.draft)
         try:
             return stream(
                 self.target.model,

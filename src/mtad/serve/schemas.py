@@ -80,7 +80,7 @@ class DecodingOptions(_Strict):
     threshold: float | None = Field(default=None, allow_inf_nan=False)
     top_k: int | None = None
     with_replacement: bool | None = None
-    tree: list[int] | None = None
+    tree: list[int] | Literal["auto"] | None = None
     reference: str | None = None
 
 
