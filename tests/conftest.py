@@ -74,6 +74,22 @@ def assert_counts(tokens: torch.Tensor, expected: torch.Tensor) -> None:
     assert torch.all(counts[expected == 0] == 0), "a zero-probability token was emitted"
 
 
+def assert_first_two_follow_p(rounds, p_root: torch.Tensor, p_child: torch.Tensor, generator) -> None:
+    """`rounds`: (node tokens, verdict) of independent tree rounds after one root context. The first
+    and second committed tokens follow p_root and p_root x p_child exactly (`assert_counts`). When a
+    round commits one token only (every child rejected), its second would come from the next round:
+    drawn here from the exact p_child(. | first), as a correct next round does."""
+    firsts, pairs, vocab = [], [], len(p_root)
+    for tokens, verdict in rounds:
+        committed = [tokens[i] for i in verdict.path()] + [int(verdict.next_token[0])]
+        if len(committed) == 1:
+            committed.append(int(torch.multinomial(p_child[committed[0]], 1, generator=generator)))
+        firsts.append(committed[0])
+        pairs.append(committed[0] * vocab + committed[1])
+    assert_counts(torch.tensor(firsts), p_root)
+    assert_counts(torch.tensor(pairs), (p_root.unsqueeze(1) * p_child).flatten())
+
+
 @pytest.fixture(scope="session")
 def pair_dirs(tmp_path_factory) -> tuple[str, str]:
     """A tiny target and draft saved as model directories with a tokenizer, as a user has them."""

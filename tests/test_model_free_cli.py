@@ -49,6 +49,17 @@ def test_bad_draft_options_exit_2_with_one_line(pair_dirs, capsys, extra, messag
     assert message in err and err.count("\n") == 1
 
 
+def test_a_hybrid_of_a_kind_and_a_draft_model(pair_dirs, capsys):
+    target, draft = pair_dirs
+    common = ["generate", "--target", target, "--max-new-tokens", "12", "--json", "--raw"]
+    args = [*common, "--draft", f"recycle+{draft}", "--method", "sd", "--temperature", "0"]
+    assert main([*args, "w3 w5 w3 w5 w3"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["draft"] == "recycle+model" and record["stats"]["draft_calls"] > 0
+    assert main([*common, "--method", "greedy", "w3 w5 w3 w5 w3"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == record["tokens"]
+
+
 def test_a_bench_refuses_a_shared_store(pair_dirs, capsys, tmp_path):
     target, _ = pair_dirs
     shared = ["--draft", "recycle", "--recycle-store", "10"]

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import mtad
-from conftest import assert_counts, tiny_llama
+from conftest import assert_first_two_follow_p, tiny_llama
+from mtad.decoding import loop
 from mtad.decoding.acceptance import ordered_candidates_tree
 from mtad.decoding.adaptive import Costs, NodePolicy
 from mtad.decoding.drafts import (
@@ -44,7 +45,7 @@ class ScriptedDraft(ModelFreeDraft):
     def __init__(self, rows: list[dict[int, float]]) -> None:
         self.rows = rows
 
-    def drafter(self, vocab_size, device):
+    def drafter(self, target):
         rows = self.rows
 
         class Scripted(TokenDrafter):
@@ -52,7 +53,7 @@ class ScriptedDraft(ModelFreeDraft):
                 self.lookups += 1
                 return Candidates.from_weights(rows[(self.lookups - 1) % len(rows)])
 
-        return Scripted(vocab_size, device)
+        return Scripted(target.vocab_size, target.device)
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +72,21 @@ def _drafts(model) -> dict[str, object]:
         "recycle-shared": RecycleDraft(shared=True),  # learns across runs: q changes between rounds
         "suffix-store": SuffixDraft(store_tokens=64),
         "hybrid": HybridDraft([RecycleDraft(shared=True), SuffixDraft(store_tokens=64)]),
+        "hybrid-model": HybridDraft([RecycleDraft(shared=True), tiny_llama(11, vocab=VOCAB, sharpness=3.0)]),
         "scripted": ScriptedDraft(
             [{removed: 1.0}, {3: 1.0}, {2: 0.5, 4: 0.25, removed: 0.25}, {5: 0.9, 6: 0.1}]
         ),
     }
 
 
-@pytest.mark.parametrize("draft_name", ["recycle-shared", "suffix-store", "hybrid", "scripted"])
+@pytest.mark.parametrize("draft_name", ["recycle-shared", "suffix-store", "hybrid", "hybrid-model",
+                                        "scripted"])  # fmt: skip
 @pytest.mark.parametrize(("method", "extra"), [("sd", {"gamma": 2}), ("specinfer", {"tree": (2, 2)}),
                                                ("specinfer", {"tree": "auto"})])  # fmt: skip
-def test_first_two_tokens_follow_the_target_distribution(small, draft_name, method, extra):
+def test_first_two_tokens_follow_the_target_distribution(small, draft_name, method, extra, monkeypatch):
+    # Tree "auto" sizes trees by measured forward costs: fixed, cheap ones here, so the rounds draft
+    # whatever the machine's load (the distribution must hold for any size; the check needs drafts).
+    monkeypatch.setattr(loop, "measure_costs", lambda *args: Costs({1: 1.0, 33: 1.5}, {1: 0.0}))
     draft = _drafts(small)[draft_name]
     counts, drafted, accepted = torch.zeros(VOCAB, VOCAB), 0, 0
     runs = 1500
@@ -106,16 +112,9 @@ def test_ordered_candidates_tree_is_lossless():
     p[0] = p_root
     for node, token in enumerate(tokens):
         p[1 + node] = p_child[token] if parents[node] == -1 else torch.full((v,), 1 / v)
-    firsts, pairs = [], []
-    for _ in range(10_000):
-        verdict = ordered_candidates_tree(p, torch.tensor(tokens), torch.tensor(parents), g)
-        committed = [tokens[i] for i in verdict.path()] + [int(verdict.next_token[0])]
-        firsts.append(committed[0])
-        if len(committed) == 1:
-            committed.append(int(torch.multinomial(p_child[committed[0]], 1, generator=g)))
-        pairs.append(committed[0] * v + committed[1])
-    assert_counts(torch.tensor(firsts), p_root)
-    assert_counts(torch.tensor(pairs), (p_root.unsqueeze(1) * p_child).flatten())
+    rounds = ((tokens, ordered_candidates_tree(p, torch.tensor(tokens), torch.tensor(parents), g))
+              for _ in range(10_000))  # fmt: skip
+    assert_first_two_follow_p(rounds, p_root, p_child, g)
 
 
 def _greedy(model, prompt, n):
@@ -164,11 +163,23 @@ def test_a_shared_store_carries_candidates_not_text(target, kind):
     assert described.get("entries", described.get("store_tokens")) > 0
 
 
-def test_batched_rows_with_a_model_free_draft_equal_their_solo_runs(target):
+@pytest.mark.parametrize("with_model", [False, True])
+def test_batched_rows_with_a_model_free_draft_equal_their_solo_runs(target, draft, with_model):
     prompts = [REPEATING, [7, 8, 9, 7, 8, 9, 7], REPEATING[:5]]
-    batch = mtad.generate(target, "recycle", prompts, method="sd", temperature=0, max_new_tokens=24, **NO_EOS)
+    drafting = HybridDraft(["recycle", draft]) if with_model else "recycle"
+    batch = mtad.generate(target, drafting, prompts, method="sd", temperature=0, max_new_tokens=24, **NO_EOS)
     for prompt, result in zip(prompts, batch, strict=True):
         assert result.tokens == _greedy(target, prompt, 24)
+        assert (result.stats.draft_calls > 0) == with_model
+
+
+@pytest.mark.parametrize(("method", "tree"), TREES)
+def test_a_hybrid_with_a_draft_model_keeps_greedy_decoding(target, draft, method, tree):
+    hybrid = HybridDraft(["suffix", draft])
+    result = mtad.generate(target, hybrid, REPEATING, method=method, temperature=0, max_new_tokens=40,
+                           gamma=4, tree=tree, **NO_EOS)  # fmt: skip
+    assert result.tokens == _greedy(target, REPEATING, 40)
+    assert result.stats.draft_calls > 0 and result.stats.accepted_tokens > 0
 
 
 def test_recycle_table_keeps_the_latest_rows_within_its_bound():
@@ -232,5 +243,10 @@ def test_bad_draft_settings_are_one_line_errors(target, draft):
         RecycleDraft(shared=True, max_entries="x")
     with pytest.raises(ConfigError, match="tree 'auto' sizes the trees of a model-free draft"):
         mtad.generate(target, draft, [2, 3], method="specinfer", tree="auto")
+    with pytest.raises(ConfigError, match="at most one draft model"):
+        HybridDraft(["recycle", draft, draft])
+    with pytest.raises(MtadError, match="output token ids|vocabular"):
+        other = tiny_llama(seed=3, vocab=40)  # a draft made for another target
+        mtad.generate(target, HybridDraft(["recycle", other]), [2, 3], method="sd")
     with pytest.raises(ConfigError, match="tree must be .* or 'auto', got 'big'"):
         mtad.generate(target, "recycle", [2, 3], method="specinfer", tree="big")

@@ -7,7 +7,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import mtad
-from conftest import assert_counts, tiny_gpt2, tiny_llama
+from conftest import assert_first_two_follow_p, tiny_gpt2, tiny_llama
 from mtad.decoding.acceptance import mmtad_tree, reference_log_joints, specinfer_tree
 from mtad.decoding.tree import paths_from_parents, tree_from_paths, tree_inputs
 from mtad.runtime.cache import CachedModel
@@ -200,32 +200,29 @@ def test_specinfer_is_lossless_over_a_two_level_tree(with_replacement):
     q_root = torch.tensor([0.3, 0.1, 0.25, 0.05, 0.1, 0.1, 0.0, 0.1])
     p_child = torch.softmax(torch.randn(V, V, generator=g) * 2, -1)  # p(. | first token)
     q_child = torch.softmax(torch.randn(V, V, generator=g) * 2, -1)
-    runs, firsts, pairs = 10_000, [], []
-    for _ in range(runs):
-        first = torch.multinomial(q_root, 3, replacement=with_replacement, generator=g)
-        parents, tokens = [-1, -1, -1], first.tolist()
-        for k in range(3):
-            child = torch.multinomial(
-                q_child[tokens[k]], 2, replacement=with_replacement, generator=g
-            ).tolist()
-            parents += [k, k]
-            tokens += child
-        nodes = len(tokens)
-        p = torch.zeros(1 + nodes, V)
-        q = torch.zeros(1 + nodes, V)
-        p[0], q[0] = p_root, q_root
-        for k in range(3):
-            p[1 + k], q[1 + k] = p_child[tokens[k]], q_child[tokens[k]]
-        for k in range(3, nodes):
-            p[1 + k] = torch.full((V,), 1 / V)
-        verdict = specinfer_tree(p, q, torch.tensor(tokens), torch.tensor(parents), g, with_replacement)
-        committed = [tokens[i] for i in verdict.path()] + [int(verdict.next_token[0])]
-        firsts.append(committed[0])
-        if len(committed) == 1:
-            committed.append(int(torch.multinomial(p_child[committed[0]], 1, generator=g)))
-        pairs.append(committed[0] * V + committed[1])
-    assert_counts(torch.tensor(firsts), p_root)
-    assert_counts(torch.tensor(pairs), (p_root.unsqueeze(1) * p_child).flatten())
+
+    def rounds():
+        for _ in range(10_000):
+            first = torch.multinomial(q_root, 3, replacement=with_replacement, generator=g)
+            parents, tokens = [-1, -1, -1], first.tolist()
+            for k in range(3):
+                child = torch.multinomial(
+                    q_child[tokens[k]], 2, replacement=with_replacement, generator=g
+                ).tolist()
+                parents += [k, k]
+                tokens += child
+            nodes = len(tokens)
+            p = torch.zeros(1 + nodes, V)
+            q = torch.zeros(1 + nodes, V)
+            p[0], q[0] = p_root, q_root
+            for k in range(3):
+                p[1 + k], q[1 + k] = p_child[tokens[k]], q_child[tokens[k]]
+            for k in range(3, nodes):
+                p[1 + k] = torch.full((V,), 1 / V)
+            nodes_tensor = torch.tensor(tokens), torch.tensor(parents)
+            yield tokens, specinfer_tree(p, q, *nodes_tensor, g, with_replacement)
+
+    assert_first_two_follow_p(rounds(), p_root, p_child, g)
 
 
 # --- End to end through mtad.generate ------------------------------------------------------------

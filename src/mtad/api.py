@@ -9,12 +9,13 @@ from transformers import PreTrainedModel
 
 from mtad.config import DEFAULT_MAX_NEW_TOKENS, SEED_LIMIT, SamplingConfig, StopConfig, shown
 from mtad.decoding.batch import BatchGeneration
-from mtad.decoding.drafts import ModelFreeDraft, is_model_free, resolve_draft
+from mtad.decoding.drafts import ModelFreeDraft, draft_model_of, is_model_free, resolve_draft
 from mtad.decoding.loop import Generation, GenerationResult
 from mtad.decoding.methods import with_model_free_draft, without_draft
 from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import ConfigError
 from mtad.models import check_fits_context, check_heads_compatible, output_width, pair_context_length
+from mtad.models.feature_draft import check_target, is_feature_draft
 
 Prompt = Sequence[int] | torch.Tensor | str
 
@@ -51,7 +52,7 @@ def stream(
         _check_seed(value, f"seed[{i}]")
     max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
     draft = resolve_draft(draft)
-    draft_model = draft if spec.needs_draft and not is_model_free(draft) else None  # a model that drafts
+    draft_model = draft_model_of(draft) if spec.needs_draft else None  # a model that drafts (or a hybrid's)
     context = pair_context_length(target, draft_model)
     (limits or Limits()).for_models(output_width(target), context).check(spec)
     prompts = _prompt_tensors(input_ids, tokenizer)
@@ -68,18 +69,20 @@ def stream(
                 f"{', '.join(with_model_free_draft())}, or a draft model",
                 "draft",
             )
-        if spec.sized_by_cost and draft_model is not None:
+        if spec.sized_by_cost and not is_model_free(draft):
             raise ConfigError(
                 "tree 'auto' sizes the trees of a model-free draft (recycle, suffix); with a draft model, "
                 "give a branching such as 4,2,2",
                 "tree",
             )
         if draft_model is not None:
-            check_heads_compatible(target, draft, tokenizer)
+            check_heads_compatible(target, draft_model, tokenizer)
+            if is_feature_draft(draft_model):
+                check_target(draft_model, target)
     for name, prompt in prompts:
         _check_token_ids(prompt, target, name)
         if draft_model is not None:
-            check_fits_context(draft, prompt.shape[1], max_new_tokens, "draft", name)
+            check_fits_context(draft_model, prompt.shape[1], max_new_tokens, "draft", name)
         check_fits_context(target, prompt.shape[1], max_new_tokens, "target", name)
     if _is_one_prompt(input_ids):
         if row_seeds:

@@ -123,6 +123,9 @@ def _stats_fields(stats: mtad.Stats) -> dict[str, Any]:
         "drafted_per_position": list(stats.drafted_per_position),
         "accepted_per_position": list(stats.accepted_per_position),
         "rounds_per_gamma": list(stats.rounds_per_gamma),  # the depth gamma "auto" chose, as a histogram
+        "accepted_lengths": list(stats.accepted_lengths),  # [L] = rounds that accepted L draft tokens
+        "tree_nodes": stats.tree_nodes,  # draft nodes verified, summed over rounds (tree methods)
+        "draft_seconds": stats.draft_seconds,  # a model-free draft's own time, inside wall_time_s
         # Defined once, in mtad.Stats: None (null) where undefined, e.g. ar's acceptance.
         "acceptance_rate": stats.acceptance_rate,
         "block_efficiency": stats.block_efficiency,

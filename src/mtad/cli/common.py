@@ -21,7 +21,8 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft",
         help="draft model sharing the target's vocabulary (a directory or hub id), or a draft that runs "
         "no model: recycle (the target's own earlier candidates), suffix (continuations seen in the "
-        "prompt and output), or both merged: recycle+suffix",
+        "prompt and output), or several merged: recycle+suffix, recycle+DIR (a draft model adding its "
+        "candidates after the committed text)",
     )
     group.add_argument(
         "--recycle-store", type=int, default=None, metavar="N",
@@ -165,11 +166,23 @@ def decoding_settings(args: argparse.Namespace) -> dict:
     }
 
 
+def split_draft(text: str | None) -> tuple[list[str], str | None]:
+    """--draft as (model-free kinds, a draft model's path): "recycle+suffix" -> (both, None),
+    "recycle+DIR" -> (["recycle"], DIR), "DIR" -> ([], DIR). A path may itself hold a "+": only
+    the parts that name kinds are kinds."""
+    if text is None:
+        return [], None
+    parts = text.split("+")
+    kinds = [part for part in parts if is_kind_name(part)]
+    rest = "+".join(part for part in parts if not is_kind_name(part))
+    return kinds, rest or None
+
+
 def model_free_draft(args: argparse.Namespace) -> ModelFreeDraft | None:
-    """The model-free draft --draft names, with its store options (None: --draft is a model).
-    A store option for a draft that has no such store, or a store size that is not a positive
-    integer, is a `ConfigError` (exit 2)."""
-    kinds = args.draft.split("+") if is_kind_name(args.draft) else []
+    """The model-free drafts --draft names, with their store options (None: --draft is a model
+    alone). A store option for a draft that has no such store, or a store size that is not a
+    positive integer, is a `ConfigError` (exit 2)."""
+    kinds, _ = split_draft(args.draft)
     for flag, value, owner in (("--recycle-store", args.recycle_store, "recycle"),
                                ("--suffix-store", args.suffix_store, "suffix")):  # fmt: skip
         if value is not None and owner not in kinds:
@@ -192,12 +205,19 @@ def load_pair_from_args(
     args: argparse.Namespace, need_draft: bool = True
 ) -> tuple[LoadedModel, LoadedModel | ModelFreeDraft | None]:
     """The pair named on the command line, or the built-in default pair when --target is omitted.
-    A model-free --draft loads no draft model."""
+    A model-free --draft loads no draft model; "recycle+DIR" loads DIR as the hybrid's model part
+    (checked against the target as any draft is)."""
     model_free = model_free_draft(args)
     if model_free is not None:
-        alone = vars(args) | {"draft": None, "recycle_store": None, "suffix_store": None}
-        target, _ = load_pair_from_args(argparse.Namespace(**alone), need_draft=False)
-        return target, model_free if need_draft else None
+        _, model_path = split_draft(args.draft)
+        alone = vars(args) | {"draft": model_path, "recycle_store": None, "suffix_store": None}
+        target, model = load_pair_from_args(argparse.Namespace(**alone), need_draft=model_path is not None)
+        if not need_draft:
+            return target, None
+        if model is None:
+            return target, model_free
+        parts = model_free.parts if isinstance(model_free, HybridDraft) else [model_free]
+        return target, HybridDraft([*parts, model.model])
     target, draft = args.target, args.draft
     if target is None:
         from mtad.models.default_pair import default_draft_path, default_target_path

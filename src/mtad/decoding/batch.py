@@ -66,8 +66,10 @@ class Batch:
 
     def __init__(self, target: PreTrainedModel, draft: PreTrainedModel | None) -> None:
         self.target_cache = RaggedCache(target)
-        # A model-free draft keeps no cache: each row's drafter holds what it needs.
-        self.draft_cache = RaggedCache(draft) if isinstance(draft, torch.nn.Module) else None
+        # A model-free draft keeps no cache (each row's drafter holds what it needs); a hybrid's
+        # model part does.
+        draft = draft if isinstance(draft, torch.nn.Module) else getattr(draft, "model", None)
+        self.draft_cache = RaggedCache(draft) if draft is not None else None
         self.rows: list[Row] = []
         self._joined = 0
         # What this batch's rounds really take, per depth, by the batch size rounds are priced at

@@ -29,14 +29,14 @@ from mtad.config import SamplingConfig, StopConfig
 from mtad.decoding.adaptive import Costs, GammaPolicy, NodePolicy, measure_costs
 from mtad.decoding.drafts import ModelFreeDraft, TokenDrafter
 from mtad.decoding.drafts.base import tail
+from mtad.decoding.drafts.hybrid import model_drafter
 from mtad.decoding.drafts.proposers import row_contexts
 from mtad.decoding.methods import TARGET_ONLY
 from mtad.decoding.proposals import empty_proposal
 from mtad.decoding.speculation import SpeculationConfig
 from mtad.decoding.stopping import Stopper
 from mtad.models import output_width
-from mtad.models.feature_draft import is_feature_draft
-from mtad.runtime.cache import CachedModel, FeatureDrafter, KVStore
+from mtad.runtime.cache import CachedModel, KVStore
 
 
 @dataclass
@@ -187,6 +187,8 @@ class Generation:
             if draft is not None and spec.needs_draft
             else None
         )
+        if isinstance(self.drafter, TokenDrafter):
+            self.drafter.sampling = sampling
         self.prompt = prompt.to(self.target.device)
         self.spec, self.sampling = spec, sampling
         self.stopper = Stopper(stop, tokenizer)
@@ -206,10 +208,11 @@ class Generation:
         if self._started:
             raise RuntimeError("a generation joins a batch before its first block")
         self.target.store = target_store
-        if isinstance(self.drafter, CachedModel) and self.drafter is not self.target:
+        drafting = getattr(self.drafter, "model_part", self.drafter)  # a hybrid's draft model
+        if isinstance(drafting, CachedModel) and drafting is not self.target:
             if draft_store is None:
                 raise RuntimeError("this generation has a draft; its batch was made without one")
-            self.drafter.store = draft_store
+            drafting.store = draft_store
 
     def __iter__(self) -> Iterator[Block]:
         if self._started:
@@ -308,10 +311,8 @@ def drafter_for(draft: PreTrainedModel | ModelFreeDraft, target: CachedModel) ->
     """The drafting model for `draft`: a feature draft reads `target`'s states; a model-free
     draft makes this request's drafter."""
     if isinstance(draft, ModelFreeDraft):
-        return draft.drafter(target.vocab_size, target.device)
-    if is_feature_draft(draft):
-        return FeatureDrafter(draft, target.vocab_size, target)
-    return CachedModel(draft, target.vocab_size)
+        return draft.drafter(target)
+    return model_drafter(draft, target)
 
 
 class _Generators:

@@ -204,7 +204,9 @@ class TreeProposal:
 
     tokens: torch.Tensor  # [nodes] draft tokens in node order
     tree: TreeBuffers
-    probs: torch.Tensor  # [1 + nodes, vocab] q at the root context and after each fed node (0 elsewhere)
+    # [1 + nodes, vocab] q at the root context and after each fed node (0 elsewhere); 0 wide when
+    # the children were chosen, not drawn (`drafts.proposers.cost_sized_tree`): no rule reads q
+    probs: torch.Tensor
     log_joint: torch.Tensor  # [nodes] log q of each node's root-to-node path
     best_leaf: int  # the final beam with the largest draft joint (beam trees), else -1
 

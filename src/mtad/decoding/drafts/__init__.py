@@ -13,19 +13,15 @@ A draft is a model (`PreTrainedModel`), a kind's name (`"recycle"`, `"suffix"`, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from transformers import PreTrainedModel
 
-from mtad.config import shown
 from mtad.decoding.drafts.base import Candidates, ModelFreeDraft, TokenDrafter
 from mtad.decoding.drafts.hybrid import HybridDraft
+from mtad.decoding.drafts.kinds import DRAFT_KINDS, kind_named
 from mtad.decoding.drafts.recycle import RecycleDraft
 from mtad.decoding.drafts.suffix import SuffixDraft
-from mtad.errors import ConfigError
 from mtad.models import LoadedModel
 from mtad.runtime.precision import dtype_name
-
-#: Model-free draft kinds by name; each makes its default draft.
-DRAFT_KINDS: dict[str, Callable[[], ModelFreeDraft]] = {"recycle": RecycleDraft, "suffix": SuffixDraft}
 
 #: A loaded draft as the applications hold it: a model with its tokenizer, a model-free draft, or none.
 LoadedDraft = LoadedModel | ModelFreeDraft | None
@@ -41,6 +37,7 @@ __all__ = [
     "TokenDrafter",
     "as_draft",
     "describe_draft",
+    "draft_model_of",
     "is_kind_name",
     "is_model_free",
     "resolve_draft",
@@ -61,15 +58,18 @@ def resolve_draft(draft: object) -> object:
     None pass unchanged."""
     if isinstance(draft, str):
         parts = draft.split("+")
-        if any(part not in DRAFT_KINDS for part in parts) or len(set(parts)) != len(parts):
-            raise ConfigError(
-                f"unknown draft kind {shown(draft)}; allowed: {', '.join(DRAFT_KINDS)} or several joined by "
-                "+ (recycle+suffix), or a draft model",
-                "draft",
-            )
-        drafts = [DRAFT_KINDS[part]() for part in parts]
+        if len(set(parts)) != len(parts):
+            kind_named(draft)  # the error naming what is allowed
+        drafts = [kind_named(part) for part in parts]
         return drafts[0] if len(drafts) == 1 else HybridDraft(drafts)
     return draft
+
+
+def draft_model_of(draft: object) -> PreTrainedModel | None:
+    """The model a draft runs: a draft model itself, a hybrid's model part, or None (model-free)."""
+    if isinstance(draft, PreTrainedModel):
+        return draft
+    return draft.model if isinstance(draft, HybridDraft) else None
 
 
 def as_draft(draft: LoadedDraft):

@@ -22,6 +22,7 @@ import torch
 
 from mtad.config import SamplingConfig, is_int, shown
 from mtad.errors import ConfigError
+from mtad.runtime.cache import CachedModel
 
 #: Tokens of context a source is shown: the committed sequence's end plus the draft path so far.
 CONTEXT_TOKENS = 16
@@ -65,7 +66,9 @@ class TokenDrafter:
     the target's rows of the round just verified; `finish` the request's tokens when it ends.
     """
 
-    calls = 0  # forwards run: none, whatever the method
+    calls = 0  # forwards run: none, whatever the method (a hybrid counts its model part's)
+    #: The request's warp (set by the loop): a hybrid's draft model warps its q with it.
+    sampling: SamplingConfig = SamplingConfig()
     #: The prefill returns the target's rows after every prompt token too, for `observe`.
     learns_from_prompt = False
 
@@ -94,7 +97,8 @@ class ModelFreeDraft:
 
     name = ""
 
-    def drafter(self, vocab_size: int, device: torch.device) -> TokenDrafter:
+    def drafter(self, target: CachedModel) -> TokenDrafter:
+        """This request's drafter, drafting for `target` (its vocabulary width and device)."""
         raise NotImplementedError
 
     def describe(self) -> dict:

@@ -84,8 +84,9 @@ class _Tree:
         rows = [self.row(-1)] + [self.row(node) for node in path[:-1]]
         return Proposal(torch.tensor([[self.tokens[n] for n in path]]), torch.stack(rows).unsqueeze(0))
 
-    def proposal(self, keep: list[int] | None = None, best_leaf: int = -1) -> TreeProposal:
-        """The tree of the nodes in `keep` (default all; closed under parents), in tree order."""
+    def proposal(self, keep: list[int] | None = None, best_leaf: int = -1, rows: bool = True) -> TreeProposal:
+        """The tree of the nodes in `keep` (default all; closed under parents), in tree order.
+        `rows` False: no q rows (0 wide), for children chosen, not drawn: no rule reads their q."""
         keep = list(range(len(self.tokens))) if keep is None else keep
         renumber = {old: new for new, old in enumerate(keep)}
         parents = [renumber.get(self.parents[node], -1) for node in keep]
@@ -93,12 +94,13 @@ class _Tree:
         order = sorted(range(len(keep)), key=lambda i: (len(paths[i]), paths[i]))  # tree_from_paths' order
         nodes = [keep[i] for i in order]
         tree = tree_from_paths([paths[i] for i in order])
-        rows = [self.row(-1)] + [self.row(node) for node in nodes]
         position = {node: i for i, node in enumerate(nodes)}
         return TreeProposal(
             tokens=torch.tensor([self.tokens[node] for node in nodes], dtype=torch.long),
             tree=tree,
-            probs=torch.stack(rows),
+            probs=torch.stack([self.row(-1)] + [self.row(node) for node in nodes])
+            if rows
+            else torch.zeros((1 + len(nodes), 0)),
             log_joint=torch.tensor([self.log_joint[node] for node in nodes], dtype=torch.float64),
             best_leaf=position.get(best_leaf, -1),
         )
@@ -200,38 +202,44 @@ def branching_tree(drafter, sequence, branching: tuple[int, ...], sampling, gene
 
 @_timed
 def cost_sized_tree(drafter, sequence, depth: int, sampling, generator, *, budget: int,
-                    sizer: Callable[[list[float]], int]):  # fmt: skip
+                    sizer: Callable[[list[float]], int], patience: int = 4):  # fmt: skip
     """The most probable paths first, up to `budget` nodes and `depth` deep; then the prefix of
     that order `sizer` picks from the nodes' path probabilities (`adaptive.NodePolicy.choose`).
-    Children are each node's candidates, most likely first; the best leaf (mmtad's reference) is
-    the most probable of the deepest nodes kept."""
+    Growing stops early once `patience` nodes in a row did not move the sizer's choice (path
+    probabilities only fall from there, so later nodes rarely pay; lookups cost time). Children
+    are each node's candidates, most likely first; the best leaf (mmtad's reference) is the most
+    probable of the deepest nodes kept."""
     tree = _Tree(drafter, sequence, sampling)
     frontier = [(-0.0, 0, -1, 0)]  # (-log joint, tie-break, node, depth)
-    order, tie = [], 1
-    while frontier and len(order) < budget:
+    order, probabilities, tie, chosen, idle = [], [], 1, 0, 0
+    while frontier and len(order) < budget and idle < patience:
         _, _, node, level = heapq.heappop(frontier)
         if node >= 0:
             order.append(node)
+            probabilities.append(math.exp(tree.log_joint[node]))
+            before, chosen = chosen, sizer(probabilities)
+            idle = idle + 1 if chosen == before else 0
         if level >= depth:
             continue
         found = tree.candidates(node)
         if found is None:
             continue
         base = tree.log_joint[node] if node >= 0 else 0.0
-        for k in found.probs.argsort(descending=True).tolist():
-            child = tree.add(node, int(found.ids[k]), float(found.probs[k]))
-            heapq.heappush(frontier, (-(base + math.log(float(found.probs[k]))), tie, child, level + 1))
+        likeliest_first = sorted(zip(found.probs.tolist(), found.ids.tolist(), strict=True), reverse=True)
+        for probability, token in likeliest_first:
+            child = tree.add(node, token, probability)
+            heapq.heappush(frontier, (-(base + math.log(probability)), tie, child, level + 1))
             tie += 1
-    keep = order[: sizer([math.exp(tree.log_joint[node]) for node in order])]
+    keep = order[: sizer(probabilities)]
     # mmtad's reference path ("best"): the most probable of the deepest kept nodes
     best = max(keep, key=lambda node: (len(tree.paths[node]), tree.log_joint[node]), default=-1)
-    return _tree_or_empty(tree, keep, best_leaf=best)
+    return _tree_or_empty(tree, keep, best_leaf=best, rows=False)
 
 
-def _tree_or_empty(tree: _Tree, keep: list[int] | None = None, best_leaf: int = -1):
+def _tree_or_empty(tree: _Tree, keep: list[int] | None = None, best_leaf: int = -1, rows: bool = True):
     if not (tree.tokens if keep is None else keep):
         return tree.chain([])
-    return tree.proposal(keep, best_leaf)
+    return tree.proposal(keep, best_leaf, rows)
 
 
 def row_contexts(proposal, sequence: torch.Tensor) -> list[tuple[int, ...]]:

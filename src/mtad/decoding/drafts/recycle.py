@@ -98,9 +98,9 @@ class RecycleDraft(ModelFreeDraft):
         self.max_entries = positive_int(max_entries, "recycle max_entries")
         self.table = RecycleTable(self.max_entries) if self.shared else None
 
-    def drafter(self, vocab_size: int, device: torch.device) -> TokenDrafter:
+    def drafter(self, target) -> TokenDrafter:
         table = self.table if self.table is not None else RecycleTable()
-        return _RecycleDrafter(table, vocab_size, device)
+        return _RecycleDrafter(table, target.vocab_size, target.device)
 
     def describe(self) -> dict:
         described = {"kind": self.name, "shared": self.shared}

@@ -140,8 +140,8 @@ class SuffixDraft(ModelFreeDraft):
     def __init__(self, store_tokens: int | None = None) -> None:
         self.store = None if store_tokens is None else SuffixStore(positive_int(store_tokens, "suffix store"))
 
-    def drafter(self, vocab_size: int, device: torch.device) -> TokenDrafter:
-        return _SuffixDrafter(self.store, vocab_size, device)
+    def drafter(self, target) -> TokenDrafter:
+        return _SuffixDrafter(self.store, target.vocab_size, target.device)
 
     def describe(self) -> dict:
         described = {"kind": self.name, "store": self.store is not None}
