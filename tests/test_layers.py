@@ -3,7 +3,8 @@ a higher layer, no file too long to hold in one's head.
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-    errors, config, locking     settings as data, the error types
+    errors, config, locking,    settings as data, the error types, joining a Ray cluster
+    cluster
     runtime/                    how forwards run and where tensors live between rounds
     models/                     loading, the default pair, draft kinds
     decoding/                   the core: sampling, acceptance, proposals, methods, the loop, batches
@@ -22,7 +23,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = (
-    ("mtad.errors", "mtad.config", "mtad.locking"),
+    ("mtad.errors", "mtad.config", "mtad.locking", "mtad.cluster"),
     ("mtad.runtime",),
     ("mtad.models",),
     ("mtad.decoding",),

@@ -178,7 +178,7 @@ def _scored(context: BenchContext, record: PromptRecord, prompt_ids: list[int], 
     }
 
 
-def _failed(head: dict, exc: Exception) -> dict[str, Any]:
+def failed_row(head: dict, exc: Exception) -> dict[str, Any]:
     return head | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
 
 
@@ -192,7 +192,7 @@ def run_sample(
         result, joules, peak_mb, _ = _measured_generation(context, prompt_ids, variant, head["seed"], stop)
         return _scored(context, record, prompt_ids, head, result, joules, peak_mb)
     except Exception as exc:  # a failing sample is a result, not the end of the run
-        return _failed(head, exc)
+        return failed_row(head, exc)
 
 
 def run_batch(
@@ -218,7 +218,7 @@ def run_batch(
         seeds = [head["seed"] for head in heads]
         results, joules, peak_mb, wall = _measured_generation(context, list(prompts), variant, seeds, stop)
     except Exception as exc:
-        return [_failed(head, exc) for head in heads]
+        return [failed_row(head, exc) for head in heads]
     total = sum(result.stats.new_tokens for result in results)
     batch = {
         "batch_id": records[0].id,  # with the repeat, names the batch (its rows share the numbers below)
@@ -233,7 +233,7 @@ def run_batch(
         try:
             rows.append(_scored(context, record, prompt_ids, head, result, share, peak_mb) | batch)
         except Exception as exc:
-            rows.append(_failed(head, exc) | batch)
+            rows.append(failed_row(head, exc) | batch)
     return rows
 
 
