@@ -11,7 +11,7 @@ from mtad.errors import ConfigError
 _LOCAL = "local"
 
 
-def add_ray_arguments(parser: argparse.ArgumentParser, worker: str, workers: str) -> None:
+def add_ray_arguments(parser: argparse.ArgumentParser, worker: str, workers: str) -> argparse._ArgumentGroup:
     """--ray [ADDRESS], --ray-{workers} N, --ray-cpus-per-{worker}, --ray-gpus-per-{worker}."""
     group = parser.add_argument_group(f"Ray cluster (optional: {INSTALL_HINT})")
     group.add_argument(
@@ -38,6 +38,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser, worker: str, workers: str
         f"--ray-gpus-per-{worker}", type=float, default=0.0, metavar="N",
         help=f"GPUs each {worker} reserves (default 0; a fraction shares one)",
     )  # fmt: skip
+    return group
 
 
 def ray_workers(args: argparse.Namespace, worker: str, workers: str) -> Workers | None:
