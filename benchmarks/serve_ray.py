@@ -69,7 +69,7 @@ def measure(args: argparse.Namespace, flags: list[str]) -> dict:
             results = list(pool.map(lambda i: one(args, client, i), range(total)))
             wall = time.perf_counter() - start
     finally:
-        server.send_signal(signal.SIGINT)  # the Ray server deletes its app and stops its cluster
+        server.send_signal(signal.SIGTERM)  # the Ray server deletes its app and stops its cluster
         try:
             server.wait(120)
         except subprocess.TimeoutExpired:

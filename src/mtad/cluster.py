@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,15 +68,31 @@ def connect(address: str | None, *, log_to_driver: bool = False) -> Iterator[Any
         yield ray
         return
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+        local = {"include_dashboard": False} if address is LOCAL else {}  # no web UI to leave behind
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver, **local)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = "this machine" if address == "auto" else address
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ClusterError(f"cannot join a Ray cluster at {where}: {first}") from None
+    previous = _stop_on_sigterm()
     try:
         yield ray
     finally:
         ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm():
+    """SIGTERM unwinds like Ctrl-C while joined (Ray's own handler ends the driver without stopping
+    the cluster it started, whose agents then outlive it); returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _check_reachable(address: str) -> None:

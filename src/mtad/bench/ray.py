@@ -45,11 +45,21 @@ ATTEMPTS = 3
 class BenchActor:
     """One Ray actor: loads the pair once, then runs units (`ray.remote` makes it an actor)."""
 
-    def __init__(self, config: BenchConfig, load: Loader, threads: int) -> None:
+    def __init__(self, config: BenchConfig, load: Loader, threads: int, allow_unsandboxed: bool) -> None:
         torch.set_num_threads(threads)
+        sandbox = None
+        if config.dataset == "humaneval":  # model-written code runs here: this node's sandbox, or opt-in
+            from mtad.bench.execution import allow_unsandboxed as allow
+            from mtad.bench.execution import check_isolation
+
+            if allow_unsandboxed:
+                allow()
+            sandbox = check_isolation(allow_unsandboxed).describe()
         target, draft = load()
         self.context = open_context(config, target, draft)
         self.context.machine |= node_of_this_process(ray) | {"torch_threads": str(threads)}
+        if sandbox is not None:
+            self.context.machine["code_execution"] = sandbox
 
     def machine(self) -> dict[str, Any]:
         return self.context.machine
@@ -61,9 +71,9 @@ class BenchActor:
 class _Pool:
     """`count` actors, each with at most one unit in flight; a dead actor is replaced."""
 
-    def __init__(self, config: BenchConfig, load: Loader, workers: Workers, count: int) -> None:
+    def __init__(self, actor_args: tuple, workers: Workers, count: int) -> None:
         self.options = {"num_cpus": workers.cpus, "num_gpus": workers.gpus, "max_restarts": 0}
-        self.args = (config, load, workers.cpus)
+        self.args = actor_args  # BenchActor's
         self.idle = [self._start() for _ in range(count)]
         self.running: dict[Any, tuple[Any, Unit]] = {}  # result ref -> (actor, unit)
 
@@ -75,7 +85,7 @@ class _Pool:
         try:
             return ray.get([actor.machine.remote() for actor in self.idle])
         except ray.exceptions.RayActorError as error:
-            raise ClusterError(f"a Ray actor could not load the pair: {_cause(error)}") from None
+            raise ClusterError(f"a Ray actor could not start: {_cause(error)}") from None
 
     def submit(self, unit: Unit) -> None:
         actor = self.idle.pop()
@@ -108,14 +118,16 @@ def run_bench_on_ray(
     count: int,
     *,
     progress: bool = True,
+    allow_unsandboxed: bool = False,
 ) -> list[dict]:
     """`mtad.bench.runner.run_bench` over `count` actors of the connected cluster; returns all the
-    plan's rows, in results.jsonl's order (the same as an unsharded run's)."""
+    plan's rows, in results.jsonl's order (the same as an unsharded run's). `allow_unsandboxed`:
+    HumanEval code may run without a sandbox on nodes that have none (`--allow-unsandboxed-code`)."""
     plan, done = read_plan(config, records, out)
     if not plan.units:
         return plan_rows(plan, out)
     start = time.perf_counter()
-    pool = _Pool(config, load, workers, min(count, len(plan.units)))
+    pool = _Pool((config, load, workers.cpus, allow_unsandboxed), workers, min(count, len(plan.units)))
     try:
         machines = pool.machines()
         _write_machine(out, machines, workers, time.perf_counter() - start)
@@ -162,7 +174,7 @@ def _lost(config: BenchConfig, unit: Unit) -> list[dict]:
 def _write_machine(out: Path, machines: list[dict], workers: Workers, startup_s: float) -> None:
     nodes = [
         {key: m.get(key) for key in ("node_ip", "node_cpus", "node_gpus", "cpu", "cpu_flags", "gpu")}
-        | {"device": m.get("device"), "dtype": m.get("dtype"), "torch_threads": m.get("torch_threads")}
+        | {key: m.get(key) for key in ("device", "dtype", "torch_threads", "code_execution") if key in m}
         for m in machines
     ]
     machine = dict(machines[0]) | {

@@ -317,8 +317,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             from mtad.bench.ray import run_bench_on_ray
 
-            rows = run_bench_on_ray(config, records, load, out, workers, count, progress=not args.quiet)
-        if sandbox is not None:
+            rows = run_bench_on_ray(config, records, load, out, workers, count, progress=not args.quiet,
+                                    allow_unsandboxed=args.allow_unsandboxed_code)  # fmt: skip
+        if sandbox is not None and workers is None:  # on Ray, each actor records its node's
             _record_isolation(out, sandbox)
         files = write_outputs(out, config, variants, rows, command_line(config, out))
     print(speed_table(summarize(rows, [v.label for v in variants], seed=config.seed)))
