@@ -167,10 +167,7 @@ class _Server:
         return JSONResponse(body, status_code=200 if alive else 503)
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(await self.exposition(), media_type=CONTENT_TYPE)
-
-    async def exposition(self) -> bytes:  # Ray Serve replicas answer their sum (`mtad.serve.ray`)
-        return self.metrics.exposition()
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
     # -- errors --------------------------------------------------------------------------------
 

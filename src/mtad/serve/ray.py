@@ -11,10 +11,10 @@ streaming and every 4xx come from the replica unchanged; Serve routes each reque
 
 - Health: Serve calls each replica's `check_health`, which asks the app's own /health route; a
   stopped worker (503 there) makes Serve replace the replica.
-- /metrics: every replica sends its metrics to one `MetricsHub` replica every `PUSH_S` seconds (and
-  before answering /metrics); the answer is their sum (`mtad.serve.metrics.sum_expositions`), so a
-  scrape through the router sees the whole deployment: counters of replicas gone still count,
-  their gauges do not; another replica's numbers are at most `PUSH_S` old.
+- /metrics: every `PUSH_S` seconds each replica sends its metrics to one `MetricsHub` replica and
+  fetches their sum (`mtad.serve.metrics.sum_expositions`), which its /metrics answers: a scrape
+  through the router sees the whole deployment, up to 2 x `PUSH_S` old. Counters of replicas gone
+  still count (totals never fall), their gauges do not.
 - Autoscaling: with `max_replicas`, Serve keeps between `replicas` and `max_replicas` replicas,
   aiming at `max_batch_size` requests in flight per replica.
 """
@@ -64,8 +64,11 @@ class MtadReplica:
         self.server = self.mtad_app.state.server
         self.hub = hub
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.server.exposition = self._summed
-        threading.Thread(target=self._push_forever, name="mtad-metrics-push", daemon=True).start()
+        metrics = self.server.metrics
+        self.own = metrics.exposition  # this replica's numbers
+        self.summed = self.own()  # the deployment's, refreshed every PUSH_S
+        metrics.exposition = lambda: self.summed  # what /metrics answers
+        threading.Thread(target=self._refresh_forever, name="mtad-metrics", daemon=True).start()
 
     def __serve_build_asgi_app__(self):
         return self.mtad_app
@@ -75,16 +78,13 @@ class MtadReplica:
         if response.status_code != 200:
             raise RuntimeError(f"/health answers {response.status_code}: {response.body.decode()}")
 
-    async def _summed(self) -> bytes:
-        await self.hub.push.remote(self.replica, self.server.metrics.exposition())
-        return await self.hub.exposition.remote()
-
-    def _push_forever(self) -> None:
+    def _refresh_forever(self) -> None:
         while True:
             time.sleep(PUSH_S)
             try:
-                self.hub.push.remote(self.replica, self.server.metrics.exposition()).result()
-            except Exception:  # noqa: BLE001 - the hub restarts; the next push gets through
+                self.hub.push.remote(self.replica, self.own()).result()
+                self.summed = self.hub.exposition.remote().result()
+            except Exception:  # noqa: BLE001 - the hub restarts; the next round gets through
                 pass
 
 
