@@ -189,3 +189,13 @@ def test_bad_ray_input_to_mtad_serve_is_one_line_and_exit_2_before_any_model_loa
     scaling = ["--ray", "--ray-replicas", "2", "--ray-max-replicas", "1"]
     _one_line_exit_2(["serve", *pair, *scaling], capsys, ">= --ray-replicas")
     _one_line_exit_2(["serve", "--target", pair_dirs[0], "--ray"], capsys, "needs a draft")
+
+
+def test_serve_run_builds_the_application_from_its_arguments(pair_dirs):
+    from ray.serve import Application
+
+    from mtad.serve.ray import build
+
+    assert isinstance(build({"target": pair_dirs[0], "draft": pair_dirs[1], "replicas": "2"}), Application)
+    with pytest.raises(ValueError, match="target="):
+        build({"draft": pair_dirs[1]})

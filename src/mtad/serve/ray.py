@@ -3,6 +3,8 @@
     from mtad.serve.ray import application
     serve.run(application(load, config, replicas=2), name="mtad", route_prefix="/")
 
+or, with Ray Serve's command line, `serve run mtad.serve.ray:build target=T draft=D replicas=2`.
+
 Each replica loads the pair once (`load`, a picklable callable returning (target, draft)) and runs
 the whole app, scheduler and continuous batching included, so request parsing, per-request seeds,
 streaming and every 4xx come from the replica unchanged; Serve routes each request to one replica
@@ -21,6 +23,7 @@ streaming and every 4xx come from the replica unchanged; Serve routes each reque
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +31,8 @@ from collections.abc import Callable
 from ray import serve
 from starlette.requests import Request
 
-from mtad.models import LoadedModel
+from mtad.api import DEFAULT_SETTINGS
+from mtad.models import LoadedModel, load_pair
 from mtad.serve.app import ServeConfig, create_app
 from mtad.serve.metrics import sum_expositions
 
@@ -120,6 +124,21 @@ def application(
     )
     hub = serve.deployment(MetricsHub, name="mtad-metrics", ray_actor_options={"num_cpus": 0})
     return replica.bind(load, config, hub.bind())
+
+
+def build(args: dict[str, str]):
+    """For Ray Serve's own CLI: `serve run mtad.serve.ray:build target=T draft=D replicas=2`
+    (optional: max_replicas, model, method, max_new_tokens). The library's decoding defaults
+    (`mtad.api.DEFAULT_SETTINGS`), not the command line's; `mtad serve --ray` takes every flag."""
+    known = {"target", "draft", "replicas", "max_replicas", "model", "method", "max_new_tokens"}
+    if set(args) - known or not args.get("target"):
+        raise ValueError(f"build takes target=... and optionally {', '.join(sorted(known - {'target'}))}")
+    defaults = DEFAULT_SETTINGS | {k: type(DEFAULT_SETTINGS[k])(args[k]) for k in ("method", "max_new_tokens")
+                                   if k in args}  # fmt: skip
+    config = ServeConfig(args.get("model", args["target"]), defaults)
+    load = functools.partial(load_pair, args["target"], args.get("draft"))
+    maximum = int(args["max_replicas"]) if "max_replicas" in args else None
+    return application(load, config, int(args.get("replicas", 1)), maximum)
 
 
 def serve_until_interrupted(app, host: str, port: int, name: str = "mtad") -> None:
