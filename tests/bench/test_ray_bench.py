@@ -18,7 +18,8 @@ from mtad.cli.common import load_pair_from_args
 
 from .test_cli_bench import bench_args, read_results
 
-TIMINGS = {"wall_time_s", "tokens_per_s", "ms_per_token", "joules", "joules_per_token", "peak_memory_mb"}
+TIMINGS = {"wall_time_s", "tokens_per_s", "ms_per_token", "joules", "joules_per_token", "peak_memory_mb",
+           "draft_seconds", "batch_wall_time_s", "batch_tokens_per_s"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
