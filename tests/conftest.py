@@ -119,3 +119,27 @@ def tokenizer():
 @pytest.fixture
 def prompt():
     return [0, 5, 7, 3]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for every Ray test of the session, joined in-process; its
+    workers can import the test modules (functions they run are pickled by reference)."""
+    import logging
+    import os
+    from pathlib import Path
+
+    import ray
+
+    tests = str(Path(__file__).resolve().parent)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests, saved) if p)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield ray
+    ray.shutdown()

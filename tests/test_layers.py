@@ -3,7 +3,8 @@ a higher layer, no file too long to hold in one's head.
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-    errors, config, locking     settings as data, the error types
+    errors, config, locking,    settings as data, the error types, joining a Ray cluster
+    cluster
     runtime/                    how forwards run and where tensors live between rounds
     models/                     loading, the default pair, draft kinds
     decoding/                   the core: sampling, acceptance, proposals, methods, the loop, batches
@@ -22,7 +23,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = (
-    ("mtad.errors", "mtad.config", "mtad.locking"),
+    ("mtad.errors", "mtad.config", "mtad.locking", "mtad.cluster"),
     ("mtad.runtime",),
     ("mtad.models",),
     ("mtad.decoding",),
@@ -161,3 +162,41 @@ def test_no_source_file_is_too_long_to_hold_in_ones_head():
         if (lines := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+#: Ray is an optional extra: these modules alone import it (mtad.cluster only inside functions).
+RAY_MODULES = {"mtad.cluster", "mtad.bench.ray", "mtad.serve.ray"}
+
+
+def _imports_ray(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ray" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray":
+            return True
+    return False
+
+
+def test_only_the_ray_modules_import_ray_and_nothing_imports_them_at_module_level():
+    assert {name for name, path in modules().items() if _imports_ray(path)} == RAY_MODULES
+    for name, path in modules().items():
+        top_level = ast.parse(path.read_text()).body
+        imported = {alias.name for node in top_level if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {
+            f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in RAY_MODULES else node.module
+            for node in top_level
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        assert not imported & (RAY_MODULES - {"mtad.cluster"}), name
+
+
+def test_the_package_and_its_commands_import_without_ray():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mtad, mtad.cli, mtad.cli.bench, mtad.cli.serve, mtad.bench.runner, mtad.serve, "
+        "mtad.cluster; assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -39,3 +39,7 @@ class DatasetError(MtadError):
 
 class DraftMismatchError(MtadError):
     """A draft was trained for another target (e.g. a feature draft reading another model's states)."""
+
+
+class ClusterError(MtadError):
+    """Ray is missing, a Ray cluster cannot be reached, or it has no room for the workers asked for."""

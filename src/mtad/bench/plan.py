@@ -177,3 +177,41 @@ def schedule(
             for variant in list(variants[shift:]) + list(variants[:shift]):
                 yield group, repeat, variant
             turn += 1
+
+
+Item = tuple[tuple[PromptRecord, ...], int, Variant]  # (records decoded together, repeat, variant)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The items of one group of records (one prompt without batching) still to run, in plan order:
+    every variant and repeat of that prompt runs back to back on one worker, so speed ratios are
+    measured on one machine. `index` orders units as the plan does."""
+
+    index: int
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    units: list[Unit]  # the units with anything left to run
+    total: int  # generations in the plan
+    finished: int  # generations already in results.jsonl
+    keys: set[tuple[str, str, int]]  # the plan's sample keys
+
+
+def plan_units(config: BenchConfig, records: Sequence[PromptRecord], done: set) -> Plan:
+    """The run's units not yet finished; `done`: the sample keys results.jsonl holds."""
+    variants = plan_variants(config)
+    plan = list(schedule(records, variants, config.repeats, config.batch_size))
+    units: dict[tuple[str, ...], list[Item]] = {}
+    for item in plan:
+        if any((r.id, item[2].label, item[1]) not in done for r in item[0]):
+            units.setdefault(tuple(r.id for r in item[0]), []).append(item)
+    keys = {(r.id, v.label, rep) for group, rep, v in plan for r in group}
+    return Plan(
+        units=[Unit(index, tuple(items)) for index, items in enumerate(units.values())],
+        total=len(keys),
+        finished=len(keys & done),
+        keys=keys,
+    )

@@ -255,6 +255,17 @@ def render_report(
     if _judged(rows):
         parts += ["## Missing judgements", "", _missing_judgements(rows), ""]
     parts += ["## Setup", "", _table(["setting", "value"], [[k, f"`{v}`"] for k, v in setup.items()]), ""]
-    parts += ["## Machine", "", _table(["item", "value"], [[k, str(v)] for k, v in machine.items()]), ""]
+    parts += ["## Machine", "", _table(["item", "value"], _machine_rows(machine)), ""]
     parts += ["## Definitions", "", _DEFINITIONS, ""]
     return "\n".join(parts)
+
+
+def _machine_rows(machine: Mapping[str, Any]) -> list[list[str]]:
+    """One row per item; a sharded run's actors (`nodes`, `mtad.bench.ray`) one row each."""
+    rows = [[key, str(value)] for key, value in machine.items() if key != "nodes"]
+    for number, node in enumerate(machine.get("nodes") or (), start=1):
+        cpus, gpus = node.get("node_cpus") or 0, node.get("node_gpus") or 0
+        where = f"{node.get('node_ip')} ({cpus:g} CPUs, {gpus:g} GPUs)"
+        what = ", ".join(str(node[key]) for key in ("cpu", "gpu", "device", "dtype") if node.get(key))
+        rows.append([f"actor {number}", f"{where}: {what}, {node.get('torch_threads')} torch threads"])
+    return rows

@@ -7,15 +7,21 @@ continues where `results.jsonl` stops. `LOCK_FILE` is held by the run writing it
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from tqdm import tqdm
+
+from mtad.bench.plan import plan_units, sample_key
 from mtad.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mtad.bench.plan import BenchConfig
+    from mtad.bench.datasets import PromptRecord
+    from mtad.bench.plan import BenchConfig, Plan
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
@@ -128,3 +134,44 @@ def load_results(path: Path) -> list[dict]:
     if len(kept) != len(lines):
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return records
+
+
+class ResultsWriter:
+    """Appends rows to results.jsonl, skipping any already there (no sample is written twice), and
+    moves the progress bar. Only the driver of a run writes."""
+
+    def __init__(self, sink: IO[str], done: set, bar: tqdm) -> None:
+        self.sink, self.done, self.bar = sink, done, bar
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            if sample_key(row) in self.done:
+                continue
+            self.sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.done.add(sample_key(row))
+            self.bar.update()
+        self.sink.flush()
+        if rows:
+            rate = rows[-1].get("batch_tokens_per_s") or rows[-1].get("tokens_per_s") or 0
+            self.bar.set_postfix_str(f"{rows[-1]['variant']}: {rate:.1f} tok/s", refresh=False)
+
+
+@contextlib.contextmanager
+def results_writer(out: Path, plan: Plan, done: set, progress: bool) -> Iterator[ResultsWriter]:
+    """The run's writer, with a progress bar over the whole plan and the resume notice."""
+    if done and plan.units:
+        print(f"mtad bench: resuming, {plan.finished} of {plan.total} generations done", file=sys.stderr)
+    bar = tqdm(total=plan.total, initial=plan.finished, desc="mtad bench", unit="gen", disable=not progress)
+    with (out / RESULTS_FILE).open("a", encoding="utf-8") as sink, bar:
+        yield ResultsWriter(sink, done, bar)
+
+
+def read_plan(config: BenchConfig, records: Sequence[PromptRecord], out: Path) -> tuple[Plan, set]:
+    """What is left of the run in `out`, and the sample keys already written there."""
+    done = {sample_key(r) for r in load_results(out / RESULTS_FILE)}
+    return plan_units(config, records, done), done
+
+
+def plan_rows(plan: Plan, out: Path) -> list[dict]:
+    """All rows of this plan in results.jsonl, in file order."""
+    return [r for r in load_results(out / RESULTS_FILE) if sample_key(r) in plan.keys]

@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 import mtad
 from mtad.bench import metrics
@@ -46,8 +44,8 @@ from mtad.bench.datasets import PromptRecord
 from mtad.bench.energy import EnergyMeter, detect_energy_meter
 from mtad.bench.judge import Judge
 from mtad.bench.machine import PeakMemory, describe_machine
-from mtad.bench.plan import BenchConfig, Variant, plan_variants, sample_key, sample_seed, schedule
-from mtad.bench.rundir import MACHINE_FILE, RESULTS_FILE, load_results
+from mtad.bench.plan import BenchConfig, Unit, Variant, plan_variants, sample_seed
+from mtad.bench.rundir import MACHINE_FILE, plan_rows, read_plan, results_writer
 from mtad.bench.scoring import encode_record, prompt_is_chat, score_task, stop_strings
 from mtad.decoding.drafts import as_draft, describe_draft
 from mtad.decoding.methods import get_method
@@ -74,6 +72,14 @@ class BenchContext:
     meter: EnergyMeter
     memory: PeakMemory
     judge: Judge | None = None
+    machine: dict[str, Any] = field(default_factory=dict)  # what it runs on, for machine.json
+    warmed: bool = False  # every variant has run its warm-up generation in this context
+    encoded: dict[str, list[int]] = field(default_factory=dict)  # prompt ids by record id
+
+    def encoded_prompt(self, record: PromptRecord) -> list[int]:
+        if record.id not in self.encoded:
+            self.encoded[record.id] = encode_record(record, self.target.tokenizer, self.config.prompt_format)
+        return self.encoded[record.id]
 
 
 def _finite(value: float | None) -> float | None:
@@ -175,7 +181,7 @@ def _scored(context: BenchContext, record: PromptRecord, prompt_ids: list[int], 
     }
 
 
-def _failed(head: dict, exc: Exception) -> dict[str, Any]:
+def failed_row(head: dict, exc: Exception) -> dict[str, Any]:
     return head | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
 
 
@@ -189,7 +195,7 @@ def run_sample(
         result, joules, peak_mb, _ = _measured_generation(context, prompt_ids, variant, head["seed"], stop)
         return _scored(context, record, prompt_ids, head, result, joules, peak_mb)
     except Exception as exc:  # a failing sample is a result, not the end of the run
-        return _failed(head, exc)
+        return failed_row(head, exc)
 
 
 def run_batch(
@@ -215,7 +221,7 @@ def run_batch(
         seeds = [head["seed"] for head in heads]
         results, joules, peak_mb, wall = _measured_generation(context, list(prompts), variant, seeds, stop)
     except Exception as exc:
-        return [_failed(head, exc) for head in heads]
+        return [failed_row(head, exc) for head in heads]
     total = sum(result.stats.new_tokens for result in results)
     batch = {
         "batch_id": records[0].id,  # with the repeat, names the batch (its rows share the numbers below)
@@ -230,7 +236,7 @@ def run_batch(
         try:
             rows.append(_scored(context, record, prompt_ids, head, result, share, peak_mb) | batch)
         except Exception as exc:
-            rows.append(_failed(head, exc) | batch)
+            rows.append(failed_row(head, exc) | batch)
     return rows
 
 
@@ -250,11 +256,44 @@ def _warm_up(context: BenchContext, prompt_ids: list[int], variants: Sequence[Va
             pass  # the measured sample will record the failure with its reason
 
 
+# ---- a unit, the grain a run is sharded by (`mtad.bench.plan.Unit`) ------------------------------
+
+
+def unit_rows(context: BenchContext, unit: Unit) -> Iterator[list[dict[str, Any]]]:
+    """Run a unit's items in order, yielding each item's rows (one, or a batch's); the first unit a
+    context runs warms every variant up first."""
+    for group, repeat, variant in unit.items:
+        prompts = [context.encoded_prompt(record) for record in group]
+        if not context.warmed:
+            _warm_up(context, prompts[0], plan_variants(context.config))
+            context.warmed = True
+        if context.config.batch_size == 1:
+            yield [run_sample(context, group[0], prompts[0], variant, repeat)]
+        else:  # a partly written group (an interrupted run) is decoded again, whole
+            yield run_batch(context, group, prompts, variant, repeat)
+
+
 # ---- the run -----------------------------------------------------------------------------------
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
+
+
+def open_context(config: BenchConfig, target: LoadedModel, draft: LoadedModel | None) -> BenchContext:
+    """The context generations run in, and (`context.machine`) what they run on."""
+    device = model_device(target.model)
+    machine = describe_machine(device, next(target.model.parameters()).dtype)
+    machine["fast_path"] = target.fast_path.as_dict() if target.fast_path is not None else None
+    machine["draft_fast_path"] = (describe_draft(draft) or {}).get("fast_path")
+    machine["draft"] = describe_draft(draft)
+    meter = detect_energy_meter(str(device))
+    machine["energy_meter"] = meter.description
+    machine["energy_meter_notes"] = "; ".join(getattr(meter, "reasons", ()))
+    memory = PeakMemory(device)
+    machine["peak_memory"] = memory.kind
+    judge = None if config.judge is None else Judge(config.judge)
+    return BenchContext(target, draft, config, meter, memory, judge, machine=machine)
 
 
 def run_bench(
@@ -267,52 +306,11 @@ def run_bench(
     progress: bool = True,
 ) -> list[dict]:
     """Run every (record, repeat, variant) not yet in `out/results.jsonl`; returns all this plan's rows."""
-    variants = plan_variants(config)
-    device = model_device(target.model)
-    machine = describe_machine(device, next(target.model.parameters()).dtype)
-    machine["fast_path"] = target.fast_path.as_dict() if target.fast_path is not None else None
-    machine["draft_fast_path"] = (describe_draft(draft) or {}).get("fast_path")
-    machine["draft"] = describe_draft(draft)
-    meter = detect_energy_meter(str(device))
-    machine["energy_meter"] = meter.description
-    machine["energy_meter_notes"] = "; ".join(getattr(meter, "reasons", ()))
-    memory = PeakMemory(device)
-    machine["peak_memory"] = memory.kind
-    (out / MACHINE_FILE).write_text(json.dumps(machine, indent=2) + "\n")
-    judge = None if config.judge is None else Judge(config.judge)
-    context = BenchContext(target, draft, config, meter, memory, judge)
-
-    results_path = out / RESULTS_FILE
-    done = {sample_key(r) for r in load_results(results_path)}
-    plan = list(schedule(records, variants, config.repeats, config.batch_size))
-    todo = [item for item in plan if any((r.id, item[2].label, item[1]) not in done for r in item[0])]
-    total = sum(len(group) for group, _, _ in plan)
-    finished = sum((r.id, v.label, rep) in done for group, rep, v in plan for r in group)
-    if done and todo:
-        print(f"mtad bench: resuming, {finished} of {total} generations done", file=sys.stderr)
-    encoded: dict[str, list[int]] = {}
-    with (
-        results_path.open("a", encoding="utf-8") as sink,
-        tqdm(total=total, initial=finished, desc="mtad bench", unit="gen", disable=not progress) as bar,
-    ):
-        for group, repeat, variant in todo:
-            for record in group:
-                if record.id not in encoded:
-                    encoded[record.id] = encode_record(record, target.tokenizer, config.prompt_format)
-                    if len(encoded) == 1:
-                        _warm_up(context, encoded[record.id], variants)
-            prompts = [encoded[record.id] for record in group]
-            if config.batch_size == 1:
-                rows = [run_sample(context, group[0], prompts[0], variant, repeat)]
-            else:  # a partly written group (an interrupted run) is decoded again, whole
-                rows = run_batch(context, group, prompts, variant, repeat)
-            for row in rows:
-                if sample_key(row) in done:
-                    continue
-                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                bar.update()
-            sink.flush()
-            rate = rows[-1].get("batch_tokens_per_s") or rows[-1].get("tokens_per_s") or 0
-            bar.set_postfix_str(f"{variant.label}: {rate:.1f} tok/s", refresh=False)
-    keys = {(r.id, v.label, rep) for group, rep, v in plan for r in group}
-    return [r for r in load_results(results_path) if sample_key(r) in keys]
+    context = open_context(config, target, draft)
+    (out / MACHINE_FILE).write_text(json.dumps(context.machine, indent=2) + "\n")
+    plan, done = read_plan(config, records, out)
+    with results_writer(out, plan, done, progress) as writer:
+        for unit in plan.units:
+            for rows in unit_rows(context, unit):
+                writer.write(rows)
+    return plan_rows(plan, out)

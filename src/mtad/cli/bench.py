@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import shlex
 from dataclasses import replace
@@ -15,6 +17,7 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
+from mtad.cli.ray import add_ray_arguments, ray_workers
 from mtad.decoding.methods import get_method
 from mtad.errors import ConfigError, DatasetError
 from mtad.runtime.fast import load_settings
@@ -87,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     judge.add_argument(
         "--judge-timeout", type=float, help="seconds per judge request (default 120; up to 3 tries)"
     )
+    add_ray_arguments(parser, "actor", "actors")
     add_pair_arguments(parser)
     add_decoding_arguments(parser, method=None)
     parser.set_defaults(func=run)
@@ -275,10 +279,10 @@ def run(args: argparse.Namespace) -> int:
     from mtad.bench.plan import needs_draft, plan_variants
     from mtad.bench.report import speed_table
     from mtad.bench.rundir import LOCK_FILE, prepare_output_dir
-    from mtad.bench.runner import run_bench
     from mtad.bench.summary import summarize
     from mtad.locking import exclusive_directory
 
+    workers = ray_workers(args, "actor", "actors")  # None without --ray
     config = build_config(args)
     variants = plan_variants(config)
     records = load_dataset(config.dataset, Path(config.data_path) if config.data_path else None, args.limit)
@@ -294,15 +298,28 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, judge=resolve_model(config.judge))  # hashed with the model it names
     sandbox = _code_isolation(config.dataset, args.allow_unsandboxed_code)  # before loading models
     out = Path(args.out or f"bench-{config.dataset}")
-    with exclusive_directory(out, LOCK_FILE, "mtad bench"):  # a second run on --out is refused
+    with contextlib.ExitStack() as stack:
+        if workers is not None:  # the cluster is joined and checked before any model loads
+            from mtad.cluster import check_room, connect
+
+            count = check_room(stack.enter_context(connect(args.ray)), workers)
+        stack.enter_context(exclusive_directory(out, LOCK_FILE, "mtad bench"))  # one run per --out
         prepare_output_dir(out, config, resume=args.resume, overwrite=args.overwrite)
         # the dtype and weight format hashed
         resolved = argparse.Namespace(
             **(vars(args) | {"dtype": config.dtype} | load_settings(config.weights))
         )
-        target, draft = load_pair_from_args(resolved, need_draft=needs_draft(config))
-        rows = run_bench(config, records, target, draft, out, progress=not args.quiet)
-        if sandbox is not None:
+        load = functools.partial(load_pair_from_args, resolved, need_draft=needs_draft(config))
+        if workers is None:
+            from mtad.bench.runner import run_bench
+
+            rows = run_bench(config, records, *load(), out, progress=not args.quiet)
+        else:
+            from mtad.bench.ray import run_bench_on_ray
+
+            rows = run_bench_on_ray(config, records, load, out, workers, count, progress=not args.quiet,
+                                    allow_unsandboxed=args.allow_unsandboxed_code)  # fmt: skip
+        if sandbox is not None and workers is None:  # on Ray, each actor records its node's
             _record_isolation(out, sandbox)
         files = write_outputs(out, config, variants, rows, command_line(config, out))
     print(speed_table(summarize(rows, [v.label for v in variants], seed=config.seed)))

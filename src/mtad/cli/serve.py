@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -14,6 +15,7 @@ from mtad.cli.common import (
     limits,
     load_pair_from_args,
 )
+from mtad.cli.ray import add_ray_arguments, ray_workers
 from mtad.decoding.methods import without_draft
 from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
@@ -78,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="/metrics needs the API key too (default: open, for scrapers without credentials)",
     )
+    add_ray_arguments(parser, "replica", "replicas").add_argument(
+        "--ray-max-replicas", type=int, default=None, metavar="M",
+        help="autoscale between --ray-replicas (default 1) and M replicas, aiming at --max-batch-size "
+        "requests per replica",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -98,15 +105,49 @@ def run(args: argparse.Namespace) -> int:
         api_key=_api_key(args),
         metrics_need_key=args.require_api_key_for_metrics,
     )
+    if args.ray_max_replicas is not None and args.ray is None:
+        raise ConfigError("--ray-max-replicas needs --ray")
+    workers = ray_workers(args, "replica", "replicas")  # None without --ray
+    if workers is not None:
+        return _run_on_ray(args, config, workers)
     target, draft = load_pair_from_args(args, need_draft=True)
-    if draft is None and SpeculationConfig(args.method).needs_draft:
+    _check_draft(args, draft is not None)
+    if args.host not in LOOPBACK:
+        print(f"mtad serve: {_exposure_warning(args.host, config.api_key is not None)}", file=sys.stderr)
+    uvicorn.run(create_app(target, draft, config), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _check_draft(args: argparse.Namespace, have_draft: bool) -> None:
+    if not have_draft and SpeculationConfig(args.method).needs_draft:
         raise ConfigError(
             f"--method {args.method} needs a draft model and none was given; pass --draft, or serve "
             f"--method {_one_of(without_draft())}"
         )
-    if args.host not in LOOPBACK:
-        print(f"mtad serve: {_exposure_warning(args.host, config.api_key is not None)}", file=sys.stderr)
-    uvicorn.run(create_app(target, draft, config), host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _run_on_ray(args: argparse.Namespace, config: ServeConfig, workers) -> int:
+    """The app as Ray Serve replicas (`mtad.serve.ray`), the cluster joined and checked first."""
+    from mtad.cluster import Workers, check_room, connect
+
+    if args.ray_max_replicas is not None and args.ray_max_replicas < (workers.count or 1):
+        raise ConfigError(f"--ray-max-replicas must be >= --ray-replicas, got {args.ray_max_replicas}")
+    _check_draft(args, args.draft is not None or args.target is None)  # the built-in pair has a draft
+    autoscaled = args.ray_max_replicas is not None
+    if autoscaled:  # room for the minimum is enough: a cluster autoscaler may add nodes for more
+        workers = Workers(workers.count or 1, workers.cpus, workers.gpus)
+    with connect(args.ray, log_to_driver=True) as ray:
+        replicas = check_room(ray, workers)
+        from mtad.serve.ray import application, serve_until_interrupted
+
+        load = functools.partial(load_pair_from_args, args, need_draft=True)
+        app = application(load, config, replicas, args.ray_max_replicas, workers.cpus, workers.gpus)
+        scaling = f"{replicas} to {args.ray_max_replicas}" if autoscaled else f"{replicas}"
+        print(f"mtad serve: {scaling} Ray Serve replicas ({workers.describe()}) at http://{args.host}:{args.port}",
+              file=sys.stderr)  # fmt: skip
+        if args.host not in LOOPBACK:
+            print(f"mtad serve: {_exposure_warning(args.host, config.api_key is not None)}", file=sys.stderr)
+        serve_until_interrupted(app, args.host, args.port)
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 
 from mtad.decoding.loop import GenerationResult
 
@@ -99,3 +100,34 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def sum_expositions(current: list[bytes], finished: list[bytes] = ()) -> bytes:
+    """One exposition for several servers (replicas): every sample summed over the servers by name
+    and labels. `current`: the live servers' expositions; `finished`: those of servers gone, whose
+    counters and histograms still count (totals never fall) but whose gauges do not. `_created`
+    timestamps are left out (a sum of them means nothing); `mtad_replicas` is the live count."""
+    families: dict[str, tuple[str, str, dict[tuple, float]]] = {}  # name -> type, help, samples
+    for text, live in [(t, True) for t in current] + [(t, False) for t in finished]:
+        for family in text_string_to_metric_families(text.decode()):
+            if family.type == "gauge" and not live or family.name.endswith("_created"):
+                continue
+            _, _, samples = families.setdefault(family.name, (family.type, family.documentation, {}))
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples[key] = samples.get(key, 0.0) + sample.value
+    families["mtad_replicas"] = ("gauge", "Replicas serving now", {("mtad_replicas", ()): len(current)})
+    lines = []
+    for name, (kind, documentation, samples) in families.items():
+        shown = f"{name}_total" if kind == "counter" else name  # as prometheus_client writes it
+        lines += [f"# HELP {shown} {documentation}", f"# TYPE {shown} {kind}"]
+        for (sample, labels), value in samples.items():
+            rendered = ",".join(f'{key}="{_escape(value)}"' for key, value in labels)
+            lines.append(f"{sample}{{{rendered}}} {value!r}" if labels else f"{sample} {value!r}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
