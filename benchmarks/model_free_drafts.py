@@ -2,16 +2,17 @@
 
     python benchmarks/model_free_drafts.py                                   # default pair, 10 + 10 prompts
     python benchmarks/model_free_drafts.py --mtbench 20 --humaneval 20 --threads 1 --json out.json
-    python benchmarks/model_free_drafts.py --variants ar,sd:model,sd:suffix,mtad:suffix
+    python benchmarks/model_free_drafts.py --variants ar,sd:model,sd:suffix,mtad:recycle+suffix
 
-Each variant is `method:draft[:tree]` (draft = model, recycle or suffix; tree = auto for the
-cost-sized tree), all with gamma auto and the paper's warp (T 1, top-k 10, top-p 0.9), EOS on and
-128 new tokens at most. Prompts: the last MT-Bench questions (held out: never tuned on) and the
-first HumanEval problems as chat requests. Every variant runs once per prompt, in an order that
-rotates per prompt, after a warm-up (gamma auto measures its costs there). Reported per task: the
-median over prompts of each variant's tokens/s over `ar`'s on the same prompt, block efficiency
-(new tokens per target forward), acceptance, verified tree nodes per round, the draft's own share
-of the decode time, and the perplexity of the outputs under the target (the paper's quality
+Each variant is `method:draft[:tree]`: draft = model, recycle, suffix, or several joined by +
+(recycle+suffix, recycle+model); tree = auto for the cost-sized tree. All run with gamma auto,
+the paper's warp (T 1, top-k 10, top-p 0.9), EOS on and 128 new tokens at most. Prompts: the
+last MT-Bench questions and the first HumanEval problems as chat requests (`--offset N` skips
+the last N and the first N). Every variant runs once per prompt, in an order that rotates per
+prompt, after a warm-up (gamma auto measures its costs there). Reported per task: the median
+over prompts of each variant's tokens/s over `ar`'s on the same prompt, block efficiency (new
+tokens per target forward), acceptance, verified tree nodes per round, the draft's own share of
+the decode time, and the perplexity of the outputs under the target (the paper's quality
 measure: MTAD aims below `ar`'s). The CPU model and flags are printed beside the table.
 """
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--mtbench", type=int, default=10, help="MT-Bench questions, from the last one back")
     parser.add_argument("--humaneval", type=int, default=10, help="HumanEval problems, from the first")
+    parser.add_argument("--offset", type=int, default=0, help="skip the last N MT-Bench, first N HumanEval")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--fast", default="auto")
@@ -60,8 +62,10 @@ def main() -> None:
 
         args.target, args.draft = default_target_path(), args.draft or default_draft_path()
     target, draft = mtad.load_pair(args.target, args.draft, fast=args.fast)
-    tasks = [("mtbench", r) for r in load_dataset("mtbench")[len(load_dataset("mtbench")) - args.mtbench :]]
-    tasks += [("humaneval", r) for r in load_dataset("humaneval")[: args.humaneval]]
+    questions = load_dataset("mtbench")
+    end = len(questions) - args.offset
+    tasks = [("mtbench", r) for r in questions[end - args.mtbench : end]]
+    tasks += [("humaneval", r) for r in load_dataset("humaneval")[args.offset : args.offset + args.humaneval]]
     prompts = [(task, encode_record(record, target.tokenizer)) for task, record in tasks]
     variants = args.variants.split(",")
     for variant in variants:  # warm-up; gamma auto measures its costs here
@@ -86,7 +90,11 @@ def main() -> None:
 def run(target, draft, variant: str, prompt: list[int], new_tokens: int, seed: int) -> tuple[dict, list[int]]:
     method, _, rest = variant.partition(":")
     kind, _, tree = rest.partition(":")
-    drafting = draft.model if kind == "model" else kind or None
+    kinds = kind.split("+")
+    if "model" in kinds and len(kinds) > 1:  # a hybrid: model-free kinds and the draft model
+        drafting = mtad.HybridDraft([k for k in kinds if k != "model"] + [draft.model])
+    else:
+        drafting = draft.model if kind == "model" else kind or None
     extra = {"tree": tree} if tree else {}
     result = mtad.generate(
         target.model, drafting, prompt, method=method, gamma="auto", max_new_tokens=new_tokens, seed=seed,
