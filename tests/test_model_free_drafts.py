@@ -248,5 +248,12 @@ def test_bad_draft_settings_are_one_line_errors(target, draft):
     with pytest.raises(MtadError, match="output token ids|vocabular"):
         other = tiny_llama(seed=3, vocab=40)  # a draft made for another target
         mtad.generate(target, HybridDraft(["recycle", other]), [2, 3], method="sd")
+    for method in ("specinfer", "mmtad"):
+        with pytest.raises(
+            ConfigError, match="tree 'auto' verifies up to 32 nodes a round, over the limit of 16"
+        ):
+            mtad.generate(
+                target, "recycle", [2, 3], method=method, tree="auto", limits=mtad.Limits(max_tree_nodes=16)
+            )
     with pytest.raises(ConfigError, match="tree must be .* or 'auto', got 'big'"):
         mtad.generate(target, "recycle", [2, 3], method="specinfer", tree="big")

@@ -68,6 +68,12 @@ class Shape:
 
     def too_many_nodes(self, spec: RoundSettings, nodes: int, limit: int) -> ConfigError:
         """The error for a round of more than `limit` verified nodes."""
+        if spec.tree == AUTO:
+            return ConfigError(
+                f"tree 'auto' verifies up to {AUTO_TREE_NODES} nodes a round, over the limit of {limit} "
+                f"(max_tree_nodes); allowed: a limit of at least {AUTO_TREE_NODES}, or a fixed tree",
+                "tree",
+            )
         return ConfigError(
             f"beam_width {spec.beam_width} x gamma {self.depth(spec)} = {nodes} tree nodes a round is over "
             f"the limit of {limit} (max_tree_nodes)",
@@ -150,6 +156,8 @@ class BranchingTree(Shape):
             )
 
     def too_many_nodes(self, spec: RoundSettings, nodes: int, limit: int) -> ConfigError:
+        if spec.tree == AUTO:
+            return super().too_many_nodes(spec, nodes, limit)
         return ConfigError(
             f"tree {shown(spec.tree)} has more than {limit} nodes, the limit (max_tree_nodes)", "tree"
         )
