@@ -151,9 +151,19 @@ class NodePolicy:
     """
 
     def __init__(self, costs: Costs) -> None:
-        self.costs = costs
         self.predicted = self.accepted = 0.0
         self.last = 0.0  # the predicted sum of the round being verified
+        self.use_costs(costs)
+
+    def use_costs(self, costs: Costs) -> None:
+        """Price rounds with `costs` from now on (a batch grew or shrank); calibration is kept."""
+        self.costs = costs
+        self.seconds: list[float] = []  # [k] = T_target(1 + k), filled as far as asked
+
+    def _seconds(self, nodes: int) -> float:
+        while len(self.seconds) <= nodes:  # `choose` runs for every node a tree grows: price once
+            self.seconds.append(self.costs.target(1 + len(self.seconds)))
+        return self.seconds[nodes]
 
     @property
     def calibration(self) -> float:
@@ -161,10 +171,10 @@ class NodePolicy:
 
     def choose(self, path_probabilities: list[float]) -> int:
         c, total = self.calibration, 0.0
-        best, best_rate, best_total = 0, 1.0 / self.costs.target(1), 0.0
+        best, best_rate, best_total = 0, 1.0 / self._seconds(0), 0.0
         for k, probability in enumerate(path_probabilities, start=1):
             total += probability
-            rate = (1.0 + c * total) / self.costs.target(1 + k)
+            rate = (1.0 + c * total) / self._seconds(k)
             if rate > best_rate:
                 best, best_rate, best_total = k, rate, total
         self.last = best_total

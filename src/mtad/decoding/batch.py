@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedModel
 
 from mtad.decoding.adaptive import GammaPolicy, RoundClock, joint_depth, predicted_seconds
+from mtad.decoding.drafts import draft_model_of
 from mtad.runtime.ragged import ForwardRequest, RaggedCache, RowStore
 
 
@@ -68,7 +69,7 @@ class Batch:
         self.target_cache = RaggedCache(target)
         # A model-free draft keeps no cache (each row's drafter holds what it needs); a hybrid's
         # model part does.
-        draft = draft if isinstance(draft, torch.nn.Module) else getattr(draft, "model", None)
+        draft = draft_model_of(draft)
         self.draft_cache = RaggedCache(draft) if draft is not None else None
         self.rows: list[Row] = []
         self._joined = 0

@@ -249,7 +249,7 @@ class Generation:
                 if policy:
                     policy.use_costs(costs(priced_rows))
                 if sizing:
-                    sizing.costs = costs(priced_rows)
+                    sizing.use_costs(costs(priced_rows))
                 start += time.perf_counter() - measuring  # a one-off calibration is not decoding time
             # Draft no more than the budget can hold: the round always adds one target token.
             depth = self.choose_depth(policy, budget - 1) if policy else self.spec.depth

@@ -171,15 +171,19 @@ def _free_beams(spec: MethodSettings) -> model_free.TokenProposer:
     return partial(model_free.beams, width=spec.beam_width, with_replacement=spec.with_replacement)
 
 
+#: Tree "auto": sized by the loop's `mtad.decoding.adaptive.NodePolicy` (specinfer and mmtad).
+_COST_SIZED = partial(model_free.cost_sized_tree, budget=AUTO_TREE_NODES)
+
+
 def _free_beam_tree(spec: MethodSettings) -> model_free.TokenProposer:
-    if spec.tree == AUTO:  # the cost-sized tree, verified by the joint test over the tree
-        return partial(model_free.cost_sized_tree, budget=AUTO_TREE_NODES)
+    if spec.tree == AUTO:  # verified by the joint test over the tree
+        return _COST_SIZED
     return partial(model_free.beam_tree, width=spec.beam_width, with_replacement=spec.with_replacement)
 
 
 def _free_branching(spec: MethodSettings) -> model_free.TokenProposer:
-    if spec.tree == AUTO:  # sized by the loop's `mtad.decoding.adaptive.NodePolicy`
-        return partial(model_free.cost_sized_tree, budget=AUTO_TREE_NODES)
+    if spec.tree == AUTO:  # verified as chosen candidates (`_ordered_rule`)
+        return _COST_SIZED
 
     def propose(drafter, sequence, n, sampling, generator):
         return model_free.branching_tree(drafter, sequence, spec.tree[:n], sampling, generator,

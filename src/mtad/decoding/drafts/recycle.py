@@ -48,7 +48,7 @@ class RecycleTable:
                 if len(key) and key in self.entries:
                     self.entries.move_to_end(key)
                     ids, probs = self.entries[key]
-                    return Candidates(torch.tensor(ids), normalise_list(probs))
+                    return Candidates.from_weights(dict(zip(ids, probs, strict=True)))
         return None
 
     def update(self, contexts: list[tuple[int, ...]], p: torch.Tensor) -> None:
@@ -66,11 +66,6 @@ class RecycleTable:
                     self.entries.move_to_end(key)
             while self.max_entries is not None and len(self.entries) > self.max_entries:
                 self.entries.popitem(last=False)
-
-
-def normalise_list(values: Sequence[float]) -> torch.Tensor:
-    probs = torch.tensor(values, dtype=torch.float32)
-    return probs / probs.sum()
 
 
 class _RecycleDrafter(TokenDrafter):

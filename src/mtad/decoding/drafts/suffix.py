@@ -57,19 +57,20 @@ class SuffixIndex:
 def suffix_candidates(indexes: list[SuffixIndex], context: Sequence[int]) -> Candidates | None:
     """q from the longest suffix of `context` any index knows (counts summed), smoothed."""
     by_order = [index.matches(context) for index in indexes]
-    merged = []
-    for n in range(ORDER):
+    longest = max((n for n in range(ORDER) if any(found[n] for found in by_order)), default=None)
+    if longest is None:
+        return None
+
+    def merged(n: int) -> dict[int, float]:  # the indexes' counts at order n + 1, summed
         counts: dict[int, float] = {}
         for found in by_order:
             for token, count in found[n].items():
                 counts[token] = counts.get(token, 0) + count
-        merged.append(counts)
-    longest = max((n for n in range(ORDER) if merged[n]), default=None)
-    if longest is None:
-        return None
-    weights = _normalised(merged[longest], 1.0 - SHORTER_WEIGHT if longest > 0 else 1.0)
+        return counts
+
+    weights = _normalised(merged(longest), 1.0 - SHORTER_WEIGHT if longest > 0 else 1.0)
     if longest > 0:
-        for token, weight in _normalised(merged[longest - 1], SHORTER_WEIGHT).items():
+        for token, weight in _normalised(merged(longest - 1), SHORTER_WEIGHT).items():
             weights[token] = weights.get(token, 0.0) + weight
     return Candidates.from_weights(weights)
 
