@@ -27,7 +27,7 @@ from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_profile import machine_line  # noqa: E402
+from step_profile import machine_line, use_pair_arguments  # noqa: E402
 
 WARP = {"temperature": 1.0, "top_k": 10, "top_p": 0.9}
 
@@ -40,12 +40,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.target is None:
-        from mtad.models.default_pair import default_draft_path, default_target_path
-
-        args.target, args.draft = default_target_path(), args.draft or default_draft_path()
+    use_pair_arguments(args)
     pairs = {fast: mtad.load_pair(args.target, args.draft, fast=fast) for fast in ("off", "auto")}
     tokenizer = pairs["off"][0].tokenizer
     records = load_dataset("mtbench")[-args.prompts :]

@@ -25,8 +25,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 import mtad
 from mtad.bench.datasets import load_dataset
 from mtad.bench.metrics import perplexity
@@ -34,7 +32,7 @@ from mtad.bench.scoring import encode_record
 from mtad.models.scoring import target_logprobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_profile import machine_line  # noqa: E402
+from step_profile import machine_line, use_pair_arguments  # noqa: E402
 
 WARP = {"temperature": 1.0, "top_k": 10, "top_p": 0.9}
 DEFAULT_VARIANTS = (
@@ -55,12 +53,7 @@ def main() -> None:
     parser.add_argument("--fast", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="write every run's numbers here")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.target is None:
-        from mtad.models.default_pair import default_draft_path, default_target_path
-
-        args.target, args.draft = default_target_path(), args.draft or default_draft_path()
+    use_pair_arguments(args)
     target, draft = mtad.load_pair(args.target, args.draft, fast=args.fast)
     questions = load_dataset("mtbench")
     end = len(questions) - args.offset

@@ -168,6 +168,17 @@ def _synchronise() -> None:
         torch.cuda.synchronize()
 
 
+def use_pair_arguments(args: argparse.Namespace) -> None:
+    """--threads and --target/--draft as the benchmarks share them: torch's thread count, and the
+    built-in default pair when no target is named."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.target is None:
+        from mtad.models.default_pair import default_draft_path, default_target_path
+
+        args.target, args.draft = default_target_path(), args.draft or default_draft_path()
+
+
 def machine_line(model: torch.nn.Module) -> str:
     from mtad.bench.machine import describe_machine
 
