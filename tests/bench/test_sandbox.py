@@ -7,6 +7,7 @@ and the opt-in tests still run; `isolation()` says why in the skip reason.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,27 @@ def test_the_parents_environment_and_processes_are_out_of_sight(monkeypatch):
         "else:\n"
         "    raise SystemExit('became root')\n"
     )
+    result = run_python(program)
+    assert result.passed, result.reason
+
+
+@sandboxed
+def test_the_program_runs_on_this_interpreter_with_its_packages_and_nothing_else_of_a_private_home():
+    """A correct answer importing numpy must pass as it would outside: the sandboxed uid runs this
+    very interpreter, even where its files lie under a directory only root may traverse (a pyenv
+    Python under /root); the rest of that directory stays out of reach."""
+    import numpy  # noqa: F401  (the test environment's own: transformers needs it)
+
+    assert isolation().python == sys.executable
+    home = Path(sys.base_prefix).parents[-2]  # the top directory the interpreter lives under
+    hidden = next((p for p in home.iterdir() if not Path(sys.base_prefix).is_relative_to(p)), None)
+    program = (
+        "import numpy, sys\n"
+        f"assert sys.executable == {sys.executable!r}, sys.executable\n"
+        "assert numpy.arange(4).sum() == 6\n"
+    )
+    if hidden is not None and not home.stat().st_mode & 0o001:
+        program += f"import os\nassert not os.path.exists({str(hidden)!r})\n"
     result = run_python(program)
     assert result.passed, result.reason
 

@@ -13,7 +13,10 @@ machine; nothing is installed). The child runs in new network, mount and PID nam
 - processes: RLIMIT_NPROC, enforced because the program never runs as root: as root we switch
   to a fresh unprivileged uid (no process of the machine has it, so the limit counts the
   program's processes only); as another user we enter a user namespace too and drop every
-  capability, so the mounts cannot be undone. When the program exits, the kernel kills every
+  capability, so the mounts cannot be undone. The fresh uid runs this very interpreter, with its
+  packages: where those lie under a directory only root may traverse (a pyenv Python under
+  /root), that directory is covered, inside the namespace, by an empty one holding just the
+  way to them (`_reach`). When the program exits, the kernel kills every
   process left in its PID namespace.
 
 `isolation()` probes this once per process by running a self-check inside the sandbox (a write
@@ -45,7 +48,7 @@ _NAMESPACES = ("--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-p
 # directory writable, then no privileges left (a fresh uid, or no capabilities in a user
 # namespace). Arguments: work directory, mode ("uid" or "userns"), uid.
 SETUP = r"""
-import ctypes, os
+import ctypes, os, sys
 def _sandbox(work, mode, uid):
     libc = ctypes.CDLL(None, use_errno=True)
     RDONLY, REMOUNT, BIND = 1, 32, 4096
@@ -53,6 +56,9 @@ def _sandbox(work, mode, uid):
     def mount(source, target, flags):
         if libc.mount(source, target.encode(), None, flags, None) != 0:
             raise OSError(ctypes.get_errno(), "sandbox: cannot remount " + target)
+    if mode == "uid":  # before the read-only pass, which then covers these mounts too
+        _reach(libc, mount, [p for p in {sys.prefix, sys.base_prefix, *sys.path} if p and os.path.exists(p)],
+               os.path.join(os.path.dirname(work), ".reach"))  # fmt: skip
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split() for line in f]
     mount(work.encode(), work, BIND)  # a mount of its own, left out of the read-only pass below
@@ -78,6 +84,33 @@ def _sandbox(work, mode, uid):
         data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: none, twice (64 bits)
         if libc.capset(header, data) != 0:
             raise OSError(ctypes.get_errno(), "sandbox: cannot drop capabilities")
+
+def _reach(libc, mount, paths, stash):
+    # The interpreter's own files (its standard library, its venv's packages) may lie under a
+    # directory only root may traverse (a pyenv Python under /root). Cover each such directory
+    # with a tmpfs others may traverse, holding binds of just the children these paths pass
+    # through: the fresh uid reaches this interpreter, and nothing else there.
+    BIND, REC, DETACH = 4096, 16384, 2
+    for path in sorted(paths):
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts)):
+            ancestor = "/" + "/".join(parts[:depth])
+            if os.stat(ancestor).st_mode & 0o001:
+                continue
+            inside = ancestor.rstrip("/") + "/"
+            children = sorted({p[len(inside):].split("/")[0] for p in paths if p.startswith(inside)})
+            os.mkdir(stash)
+            for child in children:
+                os.mkdir(os.path.join(stash, child))
+                mount(os.path.join(ancestor, child).encode(), os.path.join(stash, child), BIND | REC)
+            if libc.mount(b"tmpfs", ancestor.encode(), b"tmpfs", 0, b"mode=0711") != 0:
+                raise OSError(ctypes.get_errno(), "sandbox: cannot cover " + ancestor)
+            for child in children:
+                os.mkdir(os.path.join(ancestor, child))
+                mount(os.path.join(stash, child).encode(), os.path.join(ancestor, child), BIND | REC)
+                libc.umount2(os.path.join(stash, child).encode(), DETACH)
+                os.rmdir(os.path.join(stash, child))
+            os.rmdir(stash)
 """
 
 
@@ -133,7 +166,7 @@ def isolation() -> Isolation:
 
 
 def _interpreters() -> list[str]:
-    """This interpreter, then system ones: a fresh uid cannot run one under a private home."""
+    """This interpreter, then system ones (if covering a private home fails, a system one may still run)."""
     found = [sys.executable]
     for name in ("python3", f"python3.{sys.version_info.minor}"):
         path = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
