@@ -110,6 +110,9 @@ def test_models_health_and_metrics(client, server):
     assert health["status"] == "ok" and health["model"] == MODEL and health["queue_depth"] == 0
     assert isinstance(health["busy"], bool)  # the worker may still be closing the last generation
     assert health["fast_path"] is None  # models built in the test, not loaded: nothing was packed
+    assert set(health["native_memory"]) == {
+        "onednn_primitive_cache", "onednn_primitive_cache_source", "mmap_threshold", "mmap_threshold_source"
+    }  # fmt: skip
     metrics = urllib.request.urlopen(f"{server.url}/metrics").read().decode()
     for name in (
         'mtad_requests_total{endpoint="/v1/completions",outcome="ok"}',

@@ -19,6 +19,7 @@ from mtad.cli.ray import add_ray_arguments, ray_workers
 from mtad.decoding.methods import without_draft
 from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
+from mtad.runtime.native_memory import bound_native_memory
 from mtad.serve.app import ServeConfig
 from mtad.serve.auth import check_key
 
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     workers = ray_workers(args, "replica", "replicas")  # None without --ray
     if workers is not None:
         return _run_on_ray(args, config, workers)
+    bound_native_memory()  # before the first product: oneDNN reads its cache size then
     target, draft = load_pair_from_args(args, need_draft=True)
     _check_draft(args, draft is not None)
     if args.host not in LOOPBACK:

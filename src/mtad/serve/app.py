@@ -34,12 +34,13 @@ from mtad.decoding.loop import Generation
 from mtad.decoding.speculation import Limits, SpeculationConfig
 from mtad.errors import ConfigError, ContextLengthError, MtadError, NumericalError
 from mtad.models import LoadedModel, pair_context_length
+from mtad.runtime.native_memory import current_native_memory
 from mtad.runtime.precision import dtype_name
 from mtad.serve.auth import OPEN_PATHS, ApiKeyMiddleware, check_key
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
 from mtad.serve.responses import Reply, error_response, failure, server_error, sse, too_large
 from mtad.serve.scheduler import TERMINAL, Event, Job, QueueFull, Scheduler
-from mtad.serve.schemas import ApiError, ChatMessage, ChatRequest, CompletionRequest, parse_request
+from mtad.serve.schemas import ApiError, ChatRequest, CompletionRequest, chat_prompt_ids, parse_request
 
 logger = logging.getLogger("mtad.serve")
 
@@ -136,7 +137,7 @@ class _Server:
 
     async def chat_completions(self, request: Request) -> Response:
         body = self._parse(await self._body(request), ChatRequest)
-        prompt_ids = self._chat_prompt(body.messages)
+        prompt_ids = chat_prompt_ids(self.tokenizer, body.messages)
         return await self._respond(request, body, prompt_ids, chat=True)
 
     async def models(self, request: Request) -> Response:
@@ -163,6 +164,7 @@ class _Server:
             "fast_path": self.target.fast_path.as_dict() if self.target.fast_path else None,
             "draft_fast_path": (described or {}).get("fast_path"),
             "draft": described,  # a model-free draft: its kind and the memory of any shared store
+            "native_memory": current_native_memory().as_dict(),
         }
         return JSONResponse(body, status_code=200 if alive else 503)
 
@@ -231,23 +233,6 @@ class _Server:
                 param="model",
                 code="model_not_found",
             )
-
-    def _chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ApiError(
-                "this model's tokenizer has no chat template; use /v1/completions",
-                param="messages",
-                code="no_chat_template",
-            )
-        try:
-            ids = self.tokenizer.apply_chat_template(
-                [m.as_template_input() for m in messages], add_generation_prompt=True, tokenize=True
-            )
-        except Exception as error:  # noqa: BLE001 - templates raise anything (jinja2, ValueError)
-            raise ApiError(f"the chat template rejected the messages: {error}", param="messages") from None
-        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
 
     def _settings(self, body: CompletionRequest | ChatRequest, prompt_len: int, prompt_param: str) -> dict:
         """Server defaults, overridden by what the request set; max_new_tokens capped by the context."""

@@ -33,6 +33,7 @@ from starlette.requests import Request
 
 from mtad.api import DEFAULT_SETTINGS
 from mtad.models import LoadedModel, load_pair
+from mtad.runtime.native_memory import bound_native_memory
 from mtad.serve.app import ServeConfig, create_app
 from mtad.serve.metrics import sum_expositions
 
@@ -62,6 +63,7 @@ class MtadReplica:
     """One replica: the pair, the app, and its link to the metrics hub."""
 
     def __init__(self, load: Loader, config: ServeConfig, hub) -> None:
+        bound_native_memory()  # a replica is a long-running server too (see mtad.runtime.native_memory)
         target, draft = load()
         # names of their own: Serve's ASGI wrapper, a base class of this one, owns `app`
         self.mtad_app = create_app(target, draft, config)

@@ -305,3 +305,22 @@ def _param(loc: tuple) -> str:
 def _field_names() -> set[str]:
     schemas = (CompletionRequest, ChatRequest, ChatMessage, TextPart, DecodingOptions, StreamOptions)
     return {name for schema in schemas for name in schema.model_fields}
+
+
+def chat_prompt_ids(tokenizer, messages: list[ChatMessage]) -> list[int]:
+    """The prompt ids of a chat request: the tokenizer's chat template with the generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ApiError(
+            "this model's tokenizer has no chat template; use /v1/completions",
+            param="messages",
+            code="no_chat_template",
+        )
+    try:
+        ids = tokenizer.apply_chat_template(
+            [m.as_template_input() for m in messages], add_generation_prompt=True, tokenize=True
+        )
+    except Exception as error:  # noqa: BLE001 - templates raise anything (jinja2, ValueError)
+        raise ApiError(f"the chat template rejected the messages: {error}", param="messages") from None
+    if hasattr(ids, "keys"):  # some versions return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
