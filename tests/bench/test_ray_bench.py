@@ -94,6 +94,37 @@ def test_an_actor_killed_mid_run_loses_nothing_and_duplicates_nothing(
     assert untimed(read_results(out)) == unsharded
 
 
+def test_a_replacement_the_cluster_cannot_place_stops_the_run_with_one_line(
+    ray_cluster, pair_dirs, prompts_file, unsharded, tmp_path, monkeypatch, capsys
+):
+    """An actor dies and no node has room for its replacement (here: it asks for 64 CPUs): the
+    driver gives up after the placement timeout with one line and exit 2, instead of waiting
+    forever; what it wrote stays, and a rerun resumes to the unsharded records."""
+    (tmp_path / "die").write_text("")
+    monkeypatch.setattr("mtad.cli.bench.load_pair_from_args", dying_load)
+    real = ray_bench._Pool._start
+    started = []
+
+    def no_room_for_replacements(pool):
+        started.append(1)
+        if len(started) > 2:  # the two first actors start (untimed); a replacement cannot be placed
+            pool.options = pool.options | {"num_cpus": 64}
+            monkeypatch.setattr(ray_bench, "PLACEMENT_TIMEOUT_S", 3.0)
+        return real(pool)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(ray_bench._Pool, "_start", no_room_for_replacements)
+        assert main(args(pair_dirs, prompts_file, out, "--ray", "auto", "--ray-actors", "2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not placed and loaded within 3 s" in err, err
+    assert list(tmp_path.glob("die.*")), "no actor died: the test proved nothing"
+    assert cpus_free(ray_cluster, 2)  # the driver stopped its actors, the pending one included
+    monkeypatch.undo()  # the plain loader and timeout
+    assert main(args(pair_dirs, prompts_file, out, "--ray", "auto", "--ray-actors", "2")) == 0
+    assert untimed(read_results(out)) == unsharded
+
+
 def test_an_interrupted_driver_resumes(
     ray_cluster, pair_dirs, prompts_file, unsharded, tmp_path, monkeypatch, capsys
 ):

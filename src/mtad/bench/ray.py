@@ -40,6 +40,8 @@ from mtad.models import LoadedModel
 Loader = Callable[[], tuple[LoadedModel, LoadedModel | None]]
 #: Tries of one unit on actors that die under it before its rows are written as failed.
 ATTEMPTS = 3
+#: Seconds an actor may take to be placed on a node and load the pair; past it, it is not coming.
+PLACEMENT_TIMEOUT_S = 600.0
 
 
 class BenchActor:
@@ -72,6 +74,7 @@ class _Pool:
     """`count` actors, each with at most one unit in flight; a dead actor is replaced."""
 
     def __init__(self, actor_args: tuple, workers: Workers, count: int) -> None:
+        self.workers = workers
         self.options = {"num_cpus": workers.cpus, "num_gpus": workers.gpus, "max_restarts": 0}
         self.args = actor_args  # BenchActor's
         self.idle = [self._start() for _ in range(count)]
@@ -82,10 +85,25 @@ class _Pool:
 
     def machines(self) -> list[dict[str, Any]]:
         """Every actor's machine description; waits for the pair to load everywhere."""
+        self._wait_ready(self.idle)
+        return ray.get([actor.machine.remote() for actor in self.idle])
+
+    def _wait_ready(self, actors: list) -> None:
+        """Until `actors` are placed and have loaded the pair; a ClusterError if one fails or
+        cannot be placed within PLACEMENT_TIMEOUT_S (a cluster that lost the room for it)."""
+        refs = [actor.__ray_ready__.remote() for actor in actors]
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
         try:
-            return ray.get([actor.machine.remote() for actor in self.idle])
+            ray.get(ready)
         except ray.exceptions.RayActorError as error:
             raise ClusterError(f"a Ray actor could not start: {_cause(error)}") from None
+        if pending:
+            free = ray.available_resources().get("CPU", 0)
+            raise ClusterError(
+                f"{len(pending)} Ray actor(s) of {self.workers.describe()} were not placed and loaded "
+                f"within {PLACEMENT_TIMEOUT_S:.0f} s (the cluster has {free:g} CPUs free now); the "
+                "written results stay, rerun to resume once the cluster has room"
+            )
 
     def submit(self, unit: Unit) -> None:
         actor = self.idle.pop()
@@ -99,7 +117,9 @@ class _Pool:
             rows = ray.get(ref)
         except ray.exceptions.RayActorError:
             ray.kill(actor, no_restart=True)
-            self.idle.append(self._start())
+            replacement = self._start()
+            self.idle.append(replacement)  # closed with the pool even if it never comes up
+            self._wait_ready([replacement])
             return unit, None
         self.idle.append(actor)
         return unit, rows
