@@ -101,9 +101,11 @@ def application(
     max_replicas: int | None = None,
     cpus: int = 1,
     gpus: float = 0.0,
+    autoscaling: dict | None = None,
 ):
     """The Serve application: `replicas` replicas of `cpus` CPUs and `gpus` GPUs each (autoscaling
-    up to `max_replicas` when given), and the metrics hub."""
+    up to `max_replicas` when given), and the metrics hub. `autoscaling`: fields of Ray Serve's
+    `AutoscalingConfig` (delays, look-back period) over ours, with `max_replicas`."""
     scaling = (
         {"num_replicas": replicas}
         if max_replicas is None
@@ -113,6 +115,7 @@ def application(
                 "max_replicas": max_replicas,
                 "target_ongoing_requests": config.max_batch_size,
             }
+            | (autoscaling or {})
         }
     )
     replica = serve.deployment(
