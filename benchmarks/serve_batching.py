@@ -1,6 +1,7 @@
 """Continuous batching on the default pair: tokens/s and latency of `mtad serve`, batched vs one at a time.
 
     python benchmarks/serve_batching.py [--clients 8] [--max-tokens 64] [--methods ar,mtad] [--rounds 2]
+        [--batch-invariant]
 
 One process loads the pair once and serves it from two in-process servers on loopback, one with
 `--max-batch-size 1` (one request at a time) and one with `--max-batch-size CLIENTS`; requests go
@@ -8,8 +9,10 @@ through the official `openai` client as chat completions of MT-Bench first turns
 settings (temperature 1, top-k 10, top-p 0.9, gamma 4 or `--gamma auto`, 4 beams, threshold 0.5).
 For each method and round, side by side: one client alone (sequential: the latency a lone user sees),
 then CLIENTS concurrent clients on each server (the batching one first, next to the lone client's
-run: a shared machine's speed drifts, and the p50 ratio compares those two). Prints total
-tokens/s, p50 latency and the ratios (medians over rounds); writes them as JSON with `--out`.
+run: a shared machine's speed drifts, and the p50 ratio compares those two). With
+`--batch-invariant`, a third server with `--batch-invariant` and the same batch size takes the same
+burst after the batching one: what reproducible seeds under load cost. Prints total tokens/s, p50
+latency and the ratios (medians over rounds); writes them as JSON with `--out`.
 Nothing is asserted.
 """
 
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--gamma", default="4", help="4 (the paper's) or auto (the server's default)")
+    parser.add_argument("--batch-invariant", action="store_true", help="also a --batch-invariant server")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     target, draft = load_pair(str(default_target_path()), str(default_draft_path()), dtype=args.dtype)
@@ -50,11 +54,16 @@ def main() -> None:
 
     gamma = args.gamma if args.gamma == "auto" else int(args.gamma)
     defaults = DEFAULT_SETTINGS | PAPER | {"max_new_tokens": args.max_tokens, "gamma": gamma}
+    kinds = {"batched": (args.clients, False), "one_at_a_time": (1, False)}  # in the order they run
+    if args.batch_invariant:
+        kinds = {"batched": kinds["batched"], "batch_invariant": (args.clients, True)} | kinds
     servers = {
-        size: BackgroundServer(
-            create_app(target, draft, ServeConfig("pair", defaults, 256, max_batch_size=size))
+        kind: BackgroundServer(
+            create_app(
+                target, draft, ServeConfig("pair", defaults, 256, max_batch_size=size, batch_invariant=same)
+            )
         )
-        for size in (1, args.clients)
+        for kind, (size, same) in kinds.items()
     }
     machine = describe_machine(torch.device("cpu"), target.model.dtype)
     print(f"machine: {machine['cpu']}, {machine['torch_threads']} torch threads | "
@@ -79,19 +88,21 @@ def one_round(servers: dict, method: str, questions: list[str], args: argparse.N
     """One client alone, then CLIENTS concurrent clients on each server, back to back."""
     clients = {size: client_for(server) for size, server in servers.items()}
 
-    def send(size: int, i: int) -> tuple[float, int]:
-        return one(clients[size], method, questions, i, args.max_tokens)
+    def send(kind: str, i: int) -> tuple[float, int]:
+        return one(clients[kind], method, questions, i, args.max_tokens)
 
-    send(1, 0)  # warm up; on the batching server, a burst lets gamma auto price every batch size once
-    with ThreadPoolExecutor(args.clients) as pool:
-        list(pool.map(send, [args.clients] * args.clients, range(args.clients)))
-    alone = [send(1, i) for i in range(args.clients)]
+    send("one_at_a_time", 0)  # warm up; on batching servers, a burst lets gamma auto price each batch size
+    for kind in servers:
+        if kind != "one_at_a_time":
+            with ThreadPoolExecutor(args.clients) as pool:
+                list(pool.map(send, [kind] * args.clients, range(args.clients)))
+    alone = [send("one_at_a_time", i) for i in range(args.clients)]
     run = {"alone": summary(alone, sum(seconds for seconds, _ in alone))}
-    for size in sorted(servers, reverse=True):  # batched right after alone: the p50 ratio's two sides
+    for kind in servers:  # batched right after alone: the p50 ratio's two sides
         with ThreadPoolExecutor(args.clients) as pool:
             start = time.perf_counter()
-            results = list(pool.map(send, [size] * (2 * args.clients), range(2 * args.clients)))
-            run[f"batch{size}"] = summary(results, time.perf_counter() - start)
+            results = list(pool.map(send, [kind] * (2 * args.clients), range(2 * args.clients)))
+            run[kind] = summary(results, time.perf_counter() - start)
     return run
 
 
@@ -122,7 +133,18 @@ def ratios(runs: list[dict], clients: int) -> dict:
     def median(key: str, field: str) -> float:
         return statistics.median(run[key][field] for run in runs)
 
-    batched, serial = f"batch{clients}", "batch1"
+    batched, serial = "batched", "one_at_a_time"
+    invariant = {}
+    if "batch_invariant" in runs[0]:
+        invariant = {
+            f"{clients}_clients_batch_invariant_tokens_per_s": median("batch_invariant", "tokens_per_s"),
+            "throughput_ratio_batch_invariant_vs_batched": statistics.median(
+                run["batch_invariant"]["tokens_per_s"] / run[batched]["tokens_per_s"] for run in runs
+            ),
+            "throughput_ratio_batch_invariant_vs_one_at_a_time": statistics.median(
+                run["batch_invariant"]["tokens_per_s"] / run[serial]["tokens_per_s"] for run in runs
+            ),
+        }
     return {
         "alone_p50_s": median("alone", "p50_latency_s"),
         f"{clients}_clients_one_at_a_time_tokens_per_s": median(serial, "tokens_per_s"),
@@ -134,6 +156,7 @@ def ratios(runs: list[dict], clients: int) -> dict:
         "p50_ratio_batched_vs_alone": statistics.median(
             run[batched]["p50_latency_s"] / run["alone"]["p50_latency_s"] for run in runs
         ),
+        **invariant,
         "rounds": len(runs),
     }
 
