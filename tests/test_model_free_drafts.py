@@ -26,7 +26,7 @@ from mtad.decoding.drafts import (
     SuffixDraft,
     TokenDrafter,
 )
-from mtad.decoding.drafts.proposers import cost_sized_tree
+from mtad.decoding.drafts.proposers import chain, cost_sized_tree
 from mtad.decoding.drafts.recycle import RecycleTable
 from mtad.decoding.drafts.suffix import SuffixIndex, SuffixStore, suffix_candidates
 from mtad.errors import ConfigError, MtadError
@@ -81,11 +81,13 @@ def _drafts(model) -> dict[str, object]:
 
 @pytest.mark.parametrize("draft_name", ["recycle-shared", "suffix-store", "hybrid", "hybrid-model",
                                         "scripted"])  # fmt: skip
-@pytest.mark.parametrize(("method", "extra"), [("sd", {"gamma": 2}), ("specinfer", {"tree": (2, 2)}),
+@pytest.mark.parametrize(("method", "extra"), [("sd", {"gamma": 2}), ("sd", {"gamma": "auto"}),
+                                               ("specinfer", {"tree": (2, 2)}),
                                                ("specinfer", {"tree": "auto"})])  # fmt: skip
 def test_first_two_tokens_follow_the_target_distribution(small, draft_name, method, extra, monkeypatch):
-    # Tree "auto" sizes trees by measured forward costs: fixed, cheap ones here, so the rounds draft
-    # whatever the machine's load (the distribution must hold for any size; the check needs drafts).
+    # Tree "auto" and sd's chain under gamma "auto" are sized by measured forward costs: fixed,
+    # cheap ones here, so the rounds draft whatever the machine's load (the distribution must hold
+    # for any size; the check needs drafts).
     monkeypatch.setattr(loop, "measure_costs", lambda *args: Costs({1: 1.0, 33: 1.5}, {1: 0.0}))
     draft = _drafts(small)[draft_name]
     counts, drafted, accepted = torch.zeros(VOCAB, VOCAB), 0, 0
@@ -122,25 +124,37 @@ def _greedy(model, prompt, n):
 
 
 TREES = [("sd", (4, 2, 2)), ("mtad", (4, 2, 2)), ("mmtad", (4, 2, 2)), ("specinfer", (4, 2, 2)),
-         ("specinfer", "auto"), ("mmtad", "auto")]  # fmt: skip
+         ("specinfer", "auto"), ("mmtad", "auto"), ("sd", "chain sized by gamma auto")]  # fmt: skip
+
+
+def _gamma_and_tree(tree) -> dict:
+    return {"gamma": "auto"} if tree == "chain sized by gamma auto" else {"gamma": 4, "tree": tree}
+
+
+@pytest.fixture
+def cheap_verification(monkeypatch):
+    """Verifying extra tokens costs little: sized rounds draft whatever the machine's load."""
+    monkeypatch.setattr(loop, "measure_costs", lambda *args: Costs({1: 1.0, 33: 1.5}, {1: 0.0}))
 
 
 @pytest.mark.parametrize("draft", ["recycle", "suffix", "recycle+suffix"])
 @pytest.mark.parametrize(("method", "tree"), TREES)
-def test_temperature_zero_equals_greedy(target, draft, method, tree):
-    result = mtad.generate(target, draft, REPEATING, method=method, temperature=0, max_new_tokens=40, gamma=4,
-                           tree=tree, **NO_EOS)  # fmt: skip
+def test_temperature_zero_equals_greedy(target, draft, method, tree, cheap_verification):
+    result = mtad.generate(target, draft, REPEATING, method=method, temperature=0, max_new_tokens=40,
+                           **_gamma_and_tree(tree), **NO_EOS)  # fmt: skip
     assert result.tokens == _greedy(target, REPEATING, 40)
     assert result.stats.accepted_tokens > 0
 
 
 @pytest.mark.parametrize("draft", ["recycle", "suffix"])
 @pytest.mark.parametrize(("method", "tree"), TREES)
-def test_target_cache_equals_a_fresh_forward_after_every_round(target, draft, method, tree):
+def test_target_cache_equals_a_fresh_forward_after_every_round(
+    target, draft, method, tree, cheap_verification
+):
     from test_engine import _assert_cache_matches_fresh_forward
 
-    generation = mtad.stream(target, draft, REPEATING, method=method, gamma=4, tree=tree, max_new_tokens=40,
-                             seed=3, **NO_EOS)  # fmt: skip
+    generation = mtad.stream(target, draft, REPEATING, method=method, max_new_tokens=40, seed=3,
+                             **_gamma_and_tree(tree), **NO_EOS)  # fmt: skip
     rejected = 0
     for block in generation:
         _assert_cache_matches_fresh_forward(generation.target, generation.sequence)
@@ -163,21 +177,25 @@ def test_a_shared_store_carries_candidates_not_text(target, kind):
     assert described.get("entries", described.get("store_tokens")) > 0
 
 
+@pytest.mark.parametrize("gamma", [4, "auto"])  # auto: each row's chain sized by its own confidence
 @pytest.mark.parametrize("with_model", [False, True])
-def test_batched_rows_with_a_model_free_draft_equal_their_solo_runs(target, draft, with_model):
+def test_batched_rows_with_a_model_free_draft_equal_their_solo_runs(target, draft, with_model, gamma,
+                                                                     cheap_verification):  # fmt: skip
     prompts = [REPEATING, [7, 8, 9, 7, 8, 9, 7], REPEATING[:5]]
     drafting = HybridDraft(["recycle", draft]) if with_model else "recycle"
-    batch = mtad.generate(target, drafting, prompts, method="sd", temperature=0, max_new_tokens=24, **NO_EOS)
+    batch = mtad.generate(target, drafting, prompts, method="sd", temperature=0, max_new_tokens=24,
+                          gamma=gamma, **NO_EOS)  # fmt: skip
     for prompt, result in zip(prompts, batch, strict=True):
         assert result.tokens == _greedy(target, prompt, 24)
         assert (result.stats.draft_calls > 0) == with_model
+    assert sum(result.stats.accepted_tokens for result in batch) > 0  # the rows drafted and were right
 
 
 @pytest.mark.parametrize(("method", "tree"), TREES)
-def test_a_hybrid_with_a_draft_model_keeps_greedy_decoding(target, draft, method, tree):
+def test_a_hybrid_with_a_draft_model_keeps_greedy_decoding(target, draft, method, tree, cheap_verification):
     hybrid = HybridDraft(["suffix", draft])
     result = mtad.generate(target, hybrid, REPEATING, method=method, temperature=0, max_new_tokens=40,
-                           gamma=4, tree=tree, **NO_EOS)  # fmt: skip
+                           **_gamma_and_tree(tree), **NO_EOS)  # fmt: skip
     assert result.tokens == _greedy(target, REPEATING, 40)
     assert result.stats.draft_calls > 0 and result.stats.accepted_tokens > 0
 
@@ -230,6 +248,32 @@ def test_cost_sized_tree_verifies_what_the_costs_pay_for():
     assert tree.tokens[:3].tolist() == [3, 4, 5]  # root's children, most likely first
     dear = NodePolicy(Costs({1: 1.0, 2: 2.0, 33: 33.0}, {1: 0.0}))
     assert cost_sized_tree(Fixed(8, "cpu"), sequence, 3, sampling, g, budget=10, sizer=dear.choose).depth == 0
+
+
+def test_a_sized_chain_is_as_long_as_its_confidence_pays():
+    """sd's model-free chain under gamma "auto": free extra tokens draw the whole depth; dear
+    ones draw nothing; between, a confident draft draws longer chains than an unsure one."""
+
+    class Fixed(TokenDrafter):
+        def __init__(self, probs):
+            super().__init__(8, "cpu")
+            self.probs = torch.tensor(probs)
+
+        def candidates(self, context):
+            return Candidates(torch.arange(3, 3 + len(self.probs)), self.probs)
+
+    sequence, sampling = torch.tensor([[1, 2]]), mtad.SamplingConfig()
+
+    def length(probs, costs) -> int:
+        policy = NodePolicy(costs)
+        g = torch.Generator().manual_seed(0)
+        return chain(Fixed(probs), sequence, 6, sampling, g, sizer=policy.choose).depth
+
+    free, dear = Costs({1: 1.0, 33: 1.0}, {1: 0.0}), Costs({1: 1.0, 2: 2.0, 33: 33.0}, {1: 0.0})
+    assert length([0.5, 0.5], free) == 6 and length([0.5, 0.5], dear) == 0
+    between = Costs({1: 1.0, 2: 1.1, 3: 1.2, 4: 1.3, 5: 1.4, 6: 1.5, 7: 1.6, 33: 4.0}, {1: 0.0})
+    assert length([0.98, 0.02], between) > length([0.6, 0.4], between) > 0
+    assert getattr(chain, "sizes_itself", False)  # the loop gives it a sizer under gamma "auto"
 
 
 def test_bad_draft_settings_are_one_line_errors(target, draft):

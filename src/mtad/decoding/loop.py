@@ -230,9 +230,12 @@ class Generation:
             draft_model = None if model_free else drafter.model
             return measure_costs(target.model, draft_model, self.spec, self.sampling, rows)
 
-        if self.spec.adaptive and proposer is not None:  # before the clock
+        # Sized by cost: a tree "auto", or under gamma "auto" a proposer that sizes its own round
+        # from its draft's confidence (a model-free chain); else gamma "auto" picks a depth.
+        sized = self.spec.sized_by_cost or (self.spec.adaptive and getattr(proposer, "sizes_itself", False))
+        if self.spec.adaptive and proposer is not None and not sized:  # before the clock
             policy = GammaPolicy(self.spec, costs(priced_rows))
-        sizing = NodePolicy(costs(priced_rows)) if self.spec.sized_by_cost and proposer is not None else None
+        sizing = NodePolicy(costs(priced_rows)) if sized and proposer is not None else None
         if sizing is not None:
             proposer = partial(proposer, sizer=sizing.choose)
         generators = _Generators(self.seed)

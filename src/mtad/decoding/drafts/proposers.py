@@ -127,17 +127,42 @@ def _pick(weights: torch.Tensor, count: int, with_replacement: bool, generator: 
     return torch.multinomial(normalise(weights), count, replacement=False, generator=generator).tolist()
 
 
+def _sizes_itself(propose):
+    """Marks a proposer that takes `sizer` (an `adaptive.NodePolicy.choose`) and sizes its own
+    round: the loop gives it one under gamma "auto" instead of choosing a depth for it."""
+    propose.sizes_itself = True
+    return propose
+
+
+@_sizes_itself
 @_timed
-def chain(drafter: TokenDrafter, sequence, n: int, sampling, generator) -> Proposal:
-    """sd's draft: n tokens, each drawn from q after the ones before (fewer where q runs out)."""
+def chain(drafter: TokenDrafter, sequence, n: int, sampling, generator, *,
+          sizer: Callable[[list[float]], int] | None = None) -> Proposal:  # fmt: skip
+    """sd's draft: up to n tokens, each drawn from q after the ones before (fewer where q runs out).
+
+    With `sizer`, the chain is as long as its own confidence pays (EAGLE-2's ranking by path
+    probability, with gamma "auto"'s measured costs): before each draw it asks whether a next
+    node, expected at path probability P * sum(q^2) (the q of the token a draw from q picks, on
+    average), raises the expected tokens per second, and stops when not. The decision reads only
+    q and the tokens drawn so far, and no drawn token is dropped: sd stays lossless.
+    """
     tree, node, path = _Tree(drafter, sequence, sampling), -1, []
+    reached, probabilities = 1.0, []  # the chain's path probability, and after each node
     for _ in range(n):
         found = tree.candidates(node)
         if found is None:
             break
+        if sizer is not None:
+            expected = reached * float((found.probs * found.probs).sum())
+            if sizer(probabilities + [expected]) <= len(probabilities):
+                break
         k = int(draw(found.probs, 1, generator))
         node = tree.add(node, int(found.ids[k]), float(found.probs[k]))
         path.append(node)
+        reached *= float(found.probs[k])
+        probabilities.append(reached)
+    if sizer is not None:
+        sizer(probabilities)  # the policy calibrates against the chain as drawn
     return tree.chain(path)
 
 
