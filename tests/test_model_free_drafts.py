@@ -26,7 +26,7 @@ from mtad.decoding.drafts import (
     SuffixDraft,
     TokenDrafter,
 )
-from mtad.decoding.drafts.proposers import chain, cost_sized_tree
+from mtad.decoding.drafts.proposers import beams, chain, cost_sized_tree
 from mtad.decoding.drafts.recycle import RecycleTable
 from mtad.decoding.drafts.suffix import SuffixIndex, SuffixStore, suffix_candidates
 from mtad.errors import ConfigError, MtadError
@@ -124,11 +124,12 @@ def _greedy(model, prompt, n):
 
 
 TREES = [("sd", (4, 2, 2)), ("mtad", (4, 2, 2)), ("mmtad", (4, 2, 2)), ("specinfer", (4, 2, 2)),
-         ("specinfer", "auto"), ("mmtad", "auto"), ("sd", "chain sized by gamma auto")]  # fmt: skip
+         ("specinfer", "auto"), ("mmtad", "auto"), ("sd", "chain sized by gamma auto"),
+         ("mtad", "beams sized by gamma auto")]  # fmt: skip
 
 
 def _gamma_and_tree(tree) -> dict:
-    return {"gamma": "auto"} if tree == "chain sized by gamma auto" else {"gamma": 4, "tree": tree}
+    return {"gamma": "auto"} if str(tree).endswith("sized by gamma auto") else {"gamma": 4, "tree": tree}
 
 
 @pytest.fixture
@@ -274,6 +275,14 @@ def test_a_sized_chain_is_as_long_as_its_confidence_pays():
     between = Costs({1: 1.0, 2: 1.1, 3: 1.2, 4: 1.3, 5: 1.4, 6: 1.5, 7: 1.6, 33: 4.0}, {1: 0.0})
     assert length([0.98, 0.02], between) > length([0.6, 0.4], between) > 0
     assert getattr(chain, "sizes_itself", False)  # the loop gives it a sizer under gamma "auto"
+
+    def beam_depth(probs, costs) -> int:  # mtad's beams, judged on the best beam
+        policy = NodePolicy(costs)
+        g = torch.Generator().manual_seed(0)
+        return beams(Fixed(probs), sequence, 6, sampling, g, width=2, sizer=policy.choose).depth
+
+    assert beam_depth([0.5, 0.5], free) == 6 and beam_depth([0.5, 0.5], dear) == 0
+    assert beam_depth([0.98, 0.02], between) > beam_depth([0.6, 0.4], between) > 0
 
 
 def test_bad_draft_settings_are_one_line_errors(target, draft):

@@ -166,14 +166,23 @@ def chain(drafter: TokenDrafter, sequence, n: int, sampling, generator, *,
     return tree.chain(path)
 
 
-def _beam_search(tree: _Tree, n: int, width: int, with_replacement: bool, generator) -> tuple[list[int], int]:
+def _beam_search(tree: _Tree, n: int, width: int, with_replacement: bool, generator,
+                 sizer: Callable[[list[float]], int] | None = None) -> tuple[list[int], int]:  # fmt: skip
     """The beam sampling of `mtad.decoding.proposals.beam_sample` over candidates; returns every
-    node made and the final beam with the largest joint."""
-    beams, weights = [-1], torch.ones(1)
+    node made and the final beam with the largest joint. With `sizer`, the search stops before a
+    step that would not pay, as `chain` does, judged on the best beam's path probability."""
+    beams, weights, probabilities = [-1], torch.ones(1), []
     for _ in range(n):
         scored = [(b, c) for b, c in ((b, tree.candidates(b)) for b in beams) if c is not None]
         if not scored:
             break
+        if sizer is not None:
+            lead = beams[int(weights.argmax())]
+            found = tree.candidates(lead)
+            reached = math.exp(tree.log_joint[lead]) if lead >= 0 else 1.0
+            expected = reached * float((found.probs * found.probs).sum()) if found is not None else 0.0
+            if sizer(probabilities + [expected]) <= len(probabilities):
+                break
         owners = torch.cat([torch.full((len(c.ids),), i) for i, (_, c) in enumerate(scored)])
         scores = torch.cat([weights[beams.index(b)] * c.probs for b, c in scored])
         picked = sorted(_pick(scores, width, with_replacement, generator))  # grouped by parent
@@ -185,17 +194,23 @@ def _beam_search(tree: _Tree, n: int, width: int, with_replacement: bool, genera
             j = k - offsets[owner]
             new_beams.append(tree.add(beam, int(found.ids[j]), float(found.probs[j])))
         beams, weights = new_beams, normalise(scores[picked])
+        probabilities.append(math.exp(tree.log_joint[beams[int(weights.argmax())]]))
     best = beams[int(weights.argmax())] if beams != [-1] else -1
+    if sizer is not None:
+        sizer(probabilities)  # the policy calibrates against the depth searched
     return beams, best
 
 
+@_sizes_itself
 @_timed
 def beams(
-    drafter, sequence, n, sampling, generator, *, width: int, with_replacement: bool = True
-) -> Proposal:
-    """mtad's draft: beam sampling over candidates, the best beam verified as a chain."""
+    drafter, sequence, n, sampling, generator, *, width: int, with_replacement: bool = True,
+    sizer: Callable[[list[float]], int] | None = None,
+) -> Proposal:  # fmt: skip
+    """mtad's draft: beam sampling over candidates, the best beam verified as a chain (as deep as
+    its confidence pays, with `sizer`)."""
     tree = _Tree(drafter, sequence, sampling)
-    _, best = _beam_search(tree, n, width, with_replacement, generator)
+    _, best = _beam_search(tree, n, width, with_replacement, generator, sizer)
     return tree.chain(tree.path(best))
 
 
