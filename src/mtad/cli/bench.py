@@ -20,6 +20,7 @@ from mtad.cli.common import (
 from mtad.cli.ray import add_ray_arguments, ray_workers
 from mtad.decoding.methods import get_method
 from mtad.errors import ConfigError, DatasetError
+from mtad.extras import require
 from mtad.runtime.fast import load_settings
 from mtad.runtime.fast import resolve as resolve_fast_path
 from mtad.runtime.precision import dtype_name
@@ -274,6 +275,7 @@ def _decoding_words(decoding: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("bench", "mtad bench")
     from mtad.bench.datasets import load_dataset
     from mtad.bench.outputs import write_outputs
     from mtad.bench.plan import needs_draft, plan_variants

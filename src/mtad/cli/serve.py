@@ -19,9 +19,9 @@ from mtad.cli.ray import add_ray_arguments, ray_workers
 from mtad.decoding.methods import without_draft
 from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
+from mtad.extras import require
 from mtad.runtime.native_memory import bound_native_memory
-from mtad.serve.app import ServeConfig
-from mtad.serve.auth import check_key
+from mtad.serve.config import ServeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 API_KEY_ENV = "MTAD_API_KEY"
@@ -90,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("serve", "mtad serve")
     import uvicorn
 
     from mtad.serve import create_app
@@ -177,6 +178,8 @@ def _api_key(args: argparse.Namespace) -> str | None:
         if args.require_api_key_for_metrics:
             raise ConfigError(f"--require-api-key-for-metrics needs --api-key (or {API_KEY_ENV})")
         return None
+    from mtad.serve.auth import check_key
+
     return check_key(key, "--api-key" if args.api_key is not None else API_KEY_ENV)
 
 

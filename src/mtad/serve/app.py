@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,12 +30,13 @@ from starlette.routing import Route
 from mtad.api import stream
 from mtad.decoding.drafts import LoadedDraft, as_draft, describe_draft
 from mtad.decoding.loop import Generation
-from mtad.decoding.speculation import Limits, SpeculationConfig
+from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError, ContextLengthError, MtadError, NumericalError
 from mtad.models import LoadedModel, pair_context_length
 from mtad.runtime.native_memory import current_native_memory
 from mtad.runtime.precision import dtype_name
 from mtad.serve.auth import OPEN_PATHS, ApiKeyMiddleware, check_key
+from mtad.serve.config import ServeConfig
 from mtad.serve.metrics import CONTENT_TYPE, Metrics
 from mtad.serve.responses import Reply, error_response, failure, server_error, sse, too_large
 from mtad.serve.scheduler import TERMINAL, Event, Job, QueueFull, Scheduler
@@ -62,23 +62,6 @@ _ENGINE_PARAMS = {
 }
 _GENERATING = ("/v1/completions", "/v1/chat/completions")
 _OUTCOME = {"done": "ok", "error": "error", "timeout": "timeout", "gone": "cancelled"}
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Server settings. `defaults`: decoding keyword arguments for `mtad.stream`, as
-    `mtad.cli.common.decoding_settings` returns them; a request overrides them field by field."""
-
-    model_name: str
-    defaults: dict
-    max_queue: int = 64
-    max_batch_size: int = 8  # requests decoded together (continuous batching); 1 = one at a time
-    request_timeout_s: float | None = 120.0
-    limits: Limits = field(default_factory=Limits)  # ceilings on gamma, beams and tree nodes
-    max_request_bytes: int = 4 * 2**20  # a larger body is refused (413) before it is read whole
-    api_key: str | None = field(default=None, repr=False)  # None: no authentication (`mtad.serve.auth`)
-    metrics_need_key: bool = False  # with api_key: /metrics needs it too (/health never does)
-    batch_invariant: bool = False  # each request decodes as if alone (see `Scheduler`)
 
 
 def create_app(target: LoadedModel, draft: LoadedDraft, config: ServeConfig) -> Starlette:

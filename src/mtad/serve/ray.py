@@ -34,7 +34,8 @@ from starlette.requests import Request
 from mtad.api import DEFAULT_SETTINGS
 from mtad.models import LoadedModel, load_pair
 from mtad.runtime.native_memory import bound_native_memory
-from mtad.serve.app import ServeConfig, create_app
+from mtad.serve.app import create_app
+from mtad.serve.config import ServeConfig
 from mtad.serve.metrics import sum_expositions
 
 Loader = Callable[[], tuple[LoadedModel, LoadedModel | None]]
