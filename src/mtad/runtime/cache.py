@@ -95,6 +95,41 @@ class SoloStore:
         self.cache = DynamicCache(config=self.config)
 
 
+class FollowsCache:
+    """A tensor with one entry per cached position ([rows, positions, ...]) that follows the KV
+    cache's rollback operations, so it always describes exactly the positions cached: the target
+    states a feature draft reads (`CachedModel.features`), a feature draft's own outputs."""
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+
+    def append(self, fed: torch.Tensor) -> None:
+        self.tensor = fed if self.tensor is None else torch.cat([self.tensor, fed], dim=1)
+
+    def truncate(self, length: int) -> None:
+        if self.tensor is not None:
+            self.tensor = self.tensor[:, :length]
+
+    def keep(self, positions: torch.Tensor) -> None:
+        if self.tensor is not None:
+            self.tensor = self.tensor.index_select(1, positions.to(self.tensor.device))
+
+    def repeat(self, rows: int) -> None:
+        if self.tensor is not None:
+            self.tensor = self.tensor.repeat_interleave(rows, dim=0)
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        if self.tensor is not None:
+            self.tensor = self.tensor.index_select(0, indices.to(self.tensor.device))
+
+    def select(self, row: int) -> None:
+        if self.tensor is not None:
+            self.tensor = self.tensor[row : row + 1]
+
+    def reset(self) -> None:
+        self.tensor = None
+
+
 class CachedModel:
     """A causal LM, its KV cache (`KVStore`), and a count of forward passes.
 
@@ -117,7 +152,13 @@ class CachedModel:
         self.maps_inputs = self.subset is not None and not getattr(model.config, "embeds_with_target", False)
         self.calls = 0
         self.feature_layers: list[int] | None = None
-        self.features: torch.Tensor | None = None  # [rows, length, layers x hidden] when captured
+        self.captured = FollowsCache()  # [rows, length, layers x hidden] when captured
+        self.following = [self.captured]  # what every rollback operation applies to beside the cache
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """The captured `hidden_states` of every cached position (`capture_features`), or None."""
+        return self.captured.tensor
 
     def capture_features(self, layers: list[int]) -> None:
         """From now on keep these `hidden_states` layers of every fed position (a feature draft's input)."""
@@ -174,8 +215,7 @@ class CachedModel:
         )  # fmt: skip
         self.calls += 1
         if capture:
-            fed = torch.cat([out.hidden_states[i] for i in self.feature_layers], dim=-1)
-            self.features = fed if self.features is None else torch.cat([self.features, fed], dim=1)
+            self.captured.append(torch.cat([out.hidden_states[i] for i in self.feature_layers], dim=-1))
         return out.logits[:, -keep:].float()
 
     def align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
@@ -192,37 +232,38 @@ class CachedModel:
     def truncate(self, length: int) -> None:
         """Forget every cached position from `length` on."""
         self.store.truncate(length)
-        if self.features is not None:
-            self.features = self.features[:, :length]
+        for state in self.following:
+            state.truncate(length)
 
     def keep(self, positions: torch.Tensor) -> None:
         """Keep only the cached `positions` (ascending), compacted: a tree pruned to its accepted path."""
         self.store.keep(positions)
-        if self.features is not None:
-            self.features = self.features.index_select(1, positions.to(self.features.device))
+        for state in self.following:
+            state.keep(positions)
 
     def repeat(self, rows: int) -> None:
         """One cache row becomes `rows` identical rows (beams that share the prefix)."""
         self.store.repeat(rows)
-        if self.features is not None:
-            self.features = self.features.repeat_interleave(rows, dim=0)
+        for state in self.following:
+            state.repeat(rows)
 
     def reorder(self, indices: torch.Tensor) -> None:
         """Row i becomes old row indices[i] (beam parents after a beam step)."""
         self.store.reorder(indices)
-        if self.features is not None:
-            self.features = self.features.index_select(0, indices.to(self.features.device))
+        for state in self.following:
+            state.reorder(indices)
 
     def select(self, row: int) -> None:
         """Keep only one row (the chosen beam)."""
         self.store.select(row)
-        if self.features is not None:
-            self.features = self.features[row : row + 1]
+        for state in self.following:
+            state.select(row)
 
     def reset(self) -> None:
         self.store.reset()
         self.calls = 0
-        self.features = None
+        for state in self.following:
+            state.reset()
 
 
 class FeatureDrafter(CachedModel):
@@ -242,8 +283,14 @@ class FeatureDrafter(CachedModel):
         model.attach(target.model)
         target.capture_features(model.config.feature_layers)
         self.target = target
-        self.outputs: torch.Tensor | None = None  # [rows, length, hidden]: own output per slot
+        self.own_outputs = FollowsCache()  # [rows, length, hidden]: own output per slot
+        self.following.append(self.own_outputs)
         self.real = 0  # leading slots fed with the target's states
+
+    @property
+    def outputs(self) -> torch.Tensor | None:
+        """The draft's own output at every cached slot (what a drafted slot's child reads)."""
+        return self.own_outputs.tensor
 
     def ready(self, sequence: torch.Tensor) -> bool:
         return self.target.length >= sequence.shape[1] - 1
@@ -279,40 +326,23 @@ class FeatureDrafter(CachedModel):
             position_ids=position_ids, attention_mask=attention_mask,
         )  # fmt: skip
         self.calls += 1
-        own = out.hidden_states[0]
-        self.outputs = own if self.outputs is None else torch.cat([self.outputs, own], dim=1)
+        self.own_outputs.append(out.hidden_states[0])
         self.real += real
         return out.logits[:, -keep:].float()
 
     def truncate(self, length: int) -> None:
-        length = min(length, self.real)
+        length = min(length, self.real)  # drafted slots are always re-read
         super().truncate(length)
-        if self.outputs is not None:
-            self.outputs = self.outputs[:, :length]
         self.real = length
 
     def keep(self, positions: torch.Tensor) -> None:
         positions = positions[positions < self.real]  # drafted slots are always re-read
         super().keep(positions)
-        if self.outputs is not None:
-            self.outputs = self.outputs.index_select(1, positions.to(self.outputs.device))
         self.real = positions.numel()
-
-    def repeat(self, rows: int) -> None:
-        super().repeat(rows)
-        self.outputs = self.outputs.repeat_interleave(rows, dim=0)
-
-    def reorder(self, indices: torch.Tensor) -> None:
-        super().reorder(indices)
-        self.outputs = self.outputs.index_select(0, indices.to(self.outputs.device))
-
-    def select(self, row: int) -> None:
-        super().select(row)
-        self.outputs = self.outputs[row : row + 1]
 
     def reset(self) -> None:
         super().reset()
-        self.outputs, self.real = None, 0
+        self.real = 0
 
 
 def _parent_slots(start: int, fed: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
