@@ -256,8 +256,8 @@ class RoundClock:
 _MEASURED: dict[tuple, Costs] = {}
 
 
-#: A model's config as JSON, by model (writing it deep-copies the config: ~20 ms on the default
-#: pair, paid by every row that joins a batch otherwise). Configs are not edited after loading.
+#: A model's config as JSON, by model (writing it deep-copies the config, a cost every row that
+#: joins a batch would pay otherwise). Configs are not edited after loading.
 _CONFIG_JSON: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

@@ -1,11 +1,11 @@
 """The draft's shape: a few of the target's own layers, its embeddings and output head.
 
-Why this shape (measured on the 2-core CPU, SmolLM2-135M target, 1 token after a 200-token
-prefix, see docs/distill.md): the target forward costs ~63 ms; the 49152 x 576 output head alone
-~9 ms, so it dominates any small draft. Hence `reduce_vocabulary` (`--draft-vocab K`, format in
-`mtad.runtime.vocabulary`): the draft keeps only the K target ids with the most teacher probability in the
-training answers; with K = 8192 a one-layer draft costs ~4 ms (ratio ~0.06), and the lossless
-methods stay lossless because q = 0 outside the subset.
+Why this shape (timings in docs/distill.md): SmolLM2-135M's 49152 x 576 output head costs about
+a seventh of a whole target forward, so it dominates any small draft. Hence `reduce_vocabulary`
+(`--draft-vocab K`, format in `mtad.runtime.vocabulary`): the draft keeps only the K target ids
+with the most teacher probability in the training answers; with K = 8192 a one-layer draft
+costs about 0.06 of a target forward, and the lossless methods stay lossless because q = 0
+outside the subset.
 The layers come from the target (default: its first, with its final norm and tied embeddings):
 before any training that already agrees with the target's argmax on 6% of held-out answer tokens
 (KL 13.9, acceptance 0.07), while layers (0, 29) start at KL 63 and acceptance 0.00 (layer 29

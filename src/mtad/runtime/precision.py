@@ -106,7 +106,7 @@ def cpu_flags() -> set[str]:
 
 def bf16_speed_ratio(rows: int = 4, width: int = 576, out: int = 1536, repeats: int = 15) -> float:
     """Median time of a decode-shaped matrix product ([rows, width] @ [width, out], SmolLM2-135M's
-    MLP) in bfloat16 over float32, interleaved so both see the same machine state (~5 ms)."""
+    MLP) in bfloat16 over float32, interleaved so both see the same machine state (a few ms)."""
     generator = torch.Generator().manual_seed(0)
     x32 = torch.randn(rows, width, generator=generator)
     w32 = torch.randn(width, out, generator=generator)

@@ -1,8 +1,9 @@
 """A draft that speaks only a subset of the target's vocabulary.
 
-Why: in a small draft the output head dominates the cost (SmolLM2: 49152 x 576, ~9 ms of a
-~12 ms one-layer forward on 2 CPU cores), and most of those rows are tokens the target almost
-never emits. A draft may therefore keep K of the target's token ids.
+Why: in a small draft the output head dominates the cost (SmolLM2's 49152 x 576 head is about
+three quarters of a one-layer draft's forward on a CPU; docs/distill.md has the timings), and
+most of those rows are tokens the target almost never emits. A draft may therefore keep K of the
+target's token ids.
 
 Format (a plain transformers model directory): the draft's `config.json` carries
 `mtad_token_ids`, the K target ids it predicts, in draft-id order; its embedding has K + 1 rows,
