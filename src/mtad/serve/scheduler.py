@@ -92,8 +92,7 @@ class Scheduler:
             raise ValueError("batching needs the (target, draft) models the jobs decode with")
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         work = self._work if max_batch_size == 1 else self._work_batched
-        if max_batch_size > 1 and batch_invariant:
-            work = self._work_invariant
+        self.batch_invariant = batch_invariant
         self._thread = threading.Thread(target=work, name="mtad-worker", daemon=True)
         self.max_batch_size = max_batch_size
         self.models = models
@@ -148,75 +147,54 @@ class Scheduler:
                 self.mean_job_s = 0.8 * self.mean_job_s + 0.2 * (time.monotonic() - start)
 
     def _work_batched(self) -> None:
-        """Continuous batching: admit waiting jobs at block boundaries, step, report, drop the done."""
-        batch = Batch(*self.models)
-        running: dict[int, tuple[Row, Job, float]] = {}  # id(row) -> row, its job, its start
-        closing = False
-        while running or not closing:
-            for job in () if closing else self._admit(running):
-                if job is None:
-                    closing = True
-                else:
-                    row = batch.add(job.generation)
-                    running[id(row)] = (row, job, time.monotonic())
-            if not running:
-                continue
-            self.busy, self.rows = True, len(running)
-            start = time.monotonic()
-            try:
-                blocks = batch.step()
-            except Exception as error:  # noqa: BLE001 - the batch itself broke: fail its rows, go on
-                for _, job, _ in running.values():
-                    job.emit("error", error)
-                running.clear()
-                batch = Batch(*self.models)
-                continue
-            if self.on_step is not None:
-                self.on_step(
-                    len(running), sum(len(block.tokens) for _, block in blocks), time.monotonic() - start
-                )
-            for row, block in blocks:
-                running[id(row)][1].emit("block", block)
-            self._settle(batch, running)
-            self.busy, self.rows = bool(running), len(running)
+        """Continuous batching: admit waiting jobs at block boundaries, step, report, drop the done.
 
-    def _work_invariant(self) -> None:
-        """Batch-invariant interleaving: a batch of one per job, stepped in turn, a block each."""
-        running: dict[int, tuple[Batch, Row, Job, float]] = {}  # id(row) -> its batch, row, job, start
+        Jobs decode in groups, each a `Batch` stepped once a turn: one lasting group that every
+        job joins, or, batch-invariant, a group per job (so none shares a forward with another,
+        and each job's tokens are those it gets alone). Either way one loop admits, steps,
+        reports and settles, and a group whose step fails fails its own jobs only."""
+        Group = tuple[Batch, dict[int, tuple[Row, Job, float]]]  # the batch; id(row) -> row, job, start
+        groups: list[Group] = [] if self.batch_invariant else [(Batch(*self.models), {})]
         closing = False
-        while running or not closing:
-            for job in () if closing else self._admit(running):
+        while _rows(groups) or not closing:
+            for job in () if closing else self._admit(groups):
                 if job is None:
                     closing = True
-                else:
-                    batch = Batch(*self.models)
-                    row = batch.add(job.generation)
-                    running[id(row)] = (batch, row, job, time.monotonic())
-            self.busy, self.rows = bool(running), len(running)
-            for key, (batch, row, job, start) in list(running.items()):
-                begun = time.monotonic()
+                    continue
+                if self.batch_invariant:
+                    groups.append((Batch(*self.models), {}))
+                batch, running = groups[-1]
+                row = batch.add(job.generation)
+                running[id(row)] = (row, job, time.monotonic())
+            self.busy, self.rows = _rows(groups) > 0, _rows(groups)
+            for index, (batch, running) in enumerate(groups):
+                if not running:
+                    continue
+                start = time.monotonic()
                 try:
                     blocks = batch.step()
-                except Exception as error:  # noqa: BLE001 - this job's batch broke; the others go on
-                    job.emit("error", error)
-                    del running[key]
+                except Exception as error:  # noqa: BLE001 - this group's batch broke: fail its rows, go on
+                    for _, job, _ in running.values():
+                        job.emit("error", error)
+                    running.clear()
+                    groups[index] = (Batch(*self.models), running)  # a fresh batch for the next jobs
                     continue
                 if self.on_step is not None:
-                    self.on_step(1, sum(len(block.tokens) for _, block in blocks), time.monotonic() - begun)
-                for _, block in blocks:
-                    job.emit("block", block)
-                alone = {key: (row, job, start)}
-                self._settle(batch, alone)
-                if not alone:
-                    del running[key]
-            self.busy, self.rows = bool(running), len(running)
+                    tokens = sum(len(block.tokens) for _, block in blocks)
+                    self.on_step(len(running), tokens, time.monotonic() - start)
+                for row, block in blocks:
+                    running[id(row)][1].emit("block", block)
+                self._settle(batch, running)
+            if self.batch_invariant:  # a job's own group ends with it
+                groups = [group for group in groups if group[1]]
+            self.busy, self.rows = _rows(groups) > 0, _rows(groups)
 
-    def _admit(self, running: dict) -> Iterator[Job | None]:
+    def _admit(self, groups: list) -> Iterator[Job | None]:
         """Waiting jobs up to the batch's room, cancelled ones skipped; None is the close signal, and
         ends the admissions. Blocks for work only while nothing is decoding."""
-        while len(running) < self.max_batch_size:
+        while _rows(groups) < self.max_batch_size:
             try:
-                job = self._queue.get(block=not running)
+                job = self._queue.get(block=not _rows(groups))
             except queue.Empty:
                 return
             if job is None:
@@ -243,6 +221,11 @@ class Scheduler:
             del running[key]
             self.mean_job_s = 0.8 * self.mean_job_s + 0.2 * (now - start)
         batch.rows = [row for row in batch.rows if not row.done]
+
+
+def _rows(groups: list) -> int:
+    """Jobs decoding now, over every group."""
+    return sum(len(running) for _, running in groups)
 
 
 def _run(job: Job) -> None:
