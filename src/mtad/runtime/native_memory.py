@@ -8,15 +8,16 @@ keeps:
 
 - oneDNN, which runs bfloat16 products on CPUs with AVX-512 BF16 or AMX, builds a primitive per
   input shape and keeps up to 1024 of them (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`). Turning the cache
-  off stops the growth but rebuilds a primitive on every call (3.8x the time of a 2-17 row product
-  on that CPU); 64 entries hold every shape a decode step repeats and cost nothing measurable.
+  off stops the growth but rebuilds a primitive on every call (several times the time of a
+  product); 64 entries hold every shape a decode step repeats and cost nothing measurable.
 - glibc raises its mmap threshold to the largest block freed, after which large activations come
   from the heap and freed memory stays resident. Fixing the threshold (which also switches off
   glibc's dynamic raising) returns large blocks to the system when freed.
 
-Bounded together, 800 distinct bf16 row counts on the pair's layer shapes grow RSS by 302 MB once
-and not at all when they repeat (defaults: 1163 MB, then another 1073). oneDNN reads its capacity
-when it builds its first primitive, so `bound_native_memory` runs before any model is loaded. An
+Bounded together, 800 distinct bf16 row counts on the pair's layer shapes grow RSS by a third of
+what they grow it by with the defaults, and not at all when they repeat
+(docs/results/soak-2026-12/native_bounds.py). oneDNN reads its capacity when it builds its first
+primitive, so `bound_native_memory` runs before any model is loaded. An
 environment that already sets either knob is the user's choice and is left alone.
 """
 
