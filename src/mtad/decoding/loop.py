@@ -30,7 +30,7 @@ from mtad.decoding.adaptive import Costs, GammaPolicy, NodePolicy, measure_costs
 from mtad.decoding.drafts import ModelFreeDraft, TokenDrafter
 from mtad.decoding.drafts.base import tail
 from mtad.decoding.drafts.hybrid import model_drafter
-from mtad.decoding.drafts.proposers import row_contexts
+from mtad.decoding.drafts.proposers import row_contexts, sizes_itself
 from mtad.decoding.methods import TARGET_ONLY
 from mtad.decoding.proposals import empty_proposal
 from mtad.decoding.speculation import SpeculationConfig
@@ -232,7 +232,7 @@ class Generation:
 
         # Sized by cost: a tree "auto", or under gamma "auto" a proposer that sizes its own round
         # from its draft's confidence (a model-free chain); else gamma "auto" picks a depth.
-        sized = self.spec.sized_by_cost or (self.spec.adaptive and getattr(proposer, "sizes_itself", False))
+        sized = self.spec.sized_by_cost or (self.spec.adaptive and sizes_itself(proposer))
         if self.spec.adaptive and proposer is not None and not sized:  # before the clock
             policy = GammaPolicy(self.spec, costs(priced_rows))
         sizing = NodePolicy(costs(priced_rows)) if sized and proposer is not None else None

@@ -168,9 +168,7 @@ def _none(spec: MethodSettings) -> None:
 
 
 def _free_beams(spec: MethodSettings) -> model_free.TokenProposer:
-    propose = partial(model_free.beams, width=spec.beam_width, with_replacement=spec.with_replacement)
-    propose.sizes_itself = True  # as deep as its best beam's confidence pays, under gamma "auto"
-    return propose
+    return partial(model_free.beams, width=spec.beam_width, with_replacement=spec.with_replacement)
 
 
 #: Tree "auto": sized by the loop's `mtad.decoding.adaptive.NodePolicy` (specinfer and mmtad).

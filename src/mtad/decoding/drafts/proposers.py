@@ -134,6 +134,19 @@ def _sizes_itself(propose):
     return propose
 
 
+def sizes_itself(proposer) -> bool:
+    """Whether `proposer` (or the function a `functools.partial` of it wraps) sizes its own round."""
+    return getattr(getattr(proposer, "func", proposer), "sizes_itself", False)
+
+
+def _next_step_pays(sizer, probabilities: list[float], reached: float, found: Candidates | None) -> bool:
+    """Whether one more draft step pays (`chain`, `_beam_search`): a next node, expected at path
+    probability reached x sum(q^2) (the q of the token a draw from q picks, on average), must
+    raise the expected tokens per second `sizer` prices over the path so far."""
+    expected = reached * float((found.probs * found.probs).sum()) if found is not None else 0.0
+    return sizer(probabilities + [expected]) > len(probabilities)
+
+
 @_sizes_itself
 @_timed
 def chain(drafter: TokenDrafter, sequence, n: int, sampling, generator, *,
@@ -141,10 +154,9 @@ def chain(drafter: TokenDrafter, sequence, n: int, sampling, generator, *,
     """sd's draft: up to n tokens, each drawn from q after the ones before (fewer where q runs out).
 
     With `sizer`, the chain is as long as its own confidence pays (EAGLE-2's ranking by path
-    probability, with gamma "auto"'s measured costs): before each draw it asks whether a next
-    node, expected at path probability P * sum(q^2) (the q of the token a draw from q picks, on
-    average), raises the expected tokens per second, and stops when not. The decision reads only
-    q and the tokens drawn so far, and no drawn token is dropped: sd stays lossless.
+    probability, with gamma "auto"'s measured costs): before each draw it asks whether the next
+    node pays (`_next_step_pays`), and stops when not. The decision reads only q and the tokens
+    drawn so far, and no drawn token is dropped: sd stays lossless.
     """
     tree, node, path = _Tree(drafter, sequence, sampling), -1, []
     reached, probabilities = 1.0, []  # the chain's path probability, and after each node
@@ -152,10 +164,8 @@ def chain(drafter: TokenDrafter, sequence, n: int, sampling, generator, *,
         found = tree.candidates(node)
         if found is None:
             break
-        if sizer is not None:
-            expected = reached * float((found.probs * found.probs).sum())
-            if sizer(probabilities + [expected]) <= len(probabilities):
-                break
+        if sizer is not None and not _next_step_pays(sizer, probabilities, reached, found):
+            break
         k = int(draw(found.probs, 1, generator))
         node = tree.add(node, int(found.ids[k]), float(found.probs[k]))
         path.append(node)
@@ -176,12 +186,11 @@ def _beam_search(tree: _Tree, n: int, width: int, with_replacement: bool, genera
         scored = [(b, c) for b, c in ((b, tree.candidates(b)) for b in beams) if c is not None]
         if not scored:
             break
-        if sizer is not None:
+        if sizer is not None:  # judged on the leading beam, whose candidates `scored` holds
             lead = beams[int(weights.argmax())]
-            found = tree.candidates(lead)
             reached = math.exp(tree.log_joint[lead]) if lead >= 0 else 1.0
-            expected = reached * float((found.probs * found.probs).sum()) if found is not None else 0.0
-            if sizer(probabilities + [expected]) <= len(probabilities):
+            found = next((c for b, c in scored if b == lead), None)
+            if not _next_step_pays(sizer, probabilities, reached, found):
                 break
         owners = torch.cat([torch.full((len(c.ids),), i) for i, (_, c) in enumerate(scored)])
         scores = torch.cat([weights[beams.index(b)] * c.probs for b, c in scored])
