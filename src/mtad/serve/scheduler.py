@@ -177,7 +177,8 @@ class Scheduler:
                     for _, job, _ in running.values():
                         job.emit("error", error)
                     running.clear()
-                    groups[index] = (Batch(*self.models), running)  # a fresh batch for the next jobs
+                    if not self.batch_invariant:  # the lasting group takes the next jobs in a fresh batch
+                        groups[index] = (Batch(*self.models), running)
                     continue
                 if self.on_step is not None:
                     tokens = sum(len(block.tokens) for _, block in blocks)
