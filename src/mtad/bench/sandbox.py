@@ -16,8 +16,8 @@ machine; nothing is installed). The child runs in new network, mount and PID nam
   capability, so the mounts cannot be undone. The fresh uid runs this very interpreter, with its
   packages: where those lie under a directory only root may traverse (a pyenv Python under
   /root), that directory is covered, inside the namespace, by an empty one holding just the
-  way to them (`_reach`). When the program exits, the kernel kills every
-  process left in its PID namespace.
+  way to them (`_reach`). When the program exits, the kernel kills every process left in its
+  PID namespace.
 
 `isolation()` probes this once per process by running a self-check inside the sandbox (a write
 outside the work directory, a connection to loopback and a remount must all fail); anything

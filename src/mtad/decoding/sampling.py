@@ -130,9 +130,9 @@ def draw(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch
     One uniform u per draw, and the first index whose cumulative weight exceeds u x total: exact
     up to float rounding, as `torch.multinomial` is, but a cumulative sum and a binary search
     cost about a tenth of multinomial's time on a 49k vocabulary on a CPU (and multinomial's
-    parallel region stalls on a loaded machine, waiting for busy cores). A zero-weight index is never drawn:
-    its cumulative weight equals its predecessor's, so it is never the first to exceed u x total,
-    and u x total is kept strictly below the total.
+    parallel region stalls on a loaded machine, waiting for busy cores). A zero-weight index is
+    never drawn: its cumulative weight equals its predecessor's, so it is never the first to
+    exceed u x total, and u x total is kept strictly below the total.
     """
     rows = weights.reshape(-1, weights.shape[-1])
     cumulative = rows.float().cumsum(-1)  # [rows, k]
