@@ -42,9 +42,9 @@ def main() -> None:
     choice = auto_dtype("cpu")
     pairs = {name: load(args, dtype) for name, dtype in (("float32", "float32"), ("auto", "auto"))}
     target32 = pairs["float32"][0]
-    settings = {"gamma": mtad.config.parse_gamma(args.gamma), "beam_width": 4, "threshold": 0.5,
-                "temperature": 1.0, "top_k": 10, "top_p": 0.9,
-                "max_new_tokens": args.max_new_tokens}  # fmt: skip
+    settings = mtad.config.PRESETS["paper"] | {
+        "gamma": mtad.config.parse_gamma(args.gamma), "max_new_tokens": args.max_new_tokens, "seed": None,
+    }  # fmt: skip
     records = load_dataset("mtbench", None, args.prompts)
     runs = [(dtype, method) for method in args.methods.split(",") for dtype in pairs]
     speed: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)

@@ -25,11 +25,12 @@ import torch
 import mtad
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
+from mtad.config import PAPER_WARP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line, use_pair_arguments  # noqa: E402
 
-WARP = {"temperature": 1.0, "top_k": 10, "top_p": 0.9}
+WARP = PAPER_WARP
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mtad.config import SamplingConfig
+from mtad.config import PAPER_WARP, SamplingConfig
 from mtad.decoding import adaptive
 from mtad.models import load_model, output_width
 from mtad.models.default_pair import default_target_path
@@ -68,7 +68,7 @@ def main() -> None:
         weight_bytes, params = linear_bytes_and_params(loaded.model)
         print(f"{name:5s}: {loaded.fast_path.weights} weights, {loaded.model.dtype}, linear weights "
               f"{weight_bytes / 1e6:.0f} MB ({params / 1e6:.0f} M); {loaded.fast_path.reason}")  # fmt: skip
-    sampling = SamplingConfig(temperature=1.0, top_k=10, top_p=0.9)
+    sampling = SamplingConfig(**PAPER_WARP)
     samples: dict[str, dict[int, list[float]]] = {name: {k: [] for k in sizes} for name in variants}
     for _ in range(args.repeats):
         for name, loaded in models.items():

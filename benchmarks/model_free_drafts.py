@@ -29,12 +29,13 @@ import mtad
 from mtad.bench.datasets import load_dataset
 from mtad.bench.metrics import perplexity
 from mtad.bench.scoring import encode_record
+from mtad.config import PAPER_WARP
 from mtad.models.scoring import target_logprobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line, use_pair_arguments  # noqa: E402
 
-WARP = {"temperature": 1.0, "top_k": 10, "top_p": 0.9}
+WARP = PAPER_WARP
 DEFAULT_VARIANTS = (
     "ar,sd:model,mtad:model,sd:recycle,sd:suffix,specinfer:recycle:auto,specinfer:suffix:auto,"
     "mtad:recycle,mtad:suffix,mmtad:recycle:auto,mmtad:suffix:auto"

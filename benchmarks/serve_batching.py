@@ -30,11 +30,10 @@ import torch
 
 from mtad.bench.datasets import load_dataset
 from mtad.bench.machine import describe_machine
+from mtad.config import PRESETS
 from mtad.models import load_pair
 from mtad.models.default_pair import default_draft_path, default_target_path
 from mtad.serve import BackgroundServer, ServeConfig, create_app
-
-PAPER = {"temperature": 1.0, "top_k": 10, "top_p": 0.9, "gamma": 4, "beam_width": 4, "threshold": 0.5}
 
 
 def main() -> None:
@@ -50,10 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     target, draft = load_pair(str(default_target_path()), str(default_draft_path()), dtype=args.dtype)
     questions = [record.messages[0]["content"] for record in load_dataset("mtbench", None, args.clients * 2)]
-    from mtad.api import DEFAULT_SETTINGS
-
     gamma = args.gamma if args.gamma == "auto" else int(args.gamma)
-    defaults = DEFAULT_SETTINGS | PAPER | {"max_new_tokens": args.max_tokens, "gamma": gamma}
+    defaults = PRESETS["paper"] | {"max_new_tokens": args.max_tokens, "gamma": gamma}
     kinds = {"batched": (args.clients, False), "one_at_a_time": (1, False)}  # in the order they run
     if args.batch_invariant:
         kinds = {"batched": kinds["batched"], "batch_invariant": (args.clients, True)} | kinds

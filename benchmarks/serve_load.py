@@ -44,6 +44,7 @@ def tiny_server():
 
     from conftest import tiny_llama, tiny_tokenizer
     from mtad.api import DEFAULT_SETTINGS
+    from mtad.config import PAPER_WARP
     from mtad.models import LoadedModel
     from mtad.serve import BackgroundServer, ServeConfig, create_app
 
@@ -51,7 +52,7 @@ def tiny_server():
     tokenizer = tiny_tokenizer()
     target = LoadedModel(tiny_llama(seed=0), tokenizer, "target")
     draft = LoadedModel(tiny_llama(seed=1, layers=1), tokenizer, "draft")
-    defaults = DEFAULT_SETTINGS | {"top_k": 10, "top_p": 0.9, "max_new_tokens": 32}
+    defaults = DEFAULT_SETTINGS | PAPER_WARP | {"max_new_tokens": 32}
     return BackgroundServer(create_app(target, draft, ServeConfig("tiny-pair", defaults, max_queue=256)))
 
 

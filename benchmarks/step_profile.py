@@ -27,6 +27,7 @@ import torch
 import mtad
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
+from mtad.config import PRESETS
 from mtad.decoding import acceptance, sampling
 from mtad.decoding import proposals as drafting
 from mtad.decoding.drafts import is_kind_name
@@ -51,15 +52,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     target, draft = load(args, args.dtype)
     settings = {
+        **{k: v for k, v in PRESETS["paper"].items() if k not in ("method", "seed")},
         "gamma": args.gamma,
-        "beam_width": 4,
-        "threshold": 0.5,
-        "temperature": 1.0,
-        "top_k": 10,
-        "top_p": 0.9,
         "max_new_tokens": args.max_new_tokens,
         "tree": args.tree if args.tree == "auto" else tuple(int(b) for b in args.tree.split(",")),
-    }  # fmt: skip — the paper's settings
+    }  # the paper's settings
     methods = args.methods.split(",")
     records = load_dataset("mtbench", None, args.prompts)
     prompts = [encode_record(record, target.tokenizer) for record in records]

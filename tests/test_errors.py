@@ -162,7 +162,7 @@ def test_cli_argparse_type_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["generate", "--gamma", "four", "hi"])
     assert caught.value.code == 2
-    assert "invalid gamma 'four'; allowed: an integer >= 1 or auto" in capsys.readouterr().err
+    assert "invalid gamma 'four'; allowed: an integer >= 1 or 'auto'" in capsys.readouterr().err
 
 
 def test_unknown_setting_is_named(target, draft):

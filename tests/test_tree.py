@@ -268,5 +268,5 @@ def test_specinfer_at_temperature_zero_equals_greedy(target, draft, tree):
 def test_bad_tree_settings(target, draft):
     with pytest.raises(mtad.ConfigError, match="tree must be"):
         mtad.generate(target, draft, PROMPT, method="specinfer", tree=(4, 0))
-    with pytest.raises(mtad.ConfigError, match="unknown reference 'worst'"):
+    with pytest.raises(mtad.ConfigError, match="reference must be best, max or own, got 'worst'"):
         mtad.generate(target, draft, PROMPT, method="mmtad", reference="worst")

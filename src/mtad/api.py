@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 
 import torch
 from transformers import PreTrainedModel
 
-from mtad.config import DEFAULT_MAX_NEW_TOKENS, SEED_LIMIT, SamplingConfig, StopConfig, shown
+from mtad.config import PRESETS, SEED_LIMIT, SETTINGS, SamplingConfig, StopConfig, shown
 from mtad.decoding.batch import BatchGeneration
 from mtad.decoding.drafts import ModelFreeDraft, draft_model_of, is_model_free, resolve_draft
 from mtad.decoding.loop import Generation, GenerationResult
@@ -49,8 +50,8 @@ def stream(
     row_seeds = isinstance(seed, list | tuple)  # a batch may give one seed per prompt
     spec, sampling = validate_settings(**(settings | {"seed": None} if row_seeds else settings))
     for i, value in enumerate(seed if row_seeds else ()):
-        _check_seed(value, f"seed[{i}]")
-    max_new_tokens = settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        SETTINGS["seed"].check(value, f"seed[{i}]")
+    max_new_tokens = settings.get("max_new_tokens", PRESETS["library"]["max_new_tokens"])
     draft = resolve_draft(draft)
     draft_model = draft_model_of(draft) if spec.needs_draft else None  # a model that drafts (or a hybrid's)
     context = pair_context_length(target, draft_model)
@@ -109,41 +110,33 @@ def stream(
     return BatchGeneration(target, draft, generations, invariant=batch_invariant)
 
 
-def validate_settings(
-    *,
-    method: str = "mtad",
-    gamma: int | str = 4,
-    beam_width: int = 4,
-    threshold: float = 0.5,
-    with_replacement: bool = True,
-    tree: Sequence[int] = (4, 2, 2),
-    reference: str = "best",
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    seed: int | None = None,
-    **unknown,
-) -> tuple[SpeculationConfig, SamplingConfig]:
-    """Check every decoding setting at once (before any model is loaded, where callers can)."""
+def validate_settings(**settings) -> tuple[SpeculationConfig, SamplingConfig]:
+    """Check every decoding setting at once (before any model is loaded, where callers can); the
+    settings a call leaves out take their declared defaults (`mtad.config.SETTINGS`):
+
+    {table}
+    """
+    unknown = sorted(settings.keys() - SETTINGS.keys())
     if unknown:
         raise ConfigError(
-            f"unknown setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(SETTINGS)}",
-            sorted(unknown)[0],
+            f"unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(SETTINGS)}", unknown[0]
         )
-    tree = tuple(tree) if isinstance(tree, (list, tuple)) else tree
-    spec = SpeculationConfig(method, gamma, beam_width, threshold, with_replacement, tree, reference)
-    warp = {"temperature": temperature, "top_k": top_k, "top_p": top_p} | dict(spec.record.fixed_sampling)
-    sampling = SamplingConfig(**warp)
-    StopConfig(max_new_tokens)
-    if seed is not None:
-        _check_seed(seed, "seed")
+    values = PRESETS["library"] | settings
+    if isinstance(values["tree"], list):
+        values["tree"] = tuple(values["tree"])
+    spec = SpeculationConfig(**{item.name: values[item.name] for item in fields(SpeculationConfig)})
+    warp = {item.name: values[item.name] for item in fields(SamplingConfig)}
+    sampling = SamplingConfig(**warp | dict(spec.record.fixed_sampling))
+    StopConfig(values["max_new_tokens"])
+    SETTINGS["seed"].check(values["seed"])
     return spec, sampling
 
 
-def _check_seed(seed, name: str) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
-        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {shown(seed)}", "seed")
+validate_settings.__doc__ = validate_settings.__doc__.format(
+    table="\n    ".join(
+        f"{s.name} (default {s.default!r}): {s.help}. Allowed: {s.allowed}" for s in SETTINGS.values()
+    )
+)
 
 
 def generate(
@@ -274,6 +267,5 @@ def _stop_strings(stop) -> tuple[str, ...]:
     return tuple(stop)
 
 
-#: Every decoding setting with its default, e.g. for a server's defaults or a test's baseline.
-DEFAULT_SETTINGS: dict = dict(validate_settings.__kwdefaults__)
-SETTINGS = tuple(DEFAULT_SETTINGS)
+#: Every decoding setting with its library default, e.g. for a server's defaults or a test's baseline.
+DEFAULT_SETTINGS: dict = dict(PRESETS["library"])

@@ -60,7 +60,7 @@ def test_sweep_parsing_and_which_methods_it_affects():
 
 
 def test_reference_sweep_validates_each_value_before_models_load():
-    with pytest.raises(ConfigError, match="unknown reference 'worst'"):
+    with pytest.raises(ConfigError, match="reference must be best, max or own, got 'worst'"):
         plan_variants(make_config(methods=("ar", "mmtad"), sweep=Sweep("reference", ("best", "worst"))))
     labels = [
         v.label

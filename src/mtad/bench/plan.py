@@ -11,17 +11,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mtad import config as mtad_config
 from mtad.api import validate_settings
 from mtad.bench.datasets import PromptRecord
 from mtad.bench.humaneval import CHAT_PROMPT_VERSION
 from mtad.bench.judge import JudgeSettings
+from mtad.config import SETTINGS
 from mtad.decoding.methods import get_method
 from mtad.decoding.speculation import Limits
 from mtad.errors import ConfigError
 
-#: Settings `--sweep` takes, with their parsers.
-SWEEP_PARAMS = {"gamma": mtad_config.parse_gamma, "beam_width": int, "threshold": float, "reference": str}
+#: Settings `--sweep` takes, with their parsers (those declared sweepable).
+SWEEP_PARAMS = {name: setting.parse for name, setting in SETTINGS.items() if setting.sweepable}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtad.config import AUTO, AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA, SEED_LIMIT, parse_gamma
+from mtad.config import PRESETS, SETTINGS, Setting
 from mtad.decoding.drafts import HybridDraft, ModelFreeDraft, RecycleDraft, SuffixDraft, is_kind_name
 from mtad.decoding.methods import methods
 from mtad.decoding.speculation import Limits
@@ -65,35 +65,26 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad") -> None:
+def add_decoding_arguments(parser: argparse.ArgumentParser, method: str | None = "mtad") -> None:
+    """A flag per decoding setting (`mtad.config.SETTINGS`), defaulting to the "cli" preset (the
+    paper's warp, gamma auto); `method` is --method's default."""
     group = parser.add_argument_group("decoding")
-    group.add_argument("--method", default=method, help=f"one of {', '.join(methods())} (default: {method})")
-    group.add_argument(
-        "--gamma",
-        type=gamma_value,
-        default=AUTO,
-        help="draft tokens per round, or auto (default): chosen every round, 0 (a plain target step) "
-        f"to {AUTO_MAX_GAMMA}, to maximise expected tokens/s from costs measured once and the acceptance "
-        f"so far; ignored by ar and greedy; auto is {MTJD_AUTO_GAMMA} for mtjd. The paper used 4",
-    )
-    group.add_argument(
-        "--beam-width", type=int, default=4, help="beams of the draft's beam sampling (default 4)"
-    )
-    group.add_argument("--threshold", type=float, default=0.5, help="MTAD acceptance threshold tau in (0, 1]")
-    group.add_argument(
-        "--without-replacement", action="store_true", help="beam/tree sampling without replacement"
-    )
-    group.add_argument(
-        "--tree", type=_branching, default=(4, 2, 2),
-        help="specinfer branching, e.g. 4,2,2; or auto (a model-free draft): each round's tree grown from "
-        "the most probable paths and cut where the measured verification costs say it pays",
-    )  # fmt: skip
-    group.add_argument("--reference", default="best", help="mmtad reference joint: best, max or own")
-    group.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    group.add_argument("--top-k", type=int, default=10, help="0 = off (default 10, the paper's)")
-    group.add_argument("--top-p", type=float, default=0.9, help="1 = off (default 0.9, the paper's)")
-    group.add_argument("--max-new-tokens", type=int, default=128, help="exact upper bound (default 128)")
-    group.add_argument("--seed", type=_seed, default=None, help="same seed, same output (0 <= seed < 2**63)")
+    defaults = PRESETS["cli"] | {"method": method}
+    for setting in SETTINGS.values():
+        default = defaults[setting.name]
+        if isinstance(default, bool):  # a switch: its flag turns the default over
+            group.add_argument(
+                setting.cli_flag, dest=setting.name, action="store_false" if default else "store_true",
+                help=f"sets {setting.name} to {not default} ({setting.help})",
+            )  # fmt: skip
+            continue
+        allowed = ", ".join(methods()) if setting.name == "method" else setting.allowed
+        shown_default = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        tail = "" if default is None else f"; default {shown_default}"
+        group.add_argument(
+            setting.cli_flag, dest=setting.name, type=_flag_type(setting), default=default,
+            metavar=setting.name.upper(), help=f"{setting.help} ({allowed}{tail})",
+        )  # fmt: skip
     ceilings = parser.add_argument_group("limits (settings that size a round's tensors; see mtad.Limits)")
     default = Limits()
     ceilings.add_argument(
@@ -112,35 +103,19 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, method: str = "mtad"
     )  # fmt: skip
 
 
-def _branching(text: str) -> tuple[int, ...] | str:
-    if text.strip() == AUTO:
-        return AUTO
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid tree {text!r}; allowed: comma-separated integers like 4,2,2, or auto"
-        ) from None
+def _flag_type(setting: Setting):
+    """argparse's `type` for a setting's flag: its parser, with a one-line error naming the value."""
 
+    def parse(text: str):
+        try:
+            return setting.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {setting.name} {text!r}; allowed: {setting.allowed}"
+            ) from None
 
-def gamma_value(text: str) -> int | str:
-    """`--gamma`: an integer, or "auto"."""
-    try:
-        return parse_gamma(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid gamma {text!r}; allowed: an integer >= 1 or auto"
-        ) from None
-
-
-def _seed(text: str) -> int:
-    try:
-        seed = int(text)
-    except ValueError:
-        seed = -1
-    if not 0 <= seed < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}; allowed: an integer in [0, 2**63)")
-    return seed
+    parse.__name__ = setting.name
+    return parse
 
 
 def limits(args: argparse.Namespace) -> Limits:
@@ -150,20 +125,7 @@ def limits(args: argparse.Namespace) -> Limits:
 
 def decoding_settings(args: argparse.Namespace) -> dict:
     """Keyword arguments for `mtad.generate` from the parsed decoding arguments."""
-    return {
-        "method": args.method,
-        "gamma": args.gamma,
-        "beam_width": args.beam_width,
-        "threshold": args.threshold,
-        "with_replacement": not args.without_replacement,
-        "tree": args.tree,
-        "reference": args.reference,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-    }
+    return {name: getattr(args, name) for name in SETTINGS}
 
 
 def split_draft(text: str | None) -> tuple[list[str], str | None]:

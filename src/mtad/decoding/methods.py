@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from mtad.config import AUTO, AUTO_TREE_NODES, SamplingConfig, shown
+from mtad.config import AUTO, AUTO_TREE_NODES, SETTINGS, SamplingConfig, shown
 from mtad.decoding import acceptance
 from mtad.decoding.drafts import proposers as model_free
 from mtad.decoding.proposals import (
@@ -93,6 +93,13 @@ class Method:
             )
         if self.shape not in SHAPES:
             raise ConfigError(f"unknown method shape {self.shape!r}; allowed: {', '.join(SHAPES)}", "method")
+        undeclared = sorted((self.settings | {name for name, _ in self.fixed_sampling}) - SETTINGS.keys())
+        if undeclared:
+            raise ConfigError(
+                f"method {self.name!r} reads undeclared setting(s) {', '.join(undeclared)}; allowed: "
+                f"{', '.join(SETTINGS)}",
+                "method",
+            )
 
     @property
     def needs_draft(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtad.config import AUTO, REFERENCES, is_finite_number, is_int, shown
+from mtad.config import AUTO, SETTINGS, check_settings, is_int, shown
 from mtad.decoding.methods import Method, get_method
 from mtad.decoding.shapes import SHAPES, Shape
 from mtad.errors import ConfigError
@@ -40,38 +40,17 @@ class SpeculationConfig:
     reference: MMTAD's reference draft joint per depth (see `mtad.decoding.acceptance.reference_log_joints`).
     """
 
-    method: str = "mtad"
-    gamma: int | str = 4
-    beam_width: int = 4
-    threshold: float = 0.5
-    with_replacement: bool = True
-    tree: tuple[int, ...] | str = (4, 2, 2)
-    reference: str = "best"
+    method: str = SETTINGS["method"].default
+    gamma: int | str = SETTINGS["gamma"].default
+    beam_width: int = SETTINGS["beam_width"].default
+    threshold: float = SETTINGS["threshold"].default
+    with_replacement: bool = SETTINGS["with_replacement"].default
+    tree: tuple[int, ...] | str = SETTINGS["tree"].default
+    reference: str = SETTINGS["reference"].default
 
     def __post_init__(self) -> None:
         self.record  # noqa: B018 - an unknown method is a ConfigError naming the allowed ones
-        if self.gamma != AUTO and (not is_int(self.gamma) or self.gamma < 1):
-            raise ConfigError(f"gamma must be an integer >= 1 or 'auto', got {shown(self.gamma)}", "gamma")
-        if not is_int(self.beam_width) or self.beam_width < 1:
-            raise ConfigError(
-                f"beam_width must be an integer >= 1, got {shown(self.beam_width)}", "beam_width"
-            )
-        if not is_finite_number(self.threshold) or not 0 < self.threshold <= 1:
-            raise ConfigError(f"threshold must be in (0, 1], got {shown(self.threshold)}", "threshold")
-        if self.tree != AUTO and (
-            not isinstance(self.tree, tuple)
-            or not self.tree
-            or not all(is_int(b) and b >= 1 for b in self.tree)
-        ):
-            raise ConfigError(
-                f"tree must be a non-empty sequence of integers >= 1 (e.g. 4,2,2) or 'auto', got "
-                f"{shown(self.tree)}",
-                "tree",
-            )
-        if self.reference not in REFERENCES:
-            raise ConfigError(
-                f"unknown reference {shown(self.reference)}; allowed: {', '.join(REFERENCES)}", "reference"
-            )
+        check_settings(self)
 
     @property
     def record(self) -> Method:

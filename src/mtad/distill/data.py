@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mtad.config import PAPER_WARP
 from mtad.distill import conversations, instructions
 from mtad.errors import MtadError
 from mtad.models import encode_prompt
@@ -50,9 +51,9 @@ class DataSettings:
     max_new_tokens: int = 128
     teacher_top_k: int = 64
     seed: int = 0
-    temperature: float = 1.0
-    top_k: int = 10
-    top_p: float = 0.9
+    temperature: float = PAPER_WARP["temperature"]
+    top_k: int = PAPER_WARP["top_k"]
+    top_p: float = PAPER_WARP["top_p"]
     # 1: explanatory prose (instructions.py); 2: eight kinds of request, some in two turns (conversations.py)
     instruction_set: int = 1
     # the dtype that writes the answers ("auto": bf16 where the CPU runs it natively); teachers stay float32

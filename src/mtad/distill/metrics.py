@@ -14,12 +14,12 @@ import time
 import torch
 from transformers import DynamicCache
 
-from mtad.config import SamplingConfig
+from mtad.config import PAPER_WARP, SamplingConfig
 from mtad.decoding.sampling import warp
 from mtad.models import output_width
 from mtad.runtime.vocabulary import target_logits
 
-PAPER_SAMPLING = SamplingConfig(temperature=1.0, top_k=10, top_p=0.9)
+PAPER_SAMPLING = SamplingConfig(**PAPER_WARP)
 
 
 def topk_kl(

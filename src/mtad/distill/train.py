@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mtad.config import PAPER_WARP
 from mtad.distill.checkpoints import CHECKPOINT, Position, load_checkpoint, save_checkpoint
 from mtad.distill.data import DataSettings, Sample, prepare_data, target_fingerprint
 from mtad.distill.kinds import KINDS, draft_kind
@@ -367,7 +368,7 @@ def _finish(
     report = {
         "heldout": heldout,
         "initial_heldout": initial,
-        "sampling": {"temperature": 1.0, "top_k": 10, "top_p": 0.9},
+        "sampling": PAPER_WARP,
         "steps": position.step,
         "epochs": round(position.epoch + position.cursor / len(train_set), 2),
         "train_samples": len(train_set),

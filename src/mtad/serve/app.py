@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mtad.api import stream
+from mtad.config import SETTINGS
 from mtad.decoding.drafts import LoadedDraft, as_draft, describe_draft
 from mtad.decoding.loop import Generation
 from mtad.decoding.speculation import SpeculationConfig
@@ -45,21 +46,9 @@ from mtad.serve.schemas import ApiError, ChatRequest, CompletionRequest, chat_pr
 logger = logging.getLogger("mtad.serve")
 
 # The request field behind each engine setting a `ConfigError` names (`error.setting`).
-_ENGINE_PARAMS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "stop": "stop",
-    "max_new_tokens": "max_tokens",
-    "top_k": "mtad.top_k",
-    "method": "mtad.method",
-    "gamma": "mtad.gamma",
-    "beam_width": "mtad.beam_width",
-    "threshold": "mtad.threshold",
-    "with_replacement": "mtad.with_replacement",
-    "tree": "mtad.tree",
-    "reference": "mtad.reference",
-}
+_ENGINE_PARAMS = {name: setting.request_field for name, setting in SETTINGS.items()} | {"stop": "stop"}
+# The settings a request sets at its top level under their own names (OpenAI's fields).
+_TOP_LEVEL = tuple(name for name, setting in SETTINGS.items() if setting.request_field == name)
 _GENERATING = ("/v1/completions", "/v1/chat/completions")
 _OUTCOME = {"done": "ok", "error": "error", "timeout": "timeout", "gone": "cancelled"}
 
@@ -220,7 +209,7 @@ class _Server:
     def _settings(self, body: CompletionRequest | ChatRequest, prompt_len: int, prompt_param: str) -> dict:
         """Server defaults, overridden by what the request set; max_new_tokens capped by the context."""
         settings = self.config.defaults | body.decoding_options()
-        for name in ("temperature", "top_p", "seed"):
+        for name in _TOP_LEVEL:
             if getattr(body, name) is not None:
                 settings[name] = getattr(body, name)
         settings["stop"] = body.stop

@@ -4,7 +4,8 @@ Which OpenAI fields this server honours, and what happens to the others:
 
 - honoured: `model`, `prompt` / `messages`, `max_tokens` (chat also `max_completion_tokens`),
   `temperature`, `top_p`, `stop` (up to 4 strings), `seed`, `stream`, and the extension field
-  `mtad` (method, gamma, beam_width, threshold, top_k, with_replacement, tree, reference).
+  `mtad` (each decoding setting `mtad.config.SETTINGS` places there: method, gamma, beam_width,
+  threshold, with_replacement, tree, reference, top_k).
 - the common extension `top_k` at the top level too (vLLM and others take it there, e.g. the
   openai client's `extra_body={"top_k": 10}`); given both there and in `mtad`, the two must agree.
 - accepted and ignored, because they cannot change the output: `user` (an end-user id for a
@@ -20,9 +21,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from mtad.config import shown
+from mtad.config import SETTINGS, Setting, shown
 
 MAX_STOP_STRINGS = 4
 
@@ -71,17 +72,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class DecodingOptions(_Strict):
-    """The `mtad` extension field; unset values take the server's defaults (its CLI flags)."""
+def _option(setting: Setting) -> tuple:
+    """A decoding setting as an optional request field (a float must be finite)."""
+    finite = {"allow_inf_nan": False} if setting.request_type is float else {}
+    return setting.request_type | None, Field(default=None, **finite)
 
-    method: str | None = None
-    gamma: int | Literal["auto"] | None = None
-    beam_width: int | None = None
-    threshold: float | None = Field(default=None, allow_inf_nan=False)
-    top_k: int | None = None
-    with_replacement: bool | None = None
-    tree: list[int] | Literal["auto"] | None = None
-    reference: str | None = None
+
+#: The `mtad` extension field: every setting declared at "mtad.<name>" (`mtad.config.SETTINGS`);
+#: unset values take the server's defaults (its CLI flags).
+DecodingOptions = create_model(
+    "DecodingOptions",
+    __base__=_Strict,
+    **{
+        name: _option(setting)
+        for name, setting in SETTINGS.items()
+        if setting.request_field == f"mtad.{name}"
+    },
+)
 
 
 class StreamOptions(_Strict):
