@@ -6,7 +6,7 @@
 
 Each variant loads the target with its weight format (`off`: as dtype auto loads it; `auto`/`on`:
 the fast path, `mtad.runtime.fast`; `int8`/`int4`: quantized). Costs are what gamma auto measures
-(`mtad.decoding.adaptive.forward_seconds`: k new tokens after a 128-token prefix, warp included), the
+(`mtad.decoding.pricing.forward_seconds`: k new tokens after a 128-token prefix, warp included), the
 variants interleaved per repeat, medians. The roofline is max(weight bytes / copy bandwidth,
 2 k x weights / GEMM peak of the dtype each layer computes in), the rates measured here first
 (`mtad.runtime.costs`). The CPU model and flags are printed beside the table: speculation pays
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mtad.config import PAPER_WARP, SamplingConfig
-from mtad.decoding import adaptive
+from mtad.decoding import pricing
 from mtad.models import load_model, output_width
 from mtad.models.default_pair import default_target_path
 from mtad.runtime.costs import linear_bytes_and_params, measure_machine, roofline_seconds
@@ -72,7 +72,7 @@ def main() -> None:
     samples: dict[str, dict[int, list[float]]] = {name: {k: [] for k in sizes} for name in variants}
     for _ in range(args.repeats):
         for name, loaded in models.items():
-            seconds = adaptive.forward_seconds(
+            seconds = pricing.forward_seconds(
                 loaded.model, output_width(loaded.model), sizes, sampling, repeats=1
             )
             for k, value in seconds.items():

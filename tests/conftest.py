@@ -143,3 +143,17 @@ def ray_cluster():
             os.environ["PYTHONPATH"] = saved
     yield ray
     ray.shutdown()
+
+
+def use_costs(monkeypatch, given, asked: list | None = None) -> None:
+    """gamma "auto" reads `given` (an `mtad.decoding.pricing.Costs`) instead of measured forwards,
+    so a test's rounds do not depend on the machine's load; `asked` collects the batch sizes read."""
+    from mtad.decoding import pricing
+
+    def read(target, draft, rows=1):
+        if asked is not None:
+            asked.append(rows)
+        return given
+
+    monkeypatch.setattr(pricing, "price", lambda *args, **kwargs: None)
+    monkeypatch.setattr(pricing, "costs", read)

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import mtad
-from conftest import tiny_llama
+from conftest import tiny_llama, use_costs
 from mtad.cli import main
 from mtad.config import AUTO_MAX_GAMMA, MTJD_AUTO_GAMMA
-from mtad.decoding import adaptive
-from mtad.decoding.adaptive import Costs, GammaPolicy, round_cost
+from mtad.decoding import adaptive, pricing
+from mtad.decoding.adaptive import GammaPolicy, round_cost
+from mtad.decoding.pricing import Costs
 from mtad.decoding.speculation import SpeculationConfig
 from mtad.errors import ConfigError
 from test_distribution import PROMPT, RUNS, VOCAB, WARP, chi_square_p_value, exact_first_two
@@ -29,7 +30,7 @@ def costs(monkeypatch):
     """Make the engine use given costs instead of measuring: `costs(FLAT)`."""
 
     def use(given: Costs) -> None:
-        monkeypatch.setattr(mtad.decoding.loop, "measure_costs", lambda *args: given)
+        use_costs(monkeypatch, given)
 
     return use
 
@@ -131,7 +132,7 @@ def test_bad_gamma_values_name_auto(target, gamma):
 
 
 def test_cli_takes_gamma_auto(pair_dirs, capsys, monkeypatch):
-    monkeypatch.setattr(adaptive, "REPEATS", 1)
+    monkeypatch.setattr(pricing, "REPEATS", 1)
     target, draft = pair_dirs
     argv = ["generate", "--target", target, "--draft", draft, "--method", "sd", "--gamma", "auto"]
     assert main([*argv, "--max-new-tokens", "6", "--json", "--raw", "w3"]) == 0
@@ -141,14 +142,25 @@ def test_cli_takes_gamma_auto(pair_dirs, capsys, monkeypatch):
     assert exit_info.value.code == 2 and "invalid gamma 'fast'" in capsys.readouterr().err
 
 
-def test_measured_costs_are_remembered_per_pair(target, draft):
+def test_costs_are_measured_before_decoding_once_per_pair_and_batch_size(target, draft, monkeypatch):
+    monkeypatch.setattr(pricing, "_CURVES", {})  # as in a fresh process
     spec, sampling = SpeculationConfig("sd", "auto"), mtad.SamplingConfig()
-    first = adaptive.measure_costs(target, draft, spec, sampling)
-    assert adaptive.measure_costs(target, draft, spec, sampling) is first
-    shared = adaptive.measure_costs(target, draft, spec, sampling, rows=2)  # a batch of two rows
-    assert shared is not first and adaptive.measure_costs(target, draft, spec, sampling, rows=2) is shared
-    assert set(first.target_s) >= {1, 2, AUTO_MAX_GAMMA + 1} and set(first.draft_s) >= {1}
+    pricing.price_rounds(target, draft, spec, sampling)
+    first = pricing.costs(target, draft)
+    with pytest.raises(RuntimeError, match="not priced"):
+        pricing.costs(target, draft, rows=2)  # a batch of two rows: not yet measured
+    pricing.price_rounds(target, draft, spec, sampling, rows=2)
+    shared = pricing.costs(target, draft, rows=2)
+    assert shared.target_s != first.target_s and pricing.costs(target, draft) == first  # 1 row kept
+    assert set(first.target_s) == {1, 2, 3, 5, AUTO_MAX_GAMMA + 1} and set(first.draft_s) == {1, 2, 4}
     assert all(seconds > 0 for seconds in (*first.target_s.values(), *first.draft_s.values()))
+    # A generation prices itself when built; its loop only reads (measuring there would fail).
+    measured = []
+    monkeypatch.setattr(pricing, "forward_seconds", lambda *args: measured.append(args) or {})
+    generation = mtad.stream(target, draft, PROMPTS[0], method="sd", gamma="auto", max_new_tokens=8, **NO_EOS)
+    for _ in generation:
+        pass
+    assert measured == [] and generation.result.stats.rounds_per_gamma
 
 
 def test_one_row_agrees_with_itself_exactly():

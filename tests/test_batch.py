@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 import mtad
-from conftest import tiny_llama
+from conftest import tiny_llama, use_costs
 from mtad.errors import ConfigError, ContextLengthError
 from mtad.runtime import ragged
 from test_distribution import VOCAB, WARP, chi_square_p_value
@@ -223,16 +223,11 @@ def test_a_row_alone_in_a_batch_computes_exactly_what_it_computes_alone(target, 
 def test_gamma_auto_prices_rounds_at_the_batch_size(target, draft, monkeypatch):
     """Costs are measured for the rows that share a forward (rounded down to a power of two) and
     re-priced when rows leave; a prompt alone is priced at one row."""
-    from mtad.decoding import adaptive
+    from mtad.decoding import pricing
 
-    asked = []
-    flat = adaptive.Costs({1: 1.0, 2: 1.01, 33: 1.5}, {1: 0.01, 2: 0.011, 4: 0.012})
-
-    def measured(target, draft, spec, sampling, rows=1):
-        asked.append(rows)
-        return flat
-
-    monkeypatch.setattr(mtad.decoding.loop, "measure_costs", measured)
+    asked, priced = [], []
+    use_costs(monkeypatch, pricing.Costs({1: 1.0, 2: 1.01, 33: 1.5}, {1: 0.01, 2: 0.011, 4: 0.012}), asked)
+    monkeypatch.setattr(pricing, "price", lambda *args: priced.append(args[-1]))
     budgets = [6, 30, 30, 30]  # row 0 leaves early: three rows are priced as two from then on
     generation = mtad.stream(
         target, draft, PROMPTS, method="sd", gamma="auto", max_new_tokens=30, seed=0, **NO_EOS
@@ -242,6 +237,7 @@ def test_gamma_auto_prices_rounds_at_the_batch_size(target, draft, monkeypatch):
     for _ in generation:
         pass
     assert asked[:7] == [4, 4, 4, 4, 2, 2, 2] and set(asked[7:]) <= {1}  # a last row alone: one row
+    assert priced == [1, 1, 1, 1, 1, 2, 3, 4]  # each row when built, then the batch as it grew
     assert [len(r.tokens) for r in generation.results] == budgets
     asked.clear()
     mtad.generate(target, draft, PROMPTS[0], method="sd", gamma="auto", max_new_tokens=5, **NO_EOS)

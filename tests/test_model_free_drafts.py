@@ -14,10 +14,9 @@ import pytest
 import torch
 
 import mtad
-from conftest import assert_first_two_follow_p, tiny_llama
-from mtad.decoding import loop
+from conftest import assert_first_two_follow_p, tiny_llama, use_costs
 from mtad.decoding.acceptance import ordered_candidates_tree
-from mtad.decoding.adaptive import Costs, NodePolicy
+from mtad.decoding.adaptive import NodePolicy
 from mtad.decoding.drafts import (
     Candidates,
     HybridDraft,
@@ -29,6 +28,7 @@ from mtad.decoding.drafts import (
 from mtad.decoding.drafts.proposers import beams, chain, cost_sized_tree
 from mtad.decoding.drafts.recycle import RecycleTable
 from mtad.decoding.drafts.suffix import SuffixIndex, SuffixStore, suffix_candidates
+from mtad.decoding.pricing import Costs
 from mtad.errors import ConfigError, MtadError
 from test_distribution import PROMPT, VOCAB, WARP, chi_square_p_value, exact_first_two
 
@@ -88,7 +88,7 @@ def test_first_two_tokens_follow_the_target_distribution(small, draft_name, meth
     # Tree "auto" and sd's chain under gamma "auto" are sized by measured forward costs: fixed,
     # cheap ones here, so the rounds draft whatever the machine's load (the distribution must hold
     # for any size; the check needs drafts).
-    monkeypatch.setattr(loop, "measure_costs", lambda *args: Costs({1: 1.0, 33: 1.5}, {1: 0.0}))
+    use_costs(monkeypatch, Costs({1: 1.0, 33: 1.5}, {1: 0.0}))
     draft = _drafts(small)[draft_name]
     counts, drafted, accepted = torch.zeros(VOCAB, VOCAB), 0, 0
     runs = 1500
@@ -135,7 +135,7 @@ def _gamma_and_tree(tree) -> dict:
 @pytest.fixture
 def cheap_verification(monkeypatch):
     """Verifying extra tokens costs little: sized rounds draft whatever the machine's load."""
-    monkeypatch.setattr(loop, "measure_costs", lambda *args: Costs({1: 1.0, 33: 1.5}, {1: 0.0}))
+    use_costs(monkeypatch, Costs({1: 1.0, 33: 1.5}, {1: 0.0}))
 
 
 @pytest.mark.parametrize("draft", ["recycle", "suffix", "recycle+suffix"])

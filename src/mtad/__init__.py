@@ -6,7 +6,7 @@ result = mtad.generate(target.model, draft.model, ids, method="mtad", tokenizer=
 result.text, result.stats.acceptance_rate, result.stats.block_efficiency
 """
 
-from mtad.api import generate, stream
+from mtad.api import generate, price_forwards, stream
 from mtad.config import SamplingConfig, StopConfig
 from mtad.decoding.drafts import DRAFT_KINDS, HybridDraft, ModelFreeDraft, RecycleDraft, SuffixDraft
 from mtad.decoding.loop import Block, Generation, GenerationResult, Stats
@@ -50,6 +50,7 @@ __all__ = [
     "load_model",
     "load_pair",
     "methods",
+    "price_forwards",
     "register_method",
     "stream",
 ]

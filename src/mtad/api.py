@@ -9,6 +9,7 @@ import torch
 from transformers import PreTrainedModel
 
 from mtad.config import PRESETS, SEED_LIMIT, SETTINGS, SamplingConfig, StopConfig, shown
+from mtad.decoding import pricing
 from mtad.decoding.batch import BatchGeneration
 from mtad.decoding.drafts import ModelFreeDraft, draft_model_of, is_model_free, resolve_draft
 from mtad.decoding.loop import Generation, GenerationResult
@@ -165,6 +166,25 @@ def generate(
     for _ in generation:
         pass
     return generation.results if isinstance(generation, BatchGeneration) else generation.result
+
+
+def price_forwards(
+    target: PreTrainedModel,
+    draft: PreTrainedModel | ModelFreeDraft | str | None,
+    rows: int = 1,
+    **settings,
+) -> None:
+    """Measure now, once per process, the forward costs gamma (or tree) "auto" reads with these
+    settings, for batches of up to `rows` prompts (`mtad.decoding.pricing`): what a generation or
+    a batch would otherwise measure when it is built. A server calls it at start for its defaults
+    and its largest batch, so no request waits for it. Settings that size no round by cost
+    measure nothing."""
+    spec, sampling = validate_settings(**settings)
+    if not spec.needs_draft or draft is None:
+        return
+    draft = resolve_draft(draft)
+    drafting = target if spec.shape.self_drafted else None if is_model_free(draft) else draft
+    pricing.price_rounds(target, drafting, spec, sampling, rows)
 
 
 def _is_one_prompt(input_ids) -> bool:

@@ -6,9 +6,9 @@ picks the g in 0..depth that maximises expected tokens per second:
 
     g* = argmax_g  (1 + sum_{j=1..g} a_j) / (T_target(1 + nodes(g)) + T_draft(g))
 
-- Costs (`Costs`) are measured once per model pair and process, before the first auto round:
-  target forwards of k new tokens after a prefix and draft steps of 1 and of `beam_width` tokens,
-  median of interleaved repeats, through `sampling.distributions` so the warp is included.
+- Costs (`Costs`) are measured when a generation or a batch is built, once per model, batch
+  size and process (`mtad.decoding.pricing`): target forwards of k new tokens after a prefix and
+  draft steps of 1 and of `beam_width` tokens, warp included. The loop only reads them.
 - a_j = P(L >= j) are estimated online from the rounds so far as a chain of conditional rates
   (see `GammaPolicy`), from counts decayed by `DECAY` each round. The decay also runs in rounds
   that draft nothing, so a policy that stopped drafting drifts back to its prior and probes
@@ -22,53 +22,12 @@ the round it sizes, so sd and specinfer still sample exactly the target distribu
 
 from __future__ import annotations
 
-import statistics
-import time
-import weakref
-from dataclasses import dataclass
-
-import torch
-from transformers import PreTrainedModel
-
-from mtad.config import SamplingConfig
-from mtad.decoding.sampling import distributions
+from mtad.decoding.pricing import Costs
 from mtad.decoding.speculation import SpeculationConfig
-from mtad.models import context_length, output_width
-from mtad.runtime.cache import CachedModel
-from mtad.runtime.fast import weights_format
-from mtad.runtime.precision import synchronise
 
 DECAY = 0.97  # per round: evidence from ~30 rounds back weighs a third of the latest
 PRIOR_ROUNDS = 2.0
 PRIOR_RATE = 0.5
-PREFIX_TOKENS = 128  # context in front of the timed forwards: a typical chat prompt's order
-REPEATS = 3
-
-
-@dataclass(frozen=True)
-class Costs:
-    """Seconds of one forward, by the number of new tokens it feeds (measured points; linear in
-    between and beyond)."""
-
-    target_s: dict[int, float]
-    draft_s: dict[int, float]
-
-    def target(self, tokens: int) -> float:
-        return _interpolate(self.target_s, tokens)
-
-    def draft(self, tokens: int) -> float:
-        return _interpolate(self.draft_s, tokens)
-
-
-def _interpolate(points: dict[int, float], x: int) -> float:
-    xs = sorted(points)
-    if x <= xs[0]:
-        return points[xs[0]]
-    for low, high in zip(xs, xs[1:], strict=False):
-        if x <= high:
-            return points[low] + (points[high] - points[low]) * (x - low) / (high - low)
-    low, high = xs[-2], xs[-1]  # extrapolate with the last slope
-    return points[high] + (points[high] - points[low]) * (x - high) / (high - low)
 
 
 def round_cost(spec: SpeculationConfig, drafted: int, costs: Costs) -> float:
@@ -193,7 +152,7 @@ def joint_depth(choices: list[tuple[GammaPolicy, int]], clock: RoundClock | None
     draft forward runs if any row drafts. Rows choosing alone split (one drafts, its neighbour does
     not) and every row pays for the widest; so the batch drafts one depth for all, the g with the
     most expected tokens per second summed over its rows (a row whose budget is shorter drafts
-    less). Costs are each row's share of a forward over the batch's rows (`measure_costs`), scaled
+    less). Costs are each row's share of a forward over the batch's rows (`mtad.decoding.pricing`), scaled
     by what the batch's rounds of that depth really took (`clock`). One row chooses exactly as
     alone (`GammaPolicy.choose`).
     """
@@ -247,102 +206,3 @@ class RoundClock:
     def observe(self, depth: int, predicted: float, seconds: float) -> None:
         total, weight = self.seen.get(depth, (0.0, 0.0))
         self.seen[depth] = (DECAY * total + seconds / predicted, DECAY * weight + 1.0)
-
-
-#: Costs by (target shape, draft shape, round shape). A shape is the architecture, dtype, device
-#: and weight format (`mtad.runtime.fast`), not the weights: forward time does not depend on the
-#: weights, and two loads of one pair in a process must choose the same depths, so a seed replays
-#: exactly within a process.
-_MEASURED: dict[tuple, Costs] = {}
-
-
-#: A model's config as JSON, by model (writing it deep-copies the config, a cost every row that
-#: joins a batch would pay otherwise). Configs are not edited after loading.
-_CONFIG_JSON: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _shape(model: PreTrainedModel) -> tuple:
-    weight = model.get_input_embeddings().weight
-    if model not in _CONFIG_JSON:
-        _CONFIG_JSON[model] = model.config.to_json_string(use_diff=False)
-    return (_CONFIG_JSON[model], str(weight.dtype), str(weight.device), weights_format(model))
-
-
-def measure_costs(
-    target: PreTrainedModel,
-    draft: PreTrainedModel | None,
-    spec: SpeculationConfig,
-    sampling: SamplingConfig,
-    rows: int = 1,
-) -> Costs:
-    """Forward times of this pair for the round shapes `spec` can ask for, warp included; measured
-    once per pair, round shape and `rows` in this process (~1 s on the default pair on a CPU, with
-    the first caller's warp: its cost is small beside the forwards), then remembered. A
-    model-free draft (`draft` None) runs no forward: its steps are priced at 0 (the lookups it
-    makes instead are timed in `Stats.draft_seconds`).
-
-    `rows` > 1: each forward feeds that many rows at once (a batch's rows share their forwards),
-    and a cost is one row's share. A batched forward of k tokens a row is closer to compute-bound
-    than a lone one, so extra verified tokens cost more there and the policy drafts less.
-    """
-    key = (
-        _shape(target),
-        _shape(draft) if draft is not None else None,
-        spec.shape,
-        spec.beam_width,
-        spec.tree,
-        spec.depth,
-        rows,
-    )
-    if key not in _MEASURED:
-        width = spec.shape.draft_width(spec)
-        most = max(round_nodes(spec, g) for g in range(spec.depth + 1)) + 1
-        target_sizes = sorted({1, 2, 3, 5, 9, 17, 33, most} & set(range(1, most + 1)) | {1, 2, most})
-        vocab = output_width(target)  # a subset draft maps target ids to its own
-        draft_sizes = sorted({1, 2, width})
-        _MEASURED[key] = Costs(
-            forward_seconds(target, vocab, target_sizes, sampling, rows),
-            forward_seconds(draft, vocab, draft_sizes, sampling, rows)
-            if draft is not None
-            else dict.fromkeys(draft_sizes, 0.0),
-        )
-    return _MEASURED[key]
-
-
-def round_nodes(spec: SpeculationConfig, drafted: int) -> int:
-    """Nodes the target verifies in a round drafting `drafted` deep."""
-    return spec.shape.nodes(spec, drafted)
-
-
-def forward_seconds(
-    model: PreTrainedModel,
-    vocab: int,
-    sizes: list[int],
-    sampling: SamplingConfig,
-    rows: int = 1,
-    prefix_tokens: int | None = None,
-    repeats: int | None = None,
-) -> dict[int, float]:
-    """Median seconds of a forward of k new tokens a row after a prefix (`PREFIX_TOKENS`), per k
-    (interleaved `REPEATS`), divided by `rows`: one row's share of a forward over `rows` rows.
-    `benchmarks/forward_costs.py` prints these beside the machine's roofline."""
-    prefix_tokens = PREFIX_TOKENS if prefix_tokens is None else prefix_tokens
-    room = context_length(model) or prefix_tokens * 4
-    # Rows share the prefix budget: the measurement stalls a running batch, so its prefill stays
-    # ~prefix_tokens tokens in all (a shorter context only shaves the attention's part).
-    prefix_len = max(1, min(prefix_tokens // rows, room - max(sizes) - 1))
-    cached = CachedModel(model, vocab)
-    generator = torch.Generator().manual_seed(0)
-    prefix = torch.randint(0, vocab, (rows, prefix_len), generator=generator)
-    cached.forward(prefix)
-    times: dict[int, list[float]] = {k: [] for k in sizes}
-    for _ in range((REPEATS if repeats is None else repeats) + 1):  # the first pass warms up, dropped
-        for k in sizes:
-            block = torch.randint(0, vocab, (rows, k), generator=generator)
-            synchronise(cached.device)
-            start = time.perf_counter()
-            distributions(cached, block, sampling, keep=k)
-            synchronise(cached.device)
-            times[k].append(time.perf_counter() - start)
-            cached.truncate(prefix_len)
-    return {k: statistics.median(seconds[1:]) / rows for k, seconds in times.items()}

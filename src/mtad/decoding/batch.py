@@ -86,11 +86,12 @@ class Batch:
         row = Row(generation, stores, index=self._joined)
         self._joined += 1
         self.rows.append(row)
+        generation.price(rows=len(self.live))  # the sizes this batch now reaches, priced before its steps
         return row
 
     def priced_rows(self) -> int:
         """The batch size gamma "auto" prices rounds at: live rows rounded down to a power of two
-        (each size is measured once per process; a few sizes cover every batch)."""
+        (each size is measured once per process, when a row joins; a few sizes cover every batch)."""
         return 1 << (max(1, len(self.live)).bit_length() - 1)
 
     @property

@@ -26,7 +26,8 @@ import torch
 from transformers import PreTrainedModel
 
 from mtad.config import SamplingConfig, StopConfig
-from mtad.decoding.adaptive import Costs, GammaPolicy, NodePolicy, measure_costs
+from mtad.decoding import pricing
+from mtad.decoding.adaptive import GammaPolicy, NodePolicy
 from mtad.decoding.drafts import ModelFreeDraft, TokenDrafter
 from mtad.decoding.drafts.base import tail
 from mtad.decoding.drafts.hybrid import model_drafter
@@ -201,6 +202,17 @@ class Generation:
         self.batch_rows: Callable[[], int] = lambda: 1
         # How gamma "auto" picks a round's depth (a batch agrees on one for all its rows).
         self.choose_depth: Callable[[GammaPolicy, int], int] = GammaPolicy.choose
+        self.price(rows=1)
+
+    def _draft_model(self) -> PreTrainedModel | None:
+        """The model whose forwards draft (None: a model-free draft runs none)."""
+        return None if isinstance(self.drafter, TokenDrafter) else self.drafter.model
+
+    def price(self, rows: int) -> None:
+        """Measure, before decoding, the forward costs gamma "auto" will read for up to `rows` rows
+        a forward (`mtad.decoding.pricing`; once per process); a batch calls it as it grows."""
+        if self.drafter is not None:
+            pricing.price_rounds(self.target.model, self._draft_model(), self.spec, self.sampling, rows)
 
     def use_stores(self, target_store: KVStore, draft_store: KVStore | None) -> None:
         """Decode as a row of a batch (`mtad.decoding.batch`): keep the caches in the batch's, not in our
@@ -226,14 +238,13 @@ class Generation:
         policy, priced_rows = None, self.batch_rows()
         caches = [m for m in (target, drafter) if isinstance(m, CachedModel)]  # what rounds roll back
 
-        def costs(rows: int) -> Costs:  # measured once per pair and batch size in a process
-            draft_model = None if model_free else drafter.model
-            return measure_costs(target.model, draft_model, self.spec, self.sampling, rows)
+        def costs(rows: int) -> pricing.Costs:  # priced before decoding (`price`)
+            return pricing.costs(target.model, self._draft_model(), rows)
 
         # Sized by cost: a tree "auto", or under gamma "auto" a proposer that sizes its own round
         # from its draft's confidence (a model-free chain); else gamma "auto" picks a depth.
         sized = self.spec.sized_by_cost or (self.spec.adaptive and sizes_itself(proposer))
-        if self.spec.adaptive and proposer is not None and not sized:  # before the clock
+        if self.spec.adaptive and proposer is not None and not sized:
             policy = GammaPolicy(self.spec, costs(priced_rows))
         sizing = NodePolicy(costs(priced_rows)) if sized and proposer is not None else None
         if sizing is not None:
@@ -248,12 +259,11 @@ class Generation:
         while finish is None:
             budget = stopper.stop.max_new_tokens - len(generated)
             if (policy or sizing) and self.batch_rows() != priced_rows:  # the batch changed: so did prices
-                priced_rows, measuring = self.batch_rows(), time.perf_counter()
+                priced_rows = self.batch_rows()
                 if policy:
                     policy.use_costs(costs(priced_rows))
                 if sizing:
                     sizing.use_costs(costs(priced_rows))
-                start += time.perf_counter() - measuring  # a one-off calibration is not decoding time
             # Draft no more than the budget can hold: the round always adds one target token.
             depth = self.choose_depth(policy, budget - 1) if policy else self.spec.depth
             n = min(depth, budget - 1) if proposer else 0

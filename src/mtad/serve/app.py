@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mtad.api import stream
+from mtad.api import price_forwards, stream
 from mtad.config import SETTINGS
 from mtad.decoding.drafts import LoadedDraft, as_draft, describe_draft
 from mtad.decoding.loop import Generation
@@ -96,6 +96,12 @@ class _Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # gamma "auto" reads forward costs measured once per process and batch size: measured
+        # before the first request, for the defaults and the largest batch, so none waits for it.
+        rows = 1 if self.config.batch_invariant else self.config.max_batch_size
+        await asyncio.to_thread(
+            price_forwards, self.target.model, as_draft(self.draft), rows, **self.config.defaults
+        )
         self.scheduler.start()
         yield
         await asyncio.to_thread(self.scheduler.close)
