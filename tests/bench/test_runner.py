@@ -17,7 +17,7 @@ from mtad.bench.humaneval import CHAT_PROMPT_VERSION
 from mtad.bench.machine import PeakMemory
 from mtad.bench.plan import BenchConfig, Sweep, plan_variants, sample_seed, schedule
 from mtad.bench.rundir import load_results, prepare_output_dir
-from mtad.bench.runner import BenchContext, run_sample
+from mtad.bench.runner import BenchContext, run_group
 from mtad.bench.scoring import encode_record, prompt_is_chat, stop_strings, uses_chat
 from mtad.errors import ConfigError
 from mtad.models import LoadedModel
@@ -221,11 +221,11 @@ def make_context(target, draft, tokenizer, **changes) -> BenchContext:
     )
 
 
-def test_run_sample_records_metrics(target, draft, tokenizer):
+def test_a_sample_records_metrics(target, draft, tokenizer):
     context = make_context(target, draft, tokenizer)
     variant = plan_variants(context.config)[1]  # sd
     record = PromptRecord("a", "prompts", prompt="w3 w5")
-    row = run_sample(context, record, [0, 3, 5], variant, repeat=0)
+    [row] = run_group(context, [record], [[0, 3, 5]], variant, repeat=0)
     assert row["status"] == "ok" and row["method"] == "sd" and row["seed"] == sample_seed(0, "a", 0)
     assert 1 <= row["new_tokens"] <= 8 and len(row["logprobs"]) == row["new_tokens"]
     assert row["perplexity"] == pytest.approx(math.exp(-sum(row["logprobs"]) / row["new_tokens"]), rel=1e-4)
@@ -239,11 +239,11 @@ def test_a_failing_or_timed_out_sample_is_recorded_and_does_not_raise(target, dr
     context = make_context(target, draft, tokenizer, sample_timeout_s=1e-9)
     variant = plan_variants(context.config)[0]
     record = PromptRecord("a", "prompts", prompt="w3")
-    row = run_sample(context, record, [0, 3], variant, repeat=0)
+    [row] = run_group(context, [record], [[0, 3]], variant, repeat=0)
     assert row["status"] == "failed" and "sample timeout" in row["reason"]
     context = make_context(target, draft, tokenizer)
     too_long = [3] * 300  # past the tiny model's 256 positions
-    row = run_sample(context, record, too_long, variant, repeat=0)
+    [row] = run_group(context, [record], [too_long], variant, repeat=0)
     assert row["status"] == "failed" and row["reason"].startswith("ContextLengthError")
 
 

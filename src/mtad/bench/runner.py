@@ -185,51 +185,42 @@ def failed_row(head: dict, exc: Exception) -> dict[str, Any]:
     return head | {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
 
 
-def run_sample(
-    context: BenchContext, record: PromptRecord, prompt_ids: list[int], variant: Variant, repeat: int
-) -> dict[str, Any]:
-    """One measured generation, scored; never raises for a failing sample (status "failed")."""
-    head = _sample_head(context, record, prompt_ids, variant, repeat)
-    try:
-        stop = stop_strings(record.dataset, head["prompt_format"] == "chat")
-        result, joules, peak_mb, _ = _measured_generation(context, prompt_ids, variant, head["seed"], stop)
-        return _scored(context, record, prompt_ids, head, result, joules, peak_mb)
-    except Exception as exc:  # a failing sample is a result, not the end of the run
-        return failed_row(head, exc)
-
-
-def run_batch(
+def run_group(
     context: BenchContext,
     records: Sequence[PromptRecord],
     prompts: Sequence[list[int]],
     variant: Variant,
     repeat: int,
 ) -> list[dict[str, Any]]:
-    """Records decoded together (`mtad.decoding.batch`), one row each; never raises (rows "failed").
+    """Measured generations of `records`, scored, one row each; never raises (rows "failed").
 
-    Each row keeps its own statistics (its `wall_time_s` and `tokens_per_s` are its latency and
-    rate inside the batch) and adds the batch's: `batch_size`, `batch_wall_time_s`,
-    `batch_new_tokens` and `batch_tokens_per_s` (every row's tokens over the batch's wall time,
-    the throughput). Energy is the batch's, shared out by new tokens.
+    With `--batch-size` 1 a group is one record, decoded alone. Otherwise the records decode
+    together (`mtad.decoding.batch`): each row keeps its own statistics (its `wall_time_s` and
+    `tokens_per_s` are its latency and rate inside the batch) and adds the batch's: `batch_size`,
+    `batch_wall_time_s`, `batch_new_tokens` and `batch_tokens_per_s` (every row's tokens over the
+    batch's wall time, the throughput). Energy is the batch's, shared out by new tokens.
     """
     heads = [_sample_head(context, r, p, variant, repeat) for r, p in zip(records, prompts, strict=True)]
+    alone = context.config.batch_size == 1
     try:
         chat = {head["prompt_format"] for head in heads}
         if len(chat) > 1:
             raise ConfigError("a batch mixes chat and raw prompts; use --prompt-format chat or raw")
         stop = stop_strings(records[0].dataset, chat == {"chat"})
         seeds = [head["seed"] for head in heads]
-        results, joules, peak_mb, wall = _measured_generation(context, list(prompts), variant, seeds, stop)
-    except Exception as exc:
+        given, seed = (prompts[0], seeds[0]) if alone else (list(prompts), seeds)
+        results, joules, peak_mb, wall = _measured_generation(context, given, variant, seed, stop)
+    except Exception as exc:  # a failing sample is a result, not the end of the run
         return [failed_row(head, exc) for head in heads]
+    results = [results] if alone else results
     total = sum(result.stats.new_tokens for result in results)
-    batch = {
+    batch = {} if alone else {
         "batch_id": records[0].id,  # with the repeat, names the batch (its rows share the numbers below)
         "batch_size": len(records),
         "batch_wall_time_s": wall,
         "batch_new_tokens": total,
         "batch_tokens_per_s": total / wall if wall > 0 else None,
-    }
+    }  # fmt: skip
     rows = []
     for record, prompt_ids, head, result in zip(records, prompts, heads, results, strict=True):
         share = None if joules is None or not total else joules * result.stats.new_tokens / total
@@ -267,10 +258,7 @@ def unit_rows(context: BenchContext, unit: Unit) -> Iterator[list[dict[str, Any]
         if not context.warmed:
             _warm_up(context, prompts[0], plan_variants(context.config))
             context.warmed = True
-        if context.config.batch_size == 1:
-            yield [run_sample(context, group[0], prompts[0], variant, repeat)]
-        else:  # a partly written group (an interrupted run) is decoded again, whole
-            yield run_batch(context, group, prompts, variant, repeat)
+        yield run_group(context, group, prompts, variant, repeat)  # a partly written group runs again, whole
 
 
 # ---- the run -----------------------------------------------------------------------------------
