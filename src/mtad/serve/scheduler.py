@@ -91,9 +91,8 @@ class Scheduler:
         if max_batch_size > 1 and models is None:
             raise ValueError("batching needs the (target, draft) models the jobs decode with")
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        work = self._work if max_batch_size == 1 else self._work_batched
-        self.batch_invariant = batch_invariant
-        self._thread = threading.Thread(target=work, name="mtad-worker", daemon=True)
+        self.batch_invariant = batch_invariant and max_batch_size > 1
+        self._thread = threading.Thread(target=self._work, name="mtad-worker", daemon=True)
         self.max_batch_size = max_batch_size
         self.models = models
         self.on_step = on_step
@@ -135,26 +134,16 @@ class Scheduler:
         return min(60, max(1, math.ceil(self.mean_job_s)))
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if job.cancelled.is_set():
-                continue
-            start = time.monotonic()
-            self.busy = True
-            try:
-                _run(job)
-            finally:
-                self.busy = False
-                self.mean_job_s = 0.8 * self.mean_job_s + 0.2 * (time.monotonic() - start)
+        """Admit waiting jobs at block boundaries, step, report, drop the done.
 
-    def _work_batched(self) -> None:
-        """Continuous batching: admit waiting jobs at block boundaries, step, report, drop the done.
-
-        Jobs decode in groups, each a `Batch` stepped once a turn: one lasting group that every
-        job joins, or, batch-invariant, a group per job (so none shares a forward with another,
+        Jobs decode in groups, each stepped a block a turn: one lasting group that every job joins
+        (a `Batch`: continuous batching; with `max_batch_size` 1, `Alone`: one job at a time on the
+        plain path), or, batch-invariant, a `Batch` per job (so none shares a forward with another,
         and each job's tokens are those it gets alone). Either way one loop admits, steps,
         reports and settles, and a group whose step fails fails its own jobs only."""
-        Group = tuple[Batch, dict[int, tuple[Row, Job, float]]]  # the batch; id(row) -> row, job, start
-        groups: list[Group] = [] if self.batch_invariant else [(Batch(*self.models), {})]
+        Group = tuple[Batch | Alone, dict[int, tuple[Row, Job, float]]]  # id(row) -> row, job, start
+        lasting = Alone if self.max_batch_size == 1 else lambda: Batch(*self.models)
+        groups: list[Group] = [] if self.batch_invariant else [(lasting(), {})]
         closing = False
         while _rows(groups) or not closing:
             for job in () if closing else self._admit(groups):
@@ -178,9 +167,9 @@ class Scheduler:
                         job.emit("error", error)
                     running.clear()
                     if not self.batch_invariant:  # the lasting group takes the next jobs in a fresh batch
-                        groups[index] = (Batch(*self.models), running)
+                        groups[index] = (lasting(), running)
                     continue
-                if self.on_step is not None:
+                if self.on_step is not None and self.max_batch_size > 1:
                     tokens = sum(len(block.tokens) for _, block in blocks)
                     self.on_step(len(running), tokens, time.monotonic() - start)
                 for row, block in blocks:
@@ -229,20 +218,37 @@ def _rows(groups: list) -> int:
     return sum(len(running) for _, running in groups)
 
 
-def _run(job: Job) -> None:
-    """Decode `job` block by block, checking for cancellation and the time limit between blocks."""
-    start = time.monotonic()
-    blocks = iter(job.generation)
-    try:
-        for block in blocks:
-            job.emit("block", block)
-            if job.cancelled.is_set():
-                return
-            if job.time_limit_s is not None and time.monotonic() - start > job.time_limit_s:
-                job.emit("timeout", job.time_limit_s)
-                return
-        job.emit("done", job.generation.result)
-    except Exception as error:  # noqa: BLE001 - reported to the client; the worker serves on
-        job.emit("error", error)
-    finally:
-        blocks.close()  # stops decoding when we returned early
+class Alone:
+    """A group of one job at a time on the plain path (`Generation` alone, no batch caches), with
+    the interface the worker steps a `Batch` by: `add`, `step` (a block), `cancel`, `rows`."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self._blocks: dict[int, Iterator] = {}
+
+    def add(self, generation: Generation) -> Row:
+        row = Row(generation, (None, None))
+        self.rows.append(row)
+        self._blocks[id(row)] = iter(generation)
+        return row
+
+    def step(self) -> list[tuple[Row, object]]:
+        """The next block of each live row; a row that ends or raises is marked done."""
+        blocks = []
+        for row in [row for row in self.rows if not row.done]:
+            try:
+                blocks.append((row, next(self._blocks[id(row)])))
+            except StopIteration:
+                self._finish(row)
+            except Exception as error:  # noqa: BLE001 - reported to the client; the worker serves on
+                row.error = error
+                self._finish(row)
+        return blocks
+
+    def cancel(self, row: Row) -> None:
+        self._blocks[id(row)].close()  # stops decoding at the block boundary
+        self._finish(row)
+
+    def _finish(self, row: Row) -> None:
+        row.done = True
+        self._blocks.pop(id(row), None)
