@@ -14,24 +14,13 @@ import platform
 import resource
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import torch
 
-from mtad.runtime.precision import dtype_name
+from mtad.runtime.precision import cpu_model, dtype_name
 
 CUDA_MEMORY_KIND = "torch.cuda.max_memory_allocated during each generation"
 CPU_MEMORY_KIND = "peak RSS of the bench process (ru_maxrss; includes model loading and scoring)"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(distribution: str) -> str:
@@ -56,7 +45,7 @@ def relevant_flags() -> str:
 def describe_machine(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
     """CPU, threads, accelerator, software versions, device and dtype, as report-ready strings."""
     info = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_flags": relevant_flags(),
         "cpu_count": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),

@@ -15,6 +15,7 @@ An explicit dtype always wins. bfloat16 on a GPU that lacks it is refused (`Mode
 from __future__ import annotations
 
 import functools
+import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -102,6 +103,17 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def bf16_speed_ratio(rows: int = 4, width: int = 576, out: int = 1536, repeats: int = 15) -> float:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from mtad.runtime.precision import cpu_flags
+from mtad.runtime.precision import cpu_flags, cpu_model
 
 
 def cache_root() -> Path:
@@ -39,7 +38,7 @@ def machine_key() -> dict:
     """What a CPU measurement depends on, beyond the code that made it."""
     flags = " ".join(sorted(cpu_flags()))
     return {
-        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -71,13 +70,3 @@ def remember(name: str, key: dict, values: dict) -> Path | None:
     except OSError:
         return None
     return path
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
