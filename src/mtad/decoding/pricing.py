@@ -3,10 +3,11 @@ built, never inside the decode loop, and read by the loop as it sizes each round
 
 A curve per model and batch size holds the median seconds of a forward of k new tokens a row
 (after a `PREFIX_TOKENS` prefix, interleaved `REPEATS`, through `sampling.distributions` so the
-warp is included), divided by the rows that share it. `price` measures the points a method's
-rounds can ask for that are still missing (the target at 1, 2, 3, 5, 9, 17, 33 new tokens up to
-the widest round, and that width; the draft at 1, 2 and its beam width), for one row and each
-power of two up to a batch's size: ~1 s on the default pair on a CPU, once per process.
+warp is included), divided by the rows that share it. `price` measures a curve's points in one
+interleaved pass, so they share the machine's state: the target at `TARGET_POINTS` new tokens
+(and a wider round's width, added later), the draft at `DRAFT_POINTS` and its beam width; for one
+row and each power of two up to a batch's size: ~1-2 s on the default pair on a CPU, once per
+process.
 `costs` reads them: a batch prices its rounds at its live rows rounded down to a power of two,
 each priced when the batch reached it. Between measured points the cost is linear, beyond the
 last one it follows the last slope.
@@ -14,8 +15,8 @@ last one it follows the last slope.
 A curve is keyed by the model's shape (architecture, dtype, device and weight format,
 `mtad.runtime.fast`), not its weights: forward time does not depend on the weights, and two loads
 of one pair in a process must choose the same depths, so a seed replays exactly within a process.
-A point, once measured, never changes, so a later, wider method adds points without moving the
-ones an earlier method reads.
+A point, once measured, never changes, so a later, wider method adds points past the grid without
+moving the ones an earlier method reads.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from mtad.runtime.precision import synchronise
 
 PREFIX_TOKENS = 128  # context in front of the timed forwards: a typical chat prompt's order
 REPEATS = 3
-#: New tokens a target forward is timed at, up to the widest round a method verifies.
+#: New tokens a target forward is timed at (every method's; a wider round adds its own width).
 TARGET_POINTS = (1, 2, 3, 5, 9, 17, 33)
+#: Tokens a draft forward is timed at (the default beam width's; a wider one adds its own).
+DRAFT_POINTS = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,16 @@ def price(
     draft_width: int = 1,
     rows: int = 1,
 ) -> None:
-    """Measure what `costs` will read and this process has not measured yet: target forwards up
-    to `widest` new tokens, draft forwards of 1, 2 and `draft_width` tokens (none for a model-free
-    draft, `draft` None: it runs no forward, and the lookups it makes instead are timed in
-    `Stats.draft_seconds`), for one row and each power of two up to `rows`. The warp is the first
-    caller's: its cost is small beside the forwards."""
+    """Measure what `costs` will read and this process has not measured yet: target forwards at
+    `TARGET_POINTS` and `widest` new tokens, draft forwards at `DRAFT_POINTS` and `draft_width`
+    tokens (none for a model-free draft, `draft` None: it runs no forward, and the lookups it
+    makes instead are timed in `Stats.draft_seconds`), for one row and each power of two up to
+    `rows`. The warp is the first caller's: its cost is small beside the forwards."""
     vocab = output_width(target)  # a subset draft maps target ids to its own
-    target_sizes = {k for k in TARGET_POINTS if k <= widest} | {1, 2, widest}
     for shared in _powers_of_two(rows):
-        _measure(target, vocab, target_sizes, sampling, shared)
+        _measure(target, vocab, {*TARGET_POINTS, widest}, sampling, shared)
         if draft is not None:
-            _measure(draft, vocab, {1, 2, draft_width}, sampling, shared)
+            _measure(draft, vocab, {*DRAFT_POINTS, draft_width}, sampling, shared)
 
 
 def price_rounds(
