@@ -35,7 +35,8 @@ def test_a_self_test_is_measured_once_per_machine_and_kept(machine):
     kept = fresh_process_self_test()
     assert machine == [7]  # the second process read the record
     assert (kept.ratio, kept.dense_dtype, kept.dense_from_rows) == (0.5, "float32", 64) and kept.kept_from
-    record = json.loads((records.records_dir() / "fp16-self-test.json").read_text())
+    [path] = records.records_dir().glob("fp16-self-test-*.json")
+    record = json.loads(path.read_text())
     assert record["key"]["torch"] == torch.__version__ and record["values"]["dense_from_rows"] == 64
     assert "kept from" in fast.plan("on", None, "cpu").reason
 
@@ -43,7 +44,7 @@ def test_a_self_test_is_measured_once_per_machine_and_kept(machine):
 @pytest.mark.parametrize("damage", ["stale threads", "stale version", "corrupt", "other fields"])
 def test_a_stale_or_corrupt_record_is_measured_again_and_rewritten(machine, damage):
     fresh_process_self_test()
-    path = records.records_dir() / "fp16-self-test.json"
+    [path] = records.records_dir().glob("fp16-self-test-*.json")
     record = json.loads(path.read_text())
     if damage == "stale threads":
         record["key"]["threads"] += 1
@@ -54,6 +55,15 @@ def test_a_stale_or_corrupt_record_is_measured_again_and_rewritten(machine, dama
     path.write_text("{not json" if damage == "corrupt" else json.dumps(record))
     assert fresh_process_self_test() == MEASURED and machine == [7, 7]
     assert fresh_process_self_test().kept_from and machine == [7, 7]  # rewritten, then kept
+
+
+def test_each_thread_count_keeps_its_own_record(machine, monkeypatch):
+    fresh_process_self_test()
+    with monkeypatch.context() as other:
+        other.setattr(torch, "get_num_threads", lambda: 97)
+        fresh_process_self_test()
+    assert machine == [7, 7] and len(list(records.records_dir().glob("fp16-self-test-*.json"))) == 2
+    assert fresh_process_self_test().kept_from and machine == [7, 7]  # the first one's is still there
 
 
 def test_a_cache_that_cannot_be_written_only_means_measuring_again(machine, tmp_path, monkeypatch):
