@@ -152,9 +152,9 @@ def joint_depth(choices: list[tuple[GammaPolicy, int]], clock: RoundClock | None
     draft forward runs if any row drafts. Rows choosing alone split (one drafts, its neighbour does
     not) and every row pays for the widest; so the batch drafts one depth for all, the g with the
     most expected tokens per second summed over its rows (a row whose budget is shorter drafts
-    less). Costs are each row's share of a forward over the batch's rows (`mtad.decoding.pricing`), scaled
-    by what the batch's rounds of that depth really took (`clock`). One row chooses exactly as
-    alone (`GammaPolicy.choose`).
+    less). Costs are each row's share of a forward over the batch's rows (`mtad.decoding.pricing`),
+    scaled by what the batch's rounds of that depth really took (`clock`). One row chooses exactly
+    as alone (`GammaPolicy.choose`).
     """
     if len(choices) == 1:
         policy, most = choices[0]

@@ -7,10 +7,9 @@ warp is included), divided by the rows that share it. `price` measures a curve's
 interleaved pass, so they share the machine's state: the target at `TARGET_POINTS` new tokens
 (and a wider round's width, added later), the draft at `DRAFT_POINTS` and its beam width; for one
 row and each power of two up to a batch's size: ~1-2 s on the default pair on a CPU, once per
-process.
-`costs` reads them: a batch prices its rounds at its live rows rounded down to a power of two,
-each priced when the batch reached it. Between measured points the cost is linear, beyond the
-last one it follows the last slope.
+process. `costs` reads them: a batch prices its rounds at its live rows rounded down to a power of
+two, each priced when the batch reached it. Between measured points the cost is linear, beyond
+the last one it follows the last slope.
 
 A curve is keyed by the model's shape (architecture, dtype, device and weight format,
 `mtad.runtime.fast`), not its weights: forward time does not depend on the weights, and two loads
@@ -127,10 +126,11 @@ def _powers_of_two(rows: int) -> list[int]:
 def _measure(
     model: PreTrainedModel, vocab: int, sizes: set[int], sampling: SamplingConfig, rows: int
 ) -> None:
-    curve = _CURVES.setdefault(_key(model, vocab, rows), {})
+    key = _key(model, vocab, rows)
+    curve = _CURVES.get(key, {})
     missing = sorted(sizes - curve.keys())
-    if missing:
-        curve.update(forward_seconds(model, vocab, missing, sampling, rows))
+    if missing:  # stored once measured: a pass that fails leaves no half curve for `costs` to read
+        _CURVES[key] = curve | forward_seconds(model, vocab, missing, sampling, rows)
 
 
 def _key(model: PreTrainedModel, vocab: int, rows: int) -> tuple:
