@@ -164,10 +164,11 @@ PAPER_WARP = {"temperature": 1.0, "top_k": 10, "top_p": 0.9}
 #: Named sets of defaults. "library": `mtad.generate` (no warp, gamma 4); "paper": the paper's
 #: experiments (its warp, gamma 4, W 4, tau 0.5); "cli": the command line, the server and the bench
 #: (the paper's warp with gamma auto).
+_LIBRARY = {name: setting.default for name, setting in SETTINGS.items()}
 PRESETS: dict[str, dict[str, Any]] = {
-    "library": {name: setting.default for name, setting in SETTINGS.items()},
-    "paper": {name: setting.default for name, setting in SETTINGS.items()} | PAPER_WARP | {"gamma": 4},
-    "cli": {name: setting.default for name, setting in SETTINGS.items()} | PAPER_WARP | {"gamma": AUTO},
+    "library": _LIBRARY,
+    "paper": _LIBRARY | PAPER_WARP | {"gamma": 4},
+    "cli": _LIBRARY | PAPER_WARP | {"gamma": AUTO},
 }
 
 
