@@ -41,7 +41,9 @@ def test_a_self_test_is_measured_once_per_machine_and_kept(machine):
     assert "kept from" in fast.plan("on", None, "cpu").reason
 
 
-@pytest.mark.parametrize("damage", ["stale threads", "stale version", "corrupt", "other fields"])
+@pytest.mark.parametrize(
+    "damage", ["stale threads", "stale version", "corrupt", "other fields", "other types", "out of range"]
+)
 def test_a_stale_or_corrupt_record_is_measured_again_and_rewritten(machine, damage):
     fresh_process_self_test()
     [path] = records.records_dir().glob("fp16-self-test-*.json")
@@ -52,6 +54,10 @@ def test_a_stale_or_corrupt_record_is_measured_again_and_rewritten(machine, dama
         record["key"]["test"] = fast.SELF_TEST_VERSION - 1
     elif damage == "other fields":
         record["values"] = {"speed": "fast"}
+    elif damage == "other types":
+        record["values"]["ratio"] = "fast"
+    elif damage == "out of range":
+        record["values"]["dense_from_rows"] = 3
     path.write_text("{not json" if damage == "corrupt" else json.dumps(record))
     assert fresh_process_self_test() == MEASURED and machine == [7, 7]
     assert fresh_process_self_test().kept_from and machine == [7, 7]  # rewritten, then kept

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from mtad.config import is_finite_number
 from mtad.errors import MtadError
 from mtad.runtime.linear import FORMATS, pack_linears
-from mtad.runtime.precision import auto_dtype, dtype_name, resolve_dtype
+from mtad.runtime.precision import DTYPES, auto_dtype, dtype_name, resolve_dtype
 from mtad.runtime.records import machine_key, recall, remember
 
 FAST_MODES = ("auto", "on", "off")
@@ -219,14 +220,23 @@ def fp16_self_test(repeats: int = 7) -> SelfTest:
     corrupt one, is measured again."""
     key = machine_key() | {"test": SELF_TEST_VERSION, "repeats": repeats}
     kept = recall("fp16-self-test", key)
-    if kept is not None:
-        try:
-            return SelfTest(kept["ratio"], kept["dense_dtype"], kept["dense_from_rows"], kept["measured_at"])
-        except (KeyError, TypeError):
-            pass  # a record of another shape: measured again
+    if kept is not None and _plausible(kept):  # else a corrupt record: measured again
+        return SelfTest(kept["ratio"], kept["dense_dtype"], kept["dense_from_rows"], kept["measured_at"])
     test = _measure_fp16(repeats)
     remember("fp16-self-test", key, {k: v for k, v in asdict(test).items() if k != "kept_from"})
     return test
+
+
+def _plausible(kept: dict) -> bool:
+    """Whether a record's values are ones the self-test can give (a field missing, of another
+    type or out of range is a corrupt record)."""
+    ratio = kept.get("ratio")
+    return (
+        is_finite_number(ratio)
+        and ratio > 0
+        and kept.get("dense_dtype") in DTYPES
+        and kept.get("dense_from_rows", 0) in (None, *CROSSOVER_ROWS)
+    )
 
 
 def _measure_fp16(repeats: int) -> SelfTest:

@@ -71,7 +71,12 @@ def remember(name: str, key: dict, values: dict) -> Path | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-            json.dump(record, handle, indent=1)
+            try:
+                json.dump(record, handle, indent=1)
+            except OSError:  # a full disk: no half-written file left beside the records
+                handle.close()
+                os.unlink(handle.name)
+                raise
         os.replace(handle.name, path)
     except OSError:
         return None
