@@ -3,8 +3,9 @@
     python benchmarks/fast_path_speed.py                          # default pair, 6 prompts, 64 tokens
     python benchmarks/fast_path_speed.py --prompts 8 --max-new-tokens 128 --methods ar,sd,mtad
 
-Two loads of the default pair (or --target/--draft): `off` (dense, dtype auto) and `auto` (the fast
-path, `mtad.runtime.fast`). On the same held-out prompts (MT-Bench questions from the end of the
+Loads of the default pair (or --target/--draft), `--loads`: `off` (dense, dtype auto), `auto` (the
+fast path, `mtad.runtime.fast`: mtad's native kernels where they build) and `fbgemm` (the fast path
+with the native kernels disabled: fbgemm's fp16 kernel, unfused). On the same held-out prompts (MT-Bench questions from the end of the
 set, which the shipped draft never trained or was tuned on; chat template), every variant runs
 once per prompt in a rotating order: transformers' `generate` (sampling with the paper's warp:
 T 1, top-k 10, top-p 0.9; EOS off in both so lengths match) on each load, then mtad's methods with
@@ -26,6 +27,7 @@ import mtad
 from mtad.bench.datasets import load_dataset
 from mtad.bench.scoring import encode_record
 from mtad.config import PAPER_WARP
+from mtad.runtime import native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_profile import machine_line, use_pair_arguments  # noqa: E402
@@ -40,9 +42,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=6, help="MT-Bench questions, from the last one back")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--loads", default="off,auto", help="comma list of off, fbgemm, auto ('off' first)")
     args = parser.parse_args()
     use_pair_arguments(args)
-    pairs = {fast: mtad.load_pair(args.target, args.draft, fast=fast) for fast in ("off", "auto")}
+    loads = args.loads.split(",")
+    if loads[0] != "off" or "auto" not in loads or not set(loads) <= {"off", "fbgemm", "auto"}:
+        parser.error(f"--loads must start with off, hold auto and only off, fbgemm, auto; got {args.loads!r}")
+    pairs = {fast: load_pair(args, fast) for fast in loads}
     tokenizer = pairs["off"][0].tokenizer
     records = load_dataset("mtbench")[-args.prompts :]
     prompts = [encode_record(record, tokenizer) for record in records]
@@ -61,13 +67,19 @@ def main() -> None:
     print(f"{len(prompts)} held-out MT-Bench prompts, {args.max_new_tokens} new tokens, T 1, top-k 10, "
           "top-p 0.9, gamma auto; median tokens/s over prompts")  # fmt: skip
     base = statistics.median(rates[("off", "ar")])
-    fast_ar = statistics.median(rates[("auto", "ar")])
     print("| fast | method | tokens/s | x ar (off) | x ar (same load) |")
     print("|---|---|---|---|---|")
     for fast, what in variants:
         median = statistics.median(rates[(fast, what)])
-        same = fast_ar if fast == "auto" else base
+        same = statistics.median(rates[(fast, "ar")]) if (fast, "ar") in rates else base
         print(f"| {fast} | {what} | {median:.1f} | {median / base:.2f} | {median / same:.2f} |")
+
+
+def load_pair(args, load: str):
+    if load == "fbgemm":
+        with native.disabled():
+            return mtad.load_pair(args.target, args.draft, fast="on")
+    return mtad.load_pair(args.target, args.draft, fast=load)
 
 
 def run(pair, what: str, prompt: list[int], new_tokens: int, seed: int) -> float:

@@ -27,6 +27,7 @@ from mtad.config import PAPER_WARP, SamplingConfig
 from mtad.decoding import pricing
 from mtad.models import load_model, output_width
 from mtad.models.default_pair import default_target_path
+from mtad.runtime import native
 from mtad.runtime.costs import linear_bytes_and_params, measure_machine, roofline_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,9 +37,17 @@ LOADS = {
     "off": {"fast": "off"},
     "auto": {"fast": "auto"},
     "on": {"fast": "on"},
+    "fbgemm": {"fast": "on"},  # fp16 weights through fbgemm's kernel (the native one disabled)
     "int8": {"fast": "off", "quantize": "int8"},
     "int4": {"fast": "off", "quantize": "int4"},
 }
+
+
+def _load(path, variant: str):
+    if variant == "fbgemm":
+        with native.disabled():
+            return load_model(path, **LOADS[variant])
+    return load_model(path, **LOADS[variant])
 
 
 def main() -> None:
@@ -62,7 +71,7 @@ def main() -> None:
     rates = f"GEMM peak GFLOP/s {peaks}, {torch.get_num_threads()} threads"
     print(f"copy bandwidth {machine.bandwidth_gb_s:.1f} GB/s (read + write), {rates}")
     path = args.target or default_target_path()
-    models = {name: load_model(path, **LOADS[name]) for name in variants}
+    models = {name: _load(path, name) for name in variants}
     print(machine_line(models[variants[0]].model))
     for name, loaded in models.items():
         weight_bytes, params = linear_bytes_and_params(loaded.model)

@@ -1,11 +1,12 @@
 """The fast path: which weight format a model's linear layers use on this machine, decided at run time.
 
-`fast="auto"` (the default everywhere) packs the linear layers into fbgemm fp16 weights with
-float32 arithmetic (`mtad.runtime.linear.Fp16Linear`) on CPUs where a short timed self-test shows
-it beats the dense dtype `auto` would otherwise pick; elsewhere (GPUs, CPUs without fbgemm, a
-machine where it does not pay) the model stays as loaded. The self-test multiplies decode-shaped
-rows by a set of weight matrices larger than the CPU's caches, as a forward does, dense against
-packed, interleaved, median (~0.3 s, once per process). "on" packs without asking and refuses
+`fast="auto"` (the default everywhere) packs the linear layers into fp16 weights with float32
+arithmetic (`mtad.runtime.linear.Fp16Linear`: mtad's native kernel where it builds, else fbgemm's)
+on CPUs where a short timed self-test shows it beats the dense dtype `auto` would otherwise pick;
+elsewhere (GPUs, CPUs without either kernel, a machine where it does not pay) the model stays as
+loaded. The self-test multiplies decode-shaped rows by a set of weight matrices larger than the
+CPU's caches, as a forward does, dense against packed, interleaved, median (~1 s, once per machine
+and kept). "on" packs without asking and refuses
 (`FastPathError`) where the kernels cannot run; "off" never packs.
 
 With the fp16 weights the rest of the model (embeddings, norms, attention, the KV cache) runs in
@@ -28,7 +29,9 @@ from torch import nn
 
 from mtad.config import is_finite_number
 from mtad.errors import MtadError
+from mtad.runtime.fused import fuse_layers
 from mtad.runtime.linear import FORMATS, pack_linears
+from mtad.runtime.native import kernels, unavailable
 from mtad.runtime.precision import DTYPES, auto_dtype, dtype_name, resolve_dtype
 from mtad.runtime.records import machine_key, recall, remember
 
@@ -56,6 +59,8 @@ class FastPath:
     # fp16: products of at least this many rows use a dense copy in dense_dtype (None: never)
     dense_from_rows: int | None = None
     dense_dtype: str | None = None
+    kernel: str = ""  # fp16: which kernel the packed layers run, and why (`mtad.runtime.native`)
+    fused: str = ""  # fp16 with the native kernel: the modules fused (`mtad.runtime.fused`)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -163,14 +168,30 @@ def apply(model: nn.Module, path: FastPath) -> FastPath:
             }
         packed = pack_linears(model, path.weights, **options)
         dense_copies = sum(_dense_bytes(layer) for layer in packed)
+        native = kernels() if path.weights == "fp16" else None
+        fused = fuse_layers(model, native) if native is not None else {}
         result = replace(
             path,
+            kernel=_kernels_used(packed) if path.weights == "fp16" else "",
+            fused=", ".join(f"{count} {kind}" for kind, count in fused.items() if count),
             layers=len(packed),
             weight_bytes=sum(layer.nbytes for layer in packed) + dense_copies,
             weight_error=max((layer.weight_error for layer in packed), default=0.0),
         )
     model.mtad_fast_path = result  # read by weights_format and the reports
     return result
+
+
+def _kernels_used(layers: list) -> str:
+    """Which kernel fp16 layers run: "native avx512", "fbgemm (native: <why not>)", or a mix
+    where some layers' shapes do not fit the native kernel's tile."""
+    native = sum(layer.kernel == "native" for layer in layers)
+    if native == 0:
+        return f"fbgemm (native: {unavailable() or 'no layer fits its tile'})"
+    isa = kernels().isa
+    if native == len(layers):
+        return f"native {isa}"
+    return f"native {isa} on {native} of {len(layers)} layers, fbgemm on the rest (shapes off its tile)"
 
 
 def fast_path_of(model: nn.Module) -> FastPath | None:
@@ -186,7 +207,7 @@ def weights_format(model: nn.Module) -> str:
 @functools.cache
 def _kernel_missing(format: str) -> str | None:
     """Why `format`'s kernel cannot run on this machine, or None when a tiny product works."""
-    if format == "fp16" and "fbgemm" not in torch.backends.quantized.supported_engines:
+    if format == "fp16" and kernels() is None and "fbgemm" not in torch.backends.quantized.supported_engines:
         return "this torch build has no fbgemm (an x86 CPU kernel library)"
     try:
         layer = FORMATS[format](nn.Linear(64, 16, bias=False))
@@ -207,18 +228,24 @@ class SelfTest:
 
 
 #: Bumped when the self-test measures differently: records of older versions are measured again.
-SELF_TEST_VERSION = 1
+SELF_TEST_VERSION = 2
 #: Row counts the self-test tries for the crossover to dense products (prefills, wide batches).
 CROSSOVER_ROWS = (8, 16, 32, 64, 128)
 
 
 @functools.cache
 def fp16_self_test(repeats: int = 7) -> SelfTest:
-    """fbgemm fp16 weights against the dense dtype dtype auto picks here (bfloat16 or float32):
+    """fp16 weights (the native kernel where it is built, else fbgemm's) against the dense dtype
+    dtype auto picks here (bfloat16 or float32):
     measured once per machine (~1 s) and kept (`mtad.runtime.records`), so every process on it
     decides alike and none pays again; a record of another CPU, torch or thread count, or a
     corrupt one, is measured again."""
-    key = machine_key() | {"test": SELF_TEST_VERSION, "repeats": repeats}
+    native = kernels()
+    key = machine_key() | {
+        "test": SELF_TEST_VERSION,
+        "repeats": repeats,
+        "kernel": f"native {native.isa}" if native else "fbgemm",
+    }
     kept = recall("fp16-self-test", key)
     if kept is not None and _plausible(kept):  # else a corrupt record: measured again
         return SelfTest(kept["ratio"], kept["dense_dtype"], kept["dense_from_rows"], kept["measured_at"])

@@ -7,7 +7,8 @@ rows (they read the weights well below the memory bandwidth, and two rows can co
 one), while fbgemm's packed kernels stream them near it (`docs/results/fast-path-2026-12/`). Each
 format below wraps one such kernel from the pinned torch wheel:
 
-- `Fp16Linear`: fbgemm fp16 weights, float32 activations and accumulation. Half of float32's bytes
+- `Fp16Linear`: fp16 weights, float32 activations and accumulation (mtad's native kernel, else
+  fbgemm's). Half of float32's bytes
   and 8x finer than bfloat16 rounding (11 significant bits against 8): the fast path's default.
 - `Int8Linear`: weight-only int8, a scale per output channel, bfloat16 activations. A quarter of
   float32's bytes; lossy, so only when asked for. (fbgemm's dynamic int8, which also quantizes
@@ -30,6 +31,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from mtad.runtime.native import kernels
 
 #: Weights per int4 group (one scale and one offset each): GGUF Q4_0/Q4_1 blocks are 32 wide.
 INT4_GROUP = 32
@@ -54,12 +57,14 @@ class PackedLinear(nn.Module):
 
 
 class Fp16Linear(PackedLinear):
-    """fbgemm fp16 weights for products of few rows; optionally a dense copy for many rows.
+    """fp16 weights for products of few rows; optionally a dense copy for many rows.
 
-    fbgemm's fp16 kernel streams weights fast but its cost grows with rows (and it runs on one
-    thread), so past some row count (prefills, wide batches) the dense kernel of the dtype auto
-    would pick is faster: `dense_from_rows` (measured per machine by `mtad.runtime.fast`) switches
-    to a copy of the weights in `dense_dtype`, at the memory of that copy.
+    The product runs mtad's native kernel (`mtad.runtime.native`: all threads, weights packed per
+    tile) where it is built and the layer's shape fits its tile, else fbgemm's fp16 kernel (one
+    thread; its cost grows faster with rows): `kernel` says which. Past some row count (prefills,
+    wide batches) the dense kernel of the dtype auto would pick is faster: `dense_from_rows`
+    (measured per machine by `mtad.runtime.fast`) switches to a copy of the weights in
+    `dense_dtype`, at the memory of that copy.
     """
 
     format = "fp16"
@@ -75,9 +80,15 @@ class Fp16Linear(PackedLinear):
         weight = linear.weight.detach().float()
         half = weight.half()
         self.weight_error = float((half.float() - weight).abs().max()) if weight.numel() else 0.0
-        with warnings.catch_warnings():  # fbgemm's fp16 ops are marked deprecated, not yet replaced
-            warnings.simplefilter("ignore")
-            self.packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
+        native = kernels()
+        self.native = native if native is not None and native.fits(*weight.shape) else None
+        self.kernel = "native" if self.native is not None else "fbgemm"
+        if self.native is not None:
+            self.packed = self.native.pack_fp16(half)
+        else:
+            with warnings.catch_warnings():  # fbgemm's fp16 ops are marked deprecated, not yet replaced
+                warnings.simplefilter("ignore")
+                self.packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
         self.nbytes = 2 * weight.numel()
         self.dense_from_rows = dense_from_rows
         self.dense = None if dense_from_rows is None else half.to(dense_dtype)  # the same rounded values
@@ -86,9 +97,11 @@ class Fp16Linear(PackedLinear):
         if self.dense is not None and x.numel() >= self.dense_from_rows * self.in_features:
             bias = None if self.bias is None else self.bias.to(self.dense.dtype)
             return nn.functional.linear(x.to(self.dense.dtype), self.dense, bias).to(x.dtype)
+        bias = None if self.bias is None else self.bias.float()  # a model cast after packing casts it
+        if self.native is not None:
+            return self.native.linear_fp16(x.to(self.compute_dtype), self.packed, bias).to(x.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            bias = None if self.bias is None else self.bias.float()  # a model cast after packing casts it
             out = torch.fbgemm_linear_fp16_weight_fp32_activation(x.to(self.compute_dtype), self.packed, bias)
         return out.to(x.dtype)
 

@@ -1,0 +1,241 @@
+// mtad's native CPU kernels, built on the machine that runs them (`mtad.runtime.native`).
+//
+// linear_fp16_weight: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) with float32 activations and
+// accumulation and fp16 weights, for the few rows a decode step or a verification multiplies.
+// Weights are packed as [N / C, K / L, C, L] (C output columns, L SIMD lanes), so a tile of C
+// columns reads one contiguous stream (interleaved row streams read at well under the memory
+// bandwidth on the CPUs measured), converts it with F16C and accumulates it with FMA into R x C
+// registers for R rows at a time; tiles are split over torch's intra-op threads. fbgemm's fp16
+// kernel, which this replaces where it builds, runs on one thread and grows faster with rows.
+//
+// swiglu_fp16_weight, qkv_rotary_fp16_weight and rms_norm fuse what a Llama-style decoder layer
+// spends dozens of small operator calls on (`mtad.runtime.fused`).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#if !defined(__x86_64__) || !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "mtad's native kernels need an x86-64 CPU with AVX2, FMA and F16C"
+#endif
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace {
+
+// The accumulators must stay in registers: every loop over rows or columns of a tile is unrolled.
+#define UNROLLED _Pragma("GCC unroll 16")
+
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16, kCols = 8, kRows = 3;  // 24 accumulators, 3 rows, 1 weight: 28 of 32 registers
+constexpr const char* kIsa = "avx512";
+using vec = __m512;
+inline vec load_w(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline vec load_x(const float* p) { return _mm512_loadu_ps(p); }
+inline vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline vec zero() { return _mm512_setzero_ps(); }
+inline float sum(vec v) { return _mm512_reduce_add_ps(v); }
+#else
+constexpr int64_t kLanes = 8, kCols = 4, kRows = 2;  // 8 accumulators, 2 rows, 1 weight: 11 of 16 registers
+constexpr const char* kIsa = "avx2";
+using vec = __m256;
+inline vec load_w(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline vec load_x(const float* p) { return _mm256_loadu_ps(p); }
+inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline vec zero() { return _mm256_setzero_ps(); }
+inline float sum(vec v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// Rows [m0, m0 + R) of x against the C output columns of packed tile `w` (starting at column n0).
+template <int R>
+inline void tile(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m0, int64_t n0, int64_t K,
+                 int64_t N) {
+  vec acc[R][kCols];
+  UNROLLED for (int r = 0; r < R; ++r)
+    UNROLLED for (int c = 0; c < kCols; ++c) acc[r][c] = zero();
+  for (int64_t k = 0; k < K; k += kLanes, w += kCols * kLanes) {
+    vec xv[R];
+    UNROLLED for (int r = 0; r < R; ++r) xv[r] = load_x(x + (m0 + r) * K + k);
+    UNROLLED for (int c = 0; c < kCols; ++c) {
+      vec wv = load_w(w + c * kLanes);
+      UNROLLED for (int r = 0; r < R; ++r) acc[r][c] = fma(xv[r], wv, acc[r][c]);
+    }
+  }
+  UNROLLED for (int r = 0; r < R; ++r)
+    UNROLLED for (int c = 0; c < kCols; ++c) y[(m0 + r) * N + n0 + c] = sum(acc[r][c]) + (bias ? bias[n0 + c] : 0.0f);
+}
+
+inline void column_tile(const float* x, const uint16_t* w, const float* bias, float* y, int64_t M, int64_t n0,
+                        int64_t K, int64_t N) {
+  int64_t m = 0;
+  for (; m + kRows <= M; m += kRows) tile<kRows>(x, w, bias, y, m, n0, K, N);
+  switch (M - m) {  // the rows left (fewer than kRows), in one more pass
+    case 2: tile<2>(x, w, bias, y, m, n0, K, N); break;
+    case 1: tile<1>(x, w, bias, y, m, n0, K, N); break;
+    default: break;
+  }
+}
+
+void check_packed(const at::Tensor& packed) {
+  TORCH_CHECK(packed.scalar_type() == at::kHalf && packed.dim() == 4 && packed.is_contiguous() &&
+                  packed.size(2) == kCols && packed.size(3) == kLanes,
+              "weight must be packed by mtad.runtime.native (fp16, [N / C, K / L, C, L])");
+}
+
+// out[M, N] (preallocated) = x[M, K] (contiguous float32) @ packed (+ bias).
+void product(const float* xp, int64_t M, const at::Tensor& packed, const float* bias, float* yp) {
+  const int64_t N = packed.size(0) * kCols, K = packed.size(1) * kLanes;
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(packed.const_data_ptr<at::Half>());
+  at::parallel_for(0, packed.size(0), 4, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) column_tile(xp, wp + t * kCols * K, bias, yp, M, t * kCols, K, N);
+  });
+}
+
+at::Tensor float_rows(const at::Tensor& input, int64_t width) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat, "input must be float32, got ", input.scalar_type());
+  TORCH_CHECK(input.size(-1) == width, "input width ", input.size(-1), " does not match the weight's ", width);
+  return input.contiguous();
+}
+
+at::Tensor with_width(const at::Tensor& x, int64_t width) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = width;
+  return at::empty(sizes, x.options());
+}
+
+at::Tensor linear_fp16_weight(const at::Tensor& input, const at::Tensor& packed, const std::optional<at::Tensor>& bias) {
+  check_packed(packed);
+  const int64_t N = packed.size(0) * kCols, K = packed.size(1) * kLanes;
+  auto x = float_rows(input, K);
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+  auto out = with_width(x, N);
+  product(x.const_data_ptr<float>(), x.numel() / K, packed, bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
+          out.data_ptr<float>());
+  return out;
+}
+
+// A gated MLP in one call: down(silu(gate(x)) * up(x)), gate and up packed as one [2 I, K] weight
+// (gate's rows first): one call where a module per projection makes three products, two
+// elementwise ops and their intermediate tensors.
+at::Tensor swiglu_fp16_weight(const at::Tensor& input, const at::Tensor& gate_up, const at::Tensor& down) {
+  check_packed(gate_up);
+  check_packed(down);
+  const int64_t K = gate_up.size(1) * kLanes, I2 = gate_up.size(0) * kCols, I = I2 / 2;
+  TORCH_CHECK(I2 % 2 == 0 && down.size(1) * kLanes == I, "gate_up must hold 2 x ", down.size(1) * kLanes,
+              " rows for down's input, got ", I2);
+  auto x = float_rows(input, K);
+  const int64_t M = x.numel() / K;
+  auto gated = at::empty({M, I2}, x.options());
+  float* g = gated.data_ptr<float>();
+  product(x.const_data_ptr<float>(), M, gate_up, nullptr, g);
+  auto hidden = at::empty({M, I}, x.options());
+  float* h = hidden.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < I; ++i) {
+      const float gate = g[m * I2 + i];
+      h[m * I + i] = gate / (1.0f + std::exp(-gate)) * g[m * I2 + I + i];
+    }
+  auto out = with_width(x, down.size(0) * kCols);
+  product(h, M, down, nullptr, out.data_ptr<float>());
+  return out;
+}
+
+// The attention projections in one call: x [B, S, K] @ packed [q; k; v] (+ bias), then the rotary
+// embedding on q and k (Llama's rotate-half convention: the first half of each head pairs with the
+// second) with cos/sin [B, S, D], each returned as [B, heads, S, D] as the attention expects.
+std::vector<at::Tensor> qkv_rotary_fp16_weight(const at::Tensor& input, const at::Tensor& packed,
+                                               const std::optional<at::Tensor>& bias, const at::Tensor& cos,
+                                               const at::Tensor& sin, int64_t q_heads, int64_t kv_heads) {
+  check_packed(packed);
+  const int64_t K = packed.size(1) * kLanes, N = packed.size(0) * kCols;
+  TORCH_CHECK(input.dim() == 3, "input must be [batch, sequence, hidden]");
+  const int64_t B = input.size(0), S = input.size(1), D = cos.size(-1), heads = q_heads + 2 * kv_heads;
+  TORCH_CHECK(N == heads * D && D % 2 == 0, "the packed weight holds ", N, " outputs, not ", heads, " heads of ", D);
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * S * D && cos.scalar_type() == at::kFloat,
+              "cos and sin must be float32 [batch, sequence, head_dim]");
+  auto x = float_rows(input, K);
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+  auto projected = at::empty({B * S, N}, x.options());
+  product(x.const_data_ptr<float>(), B * S, packed, bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
+          projected.data_ptr<float>());
+  auto c = cos.contiguous(), s = sin.contiguous();
+  auto q = at::empty({B, q_heads, S, D}, x.options());
+  auto k = at::empty({B, kv_heads, S, D}, x.options());
+  auto v = at::empty({B, kv_heads, S, D}, x.options());
+  const float *pp = projected.const_data_ptr<float>(), *cp = c.const_data_ptr<float>(), *sp = s.const_data_ptr<float>();
+  const int64_t half = D / 2;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < S; ++t) {
+      const float* row = pp + (b * S + t) * N;
+      const float *cr = cp + (b * S + t) * D, *sr = sp + (b * S + t) * D;
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* src = row + h * D;
+        float* dst;
+        if (h < q_heads)
+          dst = q.data_ptr<float>() + ((b * q_heads + h) * S + t) * D;
+        else if (h < q_heads + kv_heads)
+          dst = k.data_ptr<float>() + ((b * kv_heads + h - q_heads) * S + t) * D;
+        else {
+          std::copy(src, src + D, v.data_ptr<float>() + ((b * kv_heads + h - q_heads - kv_heads) * S + t) * D);
+          continue;
+        }
+        for (int64_t i = 0; i < half; ++i) {
+          dst[i] = src[i] * cr[i] - src[i + half] * sr[i];
+          dst[i + half] = src[i + half] * cr[i + half] + src[i] * sr[i + half];
+        }
+      }
+    }
+  return {q, k, v};
+}
+
+// Llama-style RMSNorm in float32: weight * x / sqrt(mean(x^2) + eps), one pass per row.
+at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 1, "weight must be a 1-D float32 tensor");
+  const int64_t H = weight.size(0);
+  auto x = float_rows(input, H);
+  auto w = weight.contiguous();
+  auto out = at::empty_like(x);
+  const float *xp = x.const_data_ptr<float>(), *wp = w.const_data_ptr<float>();
+  float* yp = out.data_ptr<float>();
+  for (int64_t m = 0, rows = x.numel() / H; m < rows; ++m) {
+    const float* row = xp + m * H;
+    float squares = 0.0f;
+    for (int64_t i = 0; i < H; ++i) squares += row[i] * row[i];
+    const float scale = 1.0f / std::sqrt(squares / static_cast<float>(H) + static_cast<float>(eps));
+    for (int64_t i = 0; i < H; ++i) yp[m * H + i] = wp[i] * (row[i] * scale);
+  }
+  return out;
+}
+
+std::vector<int64_t> tile_shape() { return {kCols, kLanes}; }
+
+std::string isa() { return kIsa; }
+
+}  // namespace
+
+TORCH_LIBRARY(mtad_native, m) {
+  m.def("linear_fp16_weight(Tensor input, Tensor packed, Tensor? bias) -> Tensor");
+  m.def("swiglu_fp16_weight(Tensor input, Tensor gate_up, Tensor down) -> Tensor");
+  m.def("rms_norm(Tensor input, Tensor weight, float eps) -> Tensor");
+  m.def(
+      "qkv_rotary_fp16_weight(Tensor input, Tensor packed, Tensor? bias, Tensor cos, Tensor sin, int q_heads, "
+      "int kv_heads) -> Tensor[]");
+  m.def("tile_shape() -> int[]", tile_shape);
+  m.def("isa() -> str", isa);
+}
+TORCH_LIBRARY_IMPL(mtad_native, CPU, m) {
+  m.impl("linear_fp16_weight", linear_fp16_weight);
+  m.impl("swiglu_fp16_weight", swiglu_fp16_weight);
+  m.impl("rms_norm", rms_norm);
+  m.impl("qkv_rotary_fp16_weight", qkv_rotary_fp16_weight);
+}

@@ -1,0 +1,203 @@
+"""Fused parts of Llama-style decoder layers on the fp16 fast path (mtad's native kernels).
+
+Once the weights stream at the memory bandwidth, what a decode step spends beside its products is
+operator calls: a Llama-style layer makes ~40 small ones (a norm alone is eight), each a few
+microseconds of dispatch for a few hundred numbers of work. Two module shapes repeat in every
+layer of the models we run and fuse cleanly:
+
+- a gated MLP, `down(act(gate(x)) * up(x))` with SiLU: one native call (`FusedGatedMLP`), gate
+  and up packed as one weight (the layers keep views into it, so no weight is stored twice);
+- an RMSNorm in float32 (`weight * x / sqrt(mean(x^2) + eps)`): one native call (`FusedRMSNorm`);
+- attention's q/k/v projections and rotary embedding (`FusedAttention`): one native call, then the
+  model's own cache update and attention function.
+
+A module is replaced only when it has that shape *and* the replacement gives its output on a
+random input (to float32 rounding): a model whose MLP uses another activation, or whose norm adds
+one to its weight (Gemma), keeps its own module. Model code is not forked: modules are swapped in
+place, as `pack_linears` swaps linear layers. The swaps are undone by loading the model again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from mtad.runtime.linear import Fp16Linear
+from mtad.runtime.native import NativeKernels
+
+#: How close a fused module's output must be to the module it replaces (relative, float32).
+AGREEMENT = 1e-4
+
+
+class FusedGatedMLP(nn.Module):
+    """A SiLU-gated MLP over native fp16 layers, in one call for the rows a decode step has; from
+    the layers' dense-copy row count on (prefills, wide batches) the original module runs."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        gate, up = mlp.gate_proj, mlp.up_proj
+        self.gate_up = torch.cat([gate.packed, up.packed])
+        gate.packed, up.packed = self.gate_up[: len(gate.packed)], self.gate_up[len(gate.packed) :]
+        self.original = mlp
+        self.in_features = gate.in_features
+        self.dense_from_rows = gate.dense_from_rows if gate.dense is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        many_rows = self.dense_from_rows is not None and x.numel() >= self.dense_from_rows * self.in_features
+        if many_rows or x.dtype != torch.float32:  # a model cast after packing runs its own module
+            return self.original(x)
+        down = self.original.down_proj.packed
+        return torch.ops.mtad_native.swiglu_fp16_weight(x, self.gate_up, down)
+
+
+class FusedAttention(nn.Module):
+    """Llama-style attention with the q/k/v projections and the rotary embedding in one native
+    call; the cache update and the attention itself are the model's own (its cache's `update`, its
+    configured attention function), then the output projection. From the layers' dense-copy row
+    count on, or for inputs the call does not take, the original module runs."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+        self.qkv = torch.cat([q.packed, k.packed, v.packed])
+        ends = torch.tensor([len(q.packed), len(k.packed), len(v.packed)]).cumsum(0).tolist()
+        q.packed, k.packed, v.packed = self.qkv[: ends[0]], self.qkv[ends[0] : ends[1]], self.qkv[ends[1] :]
+        biases = [layer.bias for layer in (q, k, v)]
+        self.qkv_bias = None if biases[0] is None else torch.cat([b.detach().float() for b in biases])
+        self.original = attention
+        self.in_features = q.in_features
+        self.head_dim = attention.head_dim
+        self.q_heads = q.out_features // self.head_dim
+        self.kv_heads = k.out_features // self.head_dim
+        self.dense_from_rows = q.dense_from_rows if q.dense is not None else None
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        rows = hidden_states.numel() // self.in_features
+        cos, sin = position_embeddings if position_embeddings is not None else (None, None)
+        if (
+            (self.dense_from_rows is not None and rows >= self.dense_from_rows)
+            or hidden_states.dim() != 3
+            or hidden_states.dtype != torch.float32
+            or cos is None
+            or cos.shape[-1] != self.head_dim
+        ):
+            return self.original(hidden_states, position_embeddings, attention_mask, **kwargs)
+        batch, length = hidden_states.shape[:2]
+        cos, sin = cos.expand(batch, length, -1), sin.expand(batch, length, -1)
+        query, key, value = torch.ops.mtad_native.qkv_rotary_fp16_weight(
+            hidden_states, self.qkv, self.qkv_bias, cos, sin, self.q_heads, self.kv_heads
+        )
+        original = self.original
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            key, value = cache.update(key, value, original.layer_idx, kwargs=kwargs)
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(original.config._attn_implementation, None)
+        if attend is None:
+            attend = eager_attention_forward
+        output, weights = attend(
+            original, query, key, value, attention_mask, dropout=0.0, scaling=original.scaling, **kwargs
+        )
+        return original.o_proj(output.reshape(batch, length, -1)), weights
+
+
+class FusedRMSNorm(nn.Module):
+    """A float32 RMSNorm in one call (the replaced module's weight, shared)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.original = norm
+        self.eps = float(norm.variance_epsilon)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.original.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32:  # a model cast after packing
+            return self.original(x)
+        return torch.ops.mtad_native.rms_norm(x, self.weight, self.eps)
+
+
+def fuse_layers(model: nn.Module, kernels: NativeKernels) -> dict[str, int]:
+    """Replace, in place, every gated MLP and RMSNorm of `model` that fuses (see the module
+    docstring); how many of each were replaced."""
+    del kernels  # the fused modules call the loaded library's ops; the argument says they exist
+    counts = {"attentions": 0, "gated MLPs": 0, "RMSNorms": 0}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            fused, kind = _fused(child)
+            if fused is not None and _agrees(child, fused):
+                setattr(parent, name, fused)
+                counts[kind] += 1
+    return counts
+
+
+def _fused(module: nn.Module) -> tuple[nn.Module | None, str]:
+    """The fused replacement for `module` if it has a shape that fuses (not yet checked)."""
+    attention = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if all(isinstance(p, Fp16Linear) and p.kernel == "native" for p in attention) and all(
+        hasattr(module, name) for name in ("head_dim", "layer_idx", "scaling", "config")
+    ):
+        q, k, v, _ = attention
+        same = q.dense_from_rows == k.dense_from_rows == v.dense_from_rows
+        has_bias = {layer.bias is None for layer in (q, k, v)}
+        if same and len(has_bias) == 1 and q.out_features % module.head_dim == 0:
+            return FusedAttention(module), "attentions"
+    projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    if all(isinstance(p, Fp16Linear) and p.kernel == "native" and p.bias is None for p in projections):
+        gate, up, down = projections
+        same_rows = gate.packed.shape == up.packed.shape and gate.dense_from_rows == up.dense_from_rows
+        if same_rows and down.in_features == gate.out_features:  # the activation: the check tells
+            # Building it points gate's and up's weights at views of the joint copy: same values,
+            # so the module keeps computing what it did if the check below rejects the fusion.
+            return FusedGatedMLP(module), "gated MLPs"
+    weight = getattr(module, "weight", None)
+    if (
+        type(module).__name__.endswith("RMSNorm")
+        and isinstance(getattr(module, "variance_epsilon", None), float)
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 1
+        and weight.dtype == torch.float32
+    ):
+        return FusedRMSNorm(module), "RMSNorms"
+    return None, ""
+
+
+def _agrees(module: nn.Module, fused: nn.Module) -> bool:
+    if isinstance(fused, FusedAttention):
+        return _attention_agrees(module, fused)
+    width = fused.in_features if isinstance(fused, FusedGatedMLP) else len(fused.weight)
+    x = torch.randn(3, width, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = module(x), fused(x)
+    return _close(got, want)
+
+
+def _attention_agrees(module: nn.Module, fused: FusedAttention) -> bool:
+    """Both run a 3-token step into an empty cache, then a 1-token step after it: outputs and
+    cached keys and values must agree (this also proves the cache call matches the model's)."""
+    generator = torch.Generator().manual_seed(0)
+    caches = {"want": DynamicCache(), "got": DynamicCache()}
+    try:
+        with torch.inference_mode():
+            for length in (3, 1):
+                x = torch.randn(1, length, fused.in_features, generator=generator)
+                angles = torch.rand(1, length, fused.head_dim, generator=generator) * 6.3
+                rotary = (angles.cos(), angles.sin())
+                want = module(x, rotary, None, cache=caches["want"])[0]
+                got = fused(x, rotary, None, cache=caches["got"])[0]
+                if not _close(got, want):
+                    return False
+            layers = [cache.layers[module.layer_idx] for cache in caches.values()]
+            stored = [(layer.keys, layer.values) for layer in layers]
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError):
+        return False  # a model whose attention calls its cache otherwise: it keeps its own module
+    return all(_close(got, want) for got, want in zip(stored[1], stored[0], strict=True))
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    tolerance = AGREEMENT * float(want.abs().max())
+    return got.shape == want.shape and torch.allclose(got, want, rtol=AGREEMENT, atol=tolerance)

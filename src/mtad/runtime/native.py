@@ -1,0 +1,183 @@
+"""mtad's native CPU kernels (`csrc/native.cpp`), compiled for the machine that runs them.
+
+The fp16-weight product of few rows is what a decode step and a verification spend most of their
+time in. fbgemm's fp16 kernel runs it on one thread, and its cost grows steeply with rows; the
+native kernel streams weights packed per tile of output columns over all of torch's threads (see
+the source's header). It is built with `torch.utils.cpp_extension` and `-march=native` the first
+time a process on a machine asks for it (~10-20 s with a C++ compiler), kept under
+`$MTAD_CACHE/kernels/<key>` (the key: the source, the CPU's model and flags, torch, the compiler),
+and checked against a reference product every time it loads. Where it cannot be built or loaded
+(no compiler, a CPU without AVX2/FMA/F16C, `MTAD_NATIVE=0`), `kernels()` is None, `unavailable()`
+says why, and the fp16 path runs fbgemm's kernel as before. A build left broken (a partial
+library from a killed process) is removed and built again once, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mtad.runtime.records import cache_root, machine_key
+
+SOURCE = Path(__file__).with_name("csrc") / "native.cpp"
+#: Set to 0 to never build or use the native kernels (the fp16 path then runs fbgemm's).
+ENV_SWITCH = "MTAD_NATIVE"
+
+
+@dataclass(frozen=True)
+class NativeKernels:
+    """The loaded kernels and the tile their packed weights are laid out in."""
+
+    isa: str  # the SIMD instruction set it was compiled for: avx512 or avx2
+    columns: int  # output columns per tile (C)
+    lanes: int  # weights per SIMD register (L)
+
+    def fits(self, out_features: int, in_features: int) -> bool:
+        return out_features % self.columns == 0 and in_features % self.lanes == 0 and in_features > 0
+
+    def pack_fp16(self, weight: torch.Tensor) -> torch.Tensor:
+        """[N, K] weights as fp16 in the kernel's layout [N / C, K / L, C, L]."""
+        out_features, in_features = weight.shape
+        tiles = weight.detach().half().reshape(out_features // self.columns, self.columns, -1, self.lanes)
+        return tiles.permute(0, 2, 1, 3).contiguous()
+
+    def linear_fp16(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [..., K] float32 @ the packed weights (+ bias): [..., N] float32."""
+        return torch.ops.mtad_native.linear_fp16_weight(x, packed, bias)
+
+
+_disabled = 0  # depth of `disabled()` blocks
+
+
+def unavailable() -> str | None:
+    """Why the native kernels cannot run in this process, or None when they can."""
+    return "disabled while this model was packed" if _disabled else _load()[1]
+
+
+def kernels() -> NativeKernels | None:
+    """The native kernels, or None where they cannot run (or inside `disabled()`)."""
+    return None if _disabled else _load()[0]
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Layers packed inside this block use fbgemm's kernel (comparisons, tests of the fallback)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+@functools.cache
+def _load() -> tuple[NativeKernels | None, str | None]:
+    if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+        return None, f"{ENV_SWITCH}=0 is set"
+    missing = _why_not_buildable()
+    if missing:
+        return None, missing
+    directory = build_directory()
+    for attempt in range(2):
+        try:
+            _build_and_load(directory)
+            break
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            reason = str(error).strip().splitlines()
+            reason = reason[-1] if reason else type(error).__name__
+            if attempt == 0 and not _compile_error(error):  # a broken build left in the cache
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            return None, f"the native kernels did not build: {reason[:200]}"
+    columns, lanes = torch.ops.mtad_native.tile_shape()
+    found = NativeKernels(torch.ops.mtad_native.isa(), int(columns), int(lanes))
+    wrong = _check(found)
+    return (None, wrong) if wrong else (found, None)
+
+
+def build_directory() -> Path:
+    """Where this machine's build lives: one directory per source, CPU, torch and compiler."""
+    source = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    key = machine_key() | {"source": source, "cxx": _compiler_version()}
+    key.pop("threads")  # the kernels read the thread count when they run
+    digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
+    return cache_root() / "kernels" / digest
+
+
+def _why_not_buildable() -> str | None:
+    if torch.device("cpu").type != "cpu" or os.uname().machine not in ("x86_64", "AMD64"):
+        return f"they are written for x86-64 CPUs, not {os.uname().machine}"
+    from mtad.runtime.precision import cpu_flags
+
+    needed = {"avx2", "fma", "f16c"} - set(cpu_flags())
+    if needed:
+        return f"this CPU lacks {', '.join(sorted(needed))}"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return f"no C++ compiler ({os.environ.get('CXX', 'c++')}) is installed"
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if not is_ninja_available():
+        return "ninja (the build tool torch.utils.cpp_extension runs) is not installed"
+    return None
+
+
+def _build_and_load(directory: Path) -> None:
+    from torch.utils.cpp_extension import load
+
+    built = directory / "mtad_native.so"
+    if built.is_file():  # the directory's key names its source and toolchain: no rebuild check
+        torch.ops.load_library(str(built))
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load(
+            name="mtad_native",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=False,
+        )
+
+
+def _compile_error(error: BaseException) -> bool:
+    return "Error building extension" in str(error)
+
+
+@functools.cache
+def _compiler_version() -> str:
+    try:
+        result = subprocess.run(
+            [os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.splitlines()[0] if result.stdout else "unknown"
+
+
+def _check(found: NativeKernels) -> str | None:
+    """A product of every row count a tile loop distinguishes, against float64 over the same
+    fp16-rounded weights: a miscompiled kernel is refused, not used."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3 * found.columns, 4 * found.lanes, generator=generator)
+    bias = torch.randn(3 * found.columns, generator=generator)
+    packed = found.pack_fp16(weight)
+    for rows in (1, 2, 3, 4, 7):
+        x = torch.randn(rows, weight.shape[1], generator=generator)
+        want = (x.double() @ weight.half().double().T + bias.double()).float()
+        with torch.inference_mode():
+            got = found.linear_fp16(x, packed, bias)
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+            return f"the native kernel's test product is wrong at {rows} rows (a miscompiled build)"
+    return None

@@ -1,0 +1,101 @@
+"""Fused decoder-layer parts (`mtad.runtime.fused`): a fused model computes what the packed model
+it came from does (to float32 rounding), through every path a decode takes (an empty cache, a
+cached step, a 4D tree mask, a batch), and a module that only looks fusable keeps its own."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from conftest import tiny_llama
+from mtad.runtime import fast, native
+from mtad.runtime.fused import FusedAttention, FusedGatedMLP, FusedRMSNorm, fuse_layers
+from mtad.runtime.linear import pack_linears
+
+KERNELS = native.kernels()
+pytestmark = pytest.mark.skipif(KERNELS is None, reason=f"no native kernels: {native.unavailable()}")
+
+
+def packed_pair(seed: int = 0, **options) -> tuple[nn.Module, nn.Module]:
+    """The same tiny model packed to fp16 twice: once as it is, once with its layers fused."""
+    model = tiny_llama(seed)
+    packed = copy.deepcopy(model)
+    pack_linears(packed, "fp16", **options)
+    fused = copy.deepcopy(packed)
+    fuse_layers(fused, KERNELS)
+    return packed, fused
+
+
+def _logits(model, ids, cache=None, **inputs):
+    with torch.inference_mode():
+        return model(input_ids=ids, cache=cache, use_cache=cache is not None, **inputs).logits
+
+
+def test_every_attention_mlp_and_norm_of_a_llama_fuses_and_the_fast_path_says_so():
+    model = tiny_llama(0)
+    path = fast.apply(model, fast.FastPath("on", "fp16", "float32", "test"))
+    assert path.fused == "2 attentions, 2 gated MLPs, 5 RMSNorms"
+    kinds = [type(m) for m in model.modules()]
+    assert [kinds.count(kind) for kind in (FusedAttention, FusedGatedMLP, FusedRMSNorm)] == [2, 2, 5]
+
+
+def test_a_fused_model_gives_the_packed_models_logits_step_by_step_through_its_cache():
+    packed, fused = packed_pair()
+    ids = torch.tensor([[0, 5, 7, 3, 9, 2, 11]])
+    caches = DynamicCache(), DynamicCache()
+    for chunk in (ids[:, :4], ids[:, 4:5], ids[:, 5:]):  # a prefill, one token, two tokens
+        want, got = (_logits(m, chunk, c) for m, c in zip((packed, fused), caches, strict=True))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for layer_want, layer_got in zip(caches[0].layers, caches[1].layers, strict=True):
+        torch.testing.assert_close(layer_got.keys, layer_want.keys, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tree_mask_and_a_batch_of_two_give_the_packed_models_logits():
+    packed, fused = packed_pair(seed=1)
+    ids = torch.tensor([[0, 5, 7, 3], [0, 9, 2, 11]])
+    position_ids = torch.tensor([[0, 1, 2, 2], [0, 1, 2, 2]])  # two siblings at depth 2
+    mask = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+    mask[3, 2] = False  # the second sibling does not see the first
+    additive = torch.zeros(2, 1, 4, 4).masked_fill(~mask, torch.finfo(torch.float32).min)
+    want = _logits(packed, ids, attention_mask=additive, position_ids=position_ids)
+    got = _logits(fused, ids, attention_mask=additive, position_ids=position_ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_from_the_dense_copy_row_count_on_the_original_modules_run_exactly():
+    packed, fused = packed_pair(seed=2, dense_from_rows=4, dense_dtype=torch.bfloat16)
+    ids = torch.tensor([[0, 5, 7, 3, 9]])  # 5 rows: the dense copies
+    torch.testing.assert_close(_logits(fused, ids), _logits(packed, ids), rtol=0, atol=0)
+
+
+def test_a_module_that_only_looks_fusable_keeps_its_own():
+    class OneOffsetRMSNorm(nn.Module):  # Gemma's norm: scales by (1 + weight)
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(width))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x):
+            scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+            return x * scale * (1 + self.weight)
+
+    model = tiny_llama(3)
+    model.model.norm = OneOffsetRMSNorm(32)
+    for layer in model.model.layers:
+        layer.mlp.act_fn = nn.GELU()  # not the SiLU the fused MLP computes
+    pack_linears(model, "fp16")
+    counts = fuse_layers(model, KERNELS)
+    assert counts == {"attentions": 2, "gated MLPs": 0, "RMSNorms": 4}
+    assert isinstance(model.model.norm, OneOffsetRMSNorm)
+    assert not any(isinstance(m, FusedGatedMLP) for m in model.modules())
+
+
+def test_a_model_cast_after_fusing_runs_its_own_modules():
+    packed, fused = packed_pair(seed=4)
+    packed, fused = packed.to(torch.bfloat16), fused.to(torch.bfloat16)
+    ids = torch.tensor([[0, 5, 7]])
+    torch.testing.assert_close(_logits(fused, ids), _logits(packed, ids), rtol=0, atol=0)

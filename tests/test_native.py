@@ -1,0 +1,106 @@
+"""mtad's native CPU kernels (`mtad.runtime.native`): built for this machine, checked against a
+float64 product over the same fp16-rounded weights, and a fallback to fbgemm's kernel that says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from mtad.runtime import fast, native
+from mtad.runtime.linear import Fp16Linear
+
+KERNELS = native.kernels()
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason=f"no native kernels: {native.unavailable()}")
+
+
+def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = x.double() @ weight.half().double().T
+    return (out if bias is None else out + bias.double()).float()
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9, 17, 33])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_product_equals_a_float64_one_over_the_rounded_weights(rows, bias):
+    generator = torch.Generator().manual_seed(rows)
+    out_features, in_features = 5 * KERNELS.columns, 3 * KERNELS.lanes
+    weight = torch.randn(out_features, in_features, generator=generator)
+    b = torch.randn(out_features, generator=generator) if bias else None
+    x = torch.randn(rows, in_features, generator=generator)
+    got = KERNELS.linear_fp16(x, KERNELS.pack_fp16(weight), b)
+    torch.testing.assert_close(got, _reference(x, weight, b), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_leading_dimensions_and_non_contiguous_inputs_are_kept():
+    weight = torch.randn(2 * KERNELS.columns, 2 * KERNELS.lanes)
+    x = torch.randn(3, 2 * KERNELS.lanes, 4).transpose(1, 2)  # [3, 4, K], not contiguous
+    got = KERNELS.linear_fp16(x, KERNELS.pack_fp16(weight), None)
+    assert got.shape == (3, 4, 2 * KERNELS.columns)
+    torch.testing.assert_close(got, _reference(x, weight, None), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_a_weight_that_is_not_packed_is_refused():
+    with pytest.raises(RuntimeError, match="packed by mtad.runtime.native"):
+        unpacked = torch.randn(KERNELS.columns, KERNELS.lanes).half()
+        KERNELS.linear_fp16(torch.randn(1, KERNELS.lanes), unpacked, None)
+
+
+@needs_kernels
+def test_fp16_layers_use_the_native_kernel_where_their_shape_fits_else_fbgemm():
+    fits = nn.Linear(2 * KERNELS.lanes, 3 * KERNELS.columns)
+    odd = nn.Linear(KERNELS.lanes + 1, 3 * KERNELS.columns)  # in_features off the tile
+    assert Fp16Linear(fits).kernel == "native" and Fp16Linear(odd).kernel == "fbgemm"
+    with native.disabled():
+        fallback = Fp16Linear(fits)
+    assert fallback.kernel == "fbgemm" and native.kernels() is KERNELS
+    x = torch.randn(4, 2 * KERNELS.lanes)
+    with torch.inference_mode():
+        torch.testing.assert_close(Fp16Linear(fits)(x), fallback(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_the_fast_path_says_which_kernel_its_layers_run():
+    width = 2 * KERNELS.columns
+    model = nn.Sequential(nn.Linear(2 * KERNELS.lanes, width), nn.Linear(width, 7))  # 7 outputs: off the tile
+    path = fast.apply(model, fast.FastPath("on", "fp16", "float32", "test"))
+    assert path.kernel.startswith(f"native {KERNELS.isa} on 1 of 2 layers")
+    with native.disabled():
+        path = fast.apply(nn.Sequential(nn.Linear(64, 64)), fast.FastPath("on", "fp16", "float32", "test"))
+    assert path.kernel == "fbgemm (native: disabled while this model was packed)"
+
+
+def _in_a_fresh_process(code: str, **env: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=os.environ | env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+WHERE = "import json; from mtad.runtime import native; where = str(native.build_directory());"
+REPORT = WHERE + (
+    "k = native.kernels(); print(json.dumps({'isa': k and k.isa, 'why': native.unavailable(), 'dir': where}))"
+)
+
+
+def test_mtad_native_0_turns_them_off_and_says_so():
+    report = _in_a_fresh_process(REPORT, MTAD_NATIVE="0")
+    assert report["isa"] is None and report["why"] == "MTAD_NATIVE=0 is set"
+
+
+@needs_kernels
+def test_a_corrupt_build_in_the_cache_is_built_again_not_trusted(tmp_path):
+    where = _in_a_fresh_process(WHERE + "print(json.dumps({'dir': where}))", MTAD_CACHE=str(tmp_path))["dir"]
+    os.makedirs(where)
+    with open(os.path.join(where, "mtad_native.so"), "wb") as handle:
+        handle.write(b"not a shared library")  # a build cut short
+    report = _in_a_fresh_process(REPORT, MTAD_CACHE=str(tmp_path))
+    assert report["isa"] == KERNELS.isa and report["why"] is None and report["dir"] == where
