@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The measurements in this directory, in the order they ran (alone on the machine, 2 threads).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+out=docs/results/native-kernels-2026-12
+lscpu > "$out/lscpu.txt"
+python benchmarks/forward_costs.py --variants off,fbgemm,auto --threads 2 \
+    --json "$out/forward-costs-2threads.json" > "$out/forward-costs-2threads.txt" 2> /dev/null
+python benchmarks/fast_path_speed.py --loads off,fbgemm,auto --methods ar,sd,mtad,mmtad \
+    --prompts 8 --max-new-tokens 96 --threads 2 > "$out/speed-2threads.txt" 2> /dev/null
+python benchmarks/vs_llama_cpp.py --prompts 6 --max-new-tokens 96 --threads 2 --methods ar,sd,mtad,mmtad \
+    > "$out/vs-llama-cpp-2threads.txt" 2> /dev/null
