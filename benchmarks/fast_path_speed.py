@@ -5,8 +5,9 @@
 
 Loads of the default pair (or --target/--draft), `--loads`: `off` (dense, dtype auto), `auto` (the
 fast path, `mtad.runtime.fast`: mtad's native kernels where they build) and `fbgemm` (the fast path
-with the native kernels disabled: fbgemm's fp16 kernel, unfused). On the same held-out prompts (MT-Bench questions from the end of the
-set, which the shipped draft never trained or was tuned on; chat template), every variant runs
+with the native kernels disabled: fbgemm's fp16 kernel, unfused). On the same held-out prompts
+(MT-Bench questions from the end of the set, which the shipped draft never trained or was tuned
+on; chat template), every variant runs
 once per prompt in a rotating order: transformers' `generate` (sampling with the paper's warp:
 T 1, top-k 10, top-p 0.9; EOS off in both so lengths match) on each load, then mtad's methods with
 gamma auto. Prints median tokens/s per variant and the ratios the fast path is judged by, with

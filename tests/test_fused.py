@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from conftest import tiny_llama
+from conftest import VOCAB, tiny_llama
 from mtad.runtime import fast, native
 from mtad.runtime.fused import FusedAttention, FusedGatedMLP, FusedRMSNorm, fuse_layers
 from mtad.runtime.linear import pack_linears
@@ -20,9 +20,21 @@ KERNELS = native.kernels()
 pytestmark = pytest.mark.skipif(KERNELS is None, reason=f"no native kernels: {native.unavailable()}")
 
 
+def fusable_llama(seed: int) -> LlamaForCausalLM:
+    """A tiny Llama whose projections are whole tiles of the native kernel (its q, k and v join
+    into one packed weight only then), with grouped-query attention."""
+    torch.manual_seed(seed)
+    width = max(KERNELS.columns, 64) * 2 if KERNELS else 128
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=width, intermediate_size=width, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=False,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
 def packed_pair(seed: int = 0, **options) -> tuple[nn.Module, nn.Module]:
     """The same tiny model packed to fp16 twice: once as it is, once with its layers fused."""
-    model = tiny_llama(seed)
+    model = fusable_llama(seed)
     packed = copy.deepcopy(model)
     pack_linears(packed, "fp16", **options)
     fused = copy.deepcopy(packed)
@@ -36,7 +48,7 @@ def _logits(model, ids, cache=None, **inputs):
 
 
 def test_every_attention_mlp_and_norm_of_a_llama_fuses_and_the_fast_path_says_so():
-    model = tiny_llama(0)
+    model = fusable_llama(0)
     path = fast.apply(model, fast.FastPath("on", "fp16", "float32", "test"))
     assert path.fused == "2 attentions, 2 gated MLPs, 5 RMSNorms"
     kinds = [type(m) for m in model.modules()]
@@ -72,6 +84,14 @@ def test_from_the_dense_copy_row_count_on_the_original_modules_run_exactly():
     torch.testing.assert_close(_logits(fused, ids), _logits(packed, ids), rtol=0, atol=0)
 
 
+def test_projections_that_are_not_whole_tiles_keep_their_attention_unfused():
+    model = tiny_llama(5)  # k and v project to 16 columns: less than a tile
+    pack_linears(model, "fp16")
+    counts = fuse_layers(model, KERNELS)
+    assert counts["attentions"] == (2 if KERNELS.whole_tiles(16) and KERNELS.whole_tiles(32) else 0)
+    assert counts["RMSNorms"] == 5
+
+
 def test_a_module_that_only_looks_fusable_keeps_its_own():
     class OneOffsetRMSNorm(nn.Module):  # Gemma's norm: scales by (1 + weight)
         def __init__(self, width: int) -> None:
@@ -83,8 +103,8 @@ def test_a_module_that_only_looks_fusable_keeps_its_own():
             scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
             return x * scale * (1 + self.weight)
 
-    model = tiny_llama(3)
-    model.model.norm = OneOffsetRMSNorm(32)
+    model = fusable_llama(3)
+    model.model.norm = OneOffsetRMSNorm(model.config.hidden_size)
     for layer in model.model.layers:
         layer.mlp.act_fn = nn.GELU()  # not the SiLU the fused MLP computes
     pack_linears(model, "fp16")

@@ -25,11 +25,11 @@ def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9, 17, 33])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 17, 33])
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_product_equals_a_float64_one_over_the_rounded_weights(rows, bias):
     generator = torch.Generator().manual_seed(rows)
-    out_features, in_features = 5 * KERNELS.columns, 3 * KERNELS.lanes
+    out_features, in_features = 2 * KERNELS.columns + 3 * KERNELS.lanes, 3 * KERNELS.lanes + 5  # a part tile
     weight = torch.randn(out_features, in_features, generator=generator)
     b = torch.randn(out_features, generator=generator) if bias else None
     x = torch.randn(rows, in_features, generator=generator)
@@ -48,15 +48,15 @@ def test_leading_dimensions_and_non_contiguous_inputs_are_kept():
 
 @needs_kernels
 def test_a_weight_that_is_not_packed_is_refused():
-    with pytest.raises(RuntimeError, match="packed by mtad.runtime.native"):
-        unpacked = torch.randn(KERNELS.columns, KERNELS.lanes).half()
-        KERNELS.linear_fp16(torch.randn(1, KERNELS.lanes), unpacked, None)
+    for unpacked in (torch.randn(KERNELS.columns, 8), torch.randn(KERNELS.lanes + 1, 8).half()):
+        with pytest.raises(RuntimeError, match="packed by mtad.runtime.native"):
+            KERNELS.linear_fp16(torch.randn(1, 8), unpacked, None)
 
 
 @needs_kernels
 def test_fp16_layers_use_the_native_kernel_where_their_shape_fits_else_fbgemm():
     fits = nn.Linear(2 * KERNELS.lanes, 3 * KERNELS.columns)
-    odd = nn.Linear(KERNELS.lanes + 1, 3 * KERNELS.columns)  # in_features off the tile
+    odd = nn.Linear(2 * KERNELS.lanes, KERNELS.lanes + 1)  # out_features off the SIMD width
     assert Fp16Linear(fits).kernel == "native" and Fp16Linear(odd).kernel == "fbgemm"
     with native.disabled():
         fallback = Fp16Linear(fits)

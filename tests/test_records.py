@@ -20,13 +20,13 @@ def machine(tmp_path, monkeypatch):
     monkeypatch.setenv("MTAD_CACHE", str(tmp_path))
     measured = []
     monkeypatch.setattr(fast, "_measure_fp16", lambda repeats: measured.append(repeats) or MEASURED)
-    fast.fp16_self_test.cache_clear()
+    fast._self_test.cache_clear()
     yield measured
-    fast.fp16_self_test.cache_clear()
+    fast._self_test.cache_clear()
 
 
 def fresh_process_self_test() -> fast.SelfTest:
-    fast.fp16_self_test.cache_clear()  # what a new process starts with
+    fast._self_test.cache_clear()  # what a new process starts with
     return fast.fp16_self_test()
 
 

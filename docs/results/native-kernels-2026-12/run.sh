@@ -10,3 +10,6 @@ python benchmarks/fast_path_speed.py --loads off,fbgemm,auto --methods ar,sd,mta
     --prompts 8 --max-new-tokens 96 --threads 2 > "$out/speed-2threads.txt" 2> /dev/null
 python benchmarks/vs_llama_cpp.py --prompts 6 --max-new-tokens 96 --threads 2 --methods ar,sd,mtad,mmtad \
     > "$out/vs-llama-cpp-2threads.txt" 2> /dev/null
+python benchmarks/model_free_drafts.py --threads 2 --offset 10 --mtbench 10 --humaneval 10 \
+    --variants ar,sd:model,mtad:model,sd:recycle,sd:suffix,sd:recycle+suffix,specinfer:recycle+suffix:auto,mtad:suffix,mtad:recycle+suffix,mmtad:recycle+suffix:auto,mmtad:suffix:auto \
+    --json "$out/mfd-2threads.json" > "$out/mfd-2threads.txt" 2> /dev/null

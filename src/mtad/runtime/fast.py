@@ -233,19 +233,19 @@ SELF_TEST_VERSION = 2
 CROSSOVER_ROWS = (8, 16, 32, 64, 128)
 
 
-@functools.cache
 def fp16_self_test(repeats: int = 7) -> SelfTest:
     """fp16 weights (the native kernel where it is built, else fbgemm's) against the dense dtype
-    dtype auto picks here (bfloat16 or float32):
-    measured once per machine (~1 s) and kept (`mtad.runtime.records`), so every process on it
-    decides alike and none pays again; a record of another CPU, torch or thread count, or a
-    corrupt one, is measured again."""
+    dtype auto picks here (bfloat16 or float32): measured once per machine and kernel (~1 s) and
+    kept (`mtad.runtime.records`), so every process on it decides alike and none pays again; a
+    record of another CPU, torch, thread count or native build, or a corrupt one, is measured
+    again."""
     native = kernels()
-    key = machine_key() | {
-        "test": SELF_TEST_VERSION,
-        "repeats": repeats,
-        "kernel": f"native {native.isa}" if native else "fbgemm",
-    }
+    return _self_test(f"native {native.isa} {native.build}" if native else "fbgemm", repeats)
+
+
+@functools.cache
+def _self_test(kernel: str, repeats: int) -> SelfTest:
+    key = machine_key() | {"test": SELF_TEST_VERSION, "repeats": repeats, "kernel": kernel}
     kept = recall("fp16-self-test", key)
     if kept is not None and _plausible(kept):  # else a corrupt record: measured again
         return SelfTest(kept["ratio"], kept["dense_dtype"], kept["dense_from_rows"], kept["measured_at"])

@@ -144,13 +144,15 @@ def _fused(module: nn.Module) -> tuple[nn.Module | None, str]:
         q, k, v, _ = attention
         same = q.dense_from_rows == k.dense_from_rows == v.dense_from_rows
         has_bias = {layer.bias is None for layer in (q, k, v)}
-        if same and len(has_bias) == 1 and q.out_features % module.head_dim == 0:
+        joins = q.native.whole_tiles(q.out_features) and q.native.whole_tiles(k.out_features)
+        if same and joins and len(has_bias) == 1 and q.out_features % module.head_dim == 0:
             return FusedAttention(module), "attentions"
     projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     if all(isinstance(p, Fp16Linear) and p.kernel == "native" and p.bias is None for p in projections):
         gate, up, down = projections
         same_rows = gate.packed.shape == up.packed.shape and gate.dense_from_rows == up.dense_from_rows
-        if same_rows and down.in_features == gate.out_features:  # the activation: the check tells
+        joins = gate.native.whole_tiles(gate.out_features)
+        if same_rows and joins and down.in_features == gate.out_features:  # the activation: the check tells
             # Building it points gate's and up's weights at views of the joint copy: same values,
             # so the module keeps computing what it did if the check below rejects the fusion.
             return FusedGatedMLP(module), "gated MLPs"

@@ -39,17 +39,26 @@ class NativeKernels:
     """The loaded kernels and the tile their packed weights are laid out in."""
 
     isa: str  # the SIMD instruction set it was compiled for: avx512 or avx2
-    columns: int  # output columns per tile (C)
-    lanes: int  # weights per SIMD register (L)
+    columns: int  # output columns per packed tile
+    lanes: int  # weights per SIMD register: out_features must be a multiple of it
+    build: str = ""  # the build's key digest: another source or toolchain is another build
 
     def fits(self, out_features: int, in_features: int) -> bool:
-        return out_features % self.columns == 0 and in_features % self.lanes == 0 and in_features > 0
+        return out_features % self.lanes == 0 and out_features > 0 and in_features > 0
+
+    def whole_tiles(self, out_features: int) -> bool:
+        """Whether a packed weight of `out_features` rows is whole tiles: the packed weights of a
+        matrix's row blocks concatenate to the matrix's packing when all but the last are."""
+        return out_features % self.columns == 0
 
     def pack_fp16(self, weight: torch.Tensor) -> torch.Tensor:
-        """[N, K] weights as fp16 in the kernel's layout [N / C, K / L, C, L]."""
+        """[N, K] weights as fp16 in the kernel's tile order (see `csrc/native.cpp`), shaped [N, K]."""
         out_features, in_features = weight.shape
-        tiles = weight.detach().half().reshape(out_features // self.columns, self.columns, -1, self.lanes)
-        return tiles.permute(0, 2, 1, 3).contiguous()
+        half = weight.detach().half()
+        full = out_features // self.columns * self.columns
+        tiles = half[:full].reshape(-1, self.columns, in_features).transpose(1, 2)  # [tiles, K, columns]
+        rest = half[full:].T  # [K, N - full]
+        return torch.cat([tiles.reshape(-1), rest.reshape(-1)]).reshape(out_features, in_features)
 
     def linear_fp16(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [..., K] float32 @ the packed weights (+ bias): [..., N] float32."""
@@ -100,7 +109,7 @@ def _load() -> tuple[NativeKernels | None, str | None]:
                 continue
             return None, f"the native kernels did not build: {reason[:200]}"
     columns, lanes = torch.ops.mtad_native.tile_shape()
-    found = NativeKernels(torch.ops.mtad_native.isa(), int(columns), int(lanes))
+    found = NativeKernels(torch.ops.mtad_native.isa(), int(columns), int(lanes), directory.name)
     wrong = _check(found)
     return (None, wrong) if wrong else (found, None)
 
@@ -170,10 +179,11 @@ def _check(found: NativeKernels) -> str | None:
     """A product of every row count a tile loop distinguishes, against float64 over the same
     fp16-rounded weights: a miscompiled kernel is refused, not used."""
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(3 * found.columns, 4 * found.lanes, generator=generator)
-    bias = torch.randn(3 * found.columns, generator=generator)
+    out_features = 2 * found.columns + found.lanes  # two whole tiles and the columns left over
+    weight = torch.randn(out_features, 3 * found.lanes + 1, generator=generator)
+    bias = torch.randn(out_features, generator=generator)
     packed = found.pack_fp16(weight)
-    for rows in (1, 2, 3, 4, 7):
+    for rows in (1, 2, 3, 4, 5, 6, 7, 13):
         x = torch.randn(rows, weight.shape[1], generator=generator)
         want = (x.double() @ weight.half().double().T + bias.double()).float()
         with torch.inference_mode():

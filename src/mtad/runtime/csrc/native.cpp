@@ -2,11 +2,13 @@
 //
 // linear_fp16_weight: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) with float32 activations and
 // accumulation and fp16 weights, for the few rows a decode step or a verification multiplies.
-// Weights are packed as [N / C, K / L, C, L] (C output columns, L SIMD lanes), so a tile of C
-// columns reads one contiguous stream (interleaved row streams read at well under the memory
-// bandwidth on the CPUs measured), converts it with F16C and accumulates it with FMA into R x C
-// registers for R rows at a time; tiles are split over torch's intra-op threads. fbgemm's fp16
-// kernel, which this replaces where it builds, runs on one thread and grows faster with rows.
+// Weights are packed in tiles of kTile output columns, each stored k-major ([K, kTile]; the columns
+// left over after the last full tile likewise, [K, N % kTile]), so a tile is one contiguous stream
+// (interleaved streams read well under the memory bandwidth on the CPUs measured). Per k, a tile's
+// weights are converted (F16C) once into kVectors registers and multiplied (FMA) by the broadcast
+// x of up to kRows rows into kRows x kVectors accumulators: no horizontal sums, and a few rows cost
+// little more than one (the conversions and the stream are shared). Tiles are split over torch's
+// intra-op threads. fbgemm's fp16 kernel, which this replaces where it builds, runs on one thread.
 //
 // swiglu_fp16_weight, qkv_rotary_fp16_weight and rms_norm fuse what a Llama-style decoder layer
 // spends dozens of small operator calls on (`mtad.runtime.fused`).
@@ -30,72 +32,85 @@ namespace {
 #define UNROLLED _Pragma("GCC unroll 16")
 
 #if defined(__AVX512F__)
-constexpr int64_t kLanes = 16, kCols = 8, kRows = 3;  // 24 accumulators, 3 rows, 1 weight: 28 of 32 registers
+// 6 rows x 4 vectors = 24 accumulators, 4 weight vectors and a broadcast: 29 of 32 registers.
+constexpr int64_t kLanes = 16, kVectors = 4, kRows = 6;
 constexpr const char* kIsa = "avx512";
 using vec = __m512;
 inline vec load_w(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-inline vec load_x(const float* p) { return _mm512_loadu_ps(p); }
+inline vec load_y(const float* p) { return _mm512_loadu_ps(p); }
+inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+inline vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline vec zero() { return _mm512_setzero_ps(); }
-inline float sum(vec v) { return _mm512_reduce_add_ps(v); }
 #else
-constexpr int64_t kLanes = 8, kCols = 4, kRows = 2;  // 8 accumulators, 2 rows, 1 weight: 11 of 16 registers
+// 5 rows x 2 vectors = 10 accumulators, 2 weight vectors and a broadcast: 13 of 16 registers.
+constexpr int64_t kLanes = 8, kVectors = 2, kRows = 5;
 constexpr const char* kIsa = "avx2";
 using vec = __m256;
 inline vec load_w(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-inline vec load_x(const float* p) { return _mm256_loadu_ps(p); }
+inline vec load_y(const float* p) { return _mm256_loadu_ps(p); }
+inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+inline vec broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline vec zero() { return _mm256_setzero_ps(); }
-inline float sum(vec v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 #endif
 
-// Rows [m0, m0 + R) of x against the C output columns of packed tile `w` (starting at column n0).
-template <int R>
-inline void tile(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m0, int64_t n0, int64_t K,
-                 int64_t N) {
-  vec acc[R][kCols];
+constexpr int64_t kTile = kLanes * kVectors;  // output columns per packed tile
+
+// Rows [m0, m0 + R) of x against the V * kLanes output columns of a tile starting at column n0,
+// whose weights lie k-major (`width` columns per k): each weight is converted once for R rows and
+// each x element broadcast once for V vectors of columns.
+template <int R, int V>
+inline void tile(const float* x, const uint16_t* w, int64_t width, const float* bias, float* y, int64_t m0,
+                 int64_t n0, int64_t K, int64_t N) {
+  vec acc[R][V];
   UNROLLED for (int r = 0; r < R; ++r)
-    UNROLLED for (int c = 0; c < kCols; ++c) acc[r][c] = zero();
-  for (int64_t k = 0; k < K; k += kLanes, w += kCols * kLanes) {
-    vec xv[R];
-    UNROLLED for (int r = 0; r < R; ++r) xv[r] = load_x(x + (m0 + r) * K + k);
-    UNROLLED for (int c = 0; c < kCols; ++c) {
-      vec wv = load_w(w + c * kLanes);
-      UNROLLED for (int r = 0; r < R; ++r) acc[r][c] = fma(xv[r], wv, acc[r][c]);
+    UNROLLED for (int v = 0; v < V; ++v) acc[r][v] = bias ? load_y(bias + n0 + v * kLanes) : zero();
+  for (int64_t k = 0; k < K; ++k, w += width) {
+    vec wv[V];
+    UNROLLED for (int v = 0; v < V; ++v) wv[v] = load_w(w + v * kLanes);
+    UNROLLED for (int r = 0; r < R; ++r) {
+      const vec xr = broadcast(x + (m0 + r) * K + k);
+      UNROLLED for (int v = 0; v < V; ++v) acc[r][v] = fma(xr, wv[v], acc[r][v]);
     }
   }
   UNROLLED for (int r = 0; r < R; ++r)
-    UNROLLED for (int c = 0; c < kCols; ++c) y[(m0 + r) * N + n0 + c] = sum(acc[r][c]) + (bias ? bias[n0 + c] : 0.0f);
+    UNROLLED for (int v = 0; v < V; ++v) store(y + (m0 + r) * N + n0 + v * kLanes, acc[r][v]);
 }
 
-inline void column_tile(const float* x, const uint16_t* w, const float* bias, float* y, int64_t M, int64_t n0,
-                        int64_t K, int64_t N) {
-  int64_t m = 0;
-  for (; m + kRows <= M; m += kRows) tile<kRows>(x, w, bias, y, m, n0, K, N);
-  switch (M - m) {  // the rows left (fewer than kRows), in one more pass
-    case 2: tile<2>(x, w, bias, y, m, n0, K, N); break;
-    case 1: tile<1>(x, w, bias, y, m, n0, K, N); break;
-    default: break;
+// tile<R, V> for R (1..kRows) and V (1..kVectors) known only at run time.
+template <int R, int V>
+inline void dispatch(int64_t rows, int64_t vectors, const float* x, const uint16_t* w, int64_t width,
+                     const float* bias, float* y, int64_t m0, int64_t n0, int64_t K, int64_t N) {
+  if constexpr (R > 0 && V > 0) {
+    if (vectors < V) return dispatch<R, V - 1>(rows, vectors, x, w, width, bias, y, m0, n0, K, N);
+    if (rows < R) return dispatch<R - 1, V>(rows, vectors, x, w, width, bias, y, m0, n0, K, N);
+    tile<R, V>(x, w, width, bias, y, m0, n0, K, N);
   }
 }
 
+// One tile of the packed weight: the full tiles first ([K, kTile] each), then the columns left
+// over ([K, N % kTile], a multiple of kLanes); rows in groups of kRows (the tile stays in cache).
+inline void column_tile(const float* x, const uint16_t* packed, const float* bias, float* y, int64_t M,
+                        int64_t t, int64_t K, int64_t N) {
+  const int64_t n0 = t * kTile, width = std::min(kTile, N - n0);
+  const uint16_t* w = packed + n0 * K;
+  for (int64_t m = 0; m < M; m += kRows)
+    dispatch<kRows, kVectors>(std::min(kRows, M - m), width / kLanes, x, w, width, bias, y, m, n0, K, N);
+}
+
 void check_packed(const at::Tensor& packed) {
-  TORCH_CHECK(packed.scalar_type() == at::kHalf && packed.dim() == 4 && packed.is_contiguous() &&
-                  packed.size(2) == kCols && packed.size(3) == kLanes,
-              "weight must be packed by mtad.runtime.native (fp16, [N / C, K / L, C, L])");
+  TORCH_CHECK(packed.scalar_type() == at::kHalf && packed.dim() == 2 && packed.is_contiguous() &&
+                  packed.size(0) % kLanes == 0,
+              "weight must be packed by mtad.runtime.native (fp16 [N, K] in tile order, N a multiple of ", kLanes, ")");
 }
 
 // out[M, N] (preallocated) = x[M, K] (contiguous float32) @ packed (+ bias).
 void product(const float* xp, int64_t M, const at::Tensor& packed, const float* bias, float* yp) {
-  const int64_t N = packed.size(0) * kCols, K = packed.size(1) * kLanes;
+  const int64_t N = packed.size(0), K = packed.size(1), tiles = (N + kTile - 1) / kTile;
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(packed.const_data_ptr<at::Half>());
-  at::parallel_for(0, packed.size(0), 4, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) column_tile(xp, wp + t * kCols * K, bias, yp, M, t * kCols, K, N);
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) column_tile(xp, wp, bias, yp, M, t, K, N);
   });
 }
 
@@ -113,7 +128,7 @@ at::Tensor with_width(const at::Tensor& x, int64_t width) {
 
 at::Tensor linear_fp16_weight(const at::Tensor& input, const at::Tensor& packed, const std::optional<at::Tensor>& bias) {
   check_packed(packed);
-  const int64_t N = packed.size(0) * kCols, K = packed.size(1) * kLanes;
+  const int64_t N = packed.size(0), K = packed.size(1);
   auto x = float_rows(input, K);
   at::Tensor bias_f;
   if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
@@ -129,9 +144,9 @@ at::Tensor linear_fp16_weight(const at::Tensor& input, const at::Tensor& packed,
 at::Tensor swiglu_fp16_weight(const at::Tensor& input, const at::Tensor& gate_up, const at::Tensor& down) {
   check_packed(gate_up);
   check_packed(down);
-  const int64_t K = gate_up.size(1) * kLanes, I2 = gate_up.size(0) * kCols, I = I2 / 2;
-  TORCH_CHECK(I2 % 2 == 0 && down.size(1) * kLanes == I, "gate_up must hold 2 x ", down.size(1) * kLanes,
-              " rows for down's input, got ", I2);
+  const int64_t K = gate_up.size(1), I2 = gate_up.size(0), I = I2 / 2;
+  TORCH_CHECK(I2 % 2 == 0 && down.size(1) == I, "gate_up must hold 2 x ", down.size(1), " rows for down's input, got ",
+              I2);
   auto x = float_rows(input, K);
   const int64_t M = x.numel() / K;
   auto gated = at::empty({M, I2}, x.options());
@@ -144,7 +159,7 @@ at::Tensor swiglu_fp16_weight(const at::Tensor& input, const at::Tensor& gate_up
       const float gate = g[m * I2 + i];
       h[m * I + i] = gate / (1.0f + std::exp(-gate)) * g[m * I2 + I + i];
     }
-  auto out = with_width(x, down.size(0) * kCols);
+  auto out = with_width(x, down.size(0));
   product(h, M, down, nullptr, out.data_ptr<float>());
   return out;
 }
@@ -156,7 +171,7 @@ std::vector<at::Tensor> qkv_rotary_fp16_weight(const at::Tensor& input, const at
                                                const std::optional<at::Tensor>& bias, const at::Tensor& cos,
                                                const at::Tensor& sin, int64_t q_heads, int64_t kv_heads) {
   check_packed(packed);
-  const int64_t K = packed.size(1) * kLanes, N = packed.size(0) * kCols;
+  const int64_t K = packed.size(1), N = packed.size(0);
   TORCH_CHECK(input.dim() == 3, "input must be [batch, sequence, hidden]");
   const int64_t B = input.size(0), S = input.size(1), D = cos.size(-1), heads = q_heads + 2 * kv_heads;
   TORCH_CHECK(N == heads * D && D % 2 == 0, "the packed weight holds ", N, " outputs, not ", heads, " heads of ", D);
@@ -217,7 +232,7 @@ at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double ep
   return out;
 }
 
-std::vector<int64_t> tile_shape() { return {kCols, kLanes}; }
+std::vector<int64_t> tile_shape() { return {kTile, kLanes}; }
 
 std::string isa() { return kIsa; }
 
