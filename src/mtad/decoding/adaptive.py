@@ -14,7 +14,8 @@ picks the g in 0..depth that maximises expected tokens per second:
   that draft nothing, so a policy that stopped drafting drifts back to its prior and probes
   again: acceptance changes with the text (code, lists, prose).
 - g = 0 is a plain target step: with a weak draft on a CPU where verification is not free, the
-  policy stops paying for speculation.
+  policy stops paying for speculation. A depth above 0 must beat it by `DRAFT_MARGIN` (the work
+  a round does beside its forwards is not in the costs).
 
 Losslessness is untouched: g depends only on rounds already committed, never on the tokens of
 the round it sizes, so sd and specinfer still sample exactly the target distribution.
@@ -28,6 +29,12 @@ from mtad.decoding.speculation import SpeculationConfig
 DECAY = 0.97  # per round: evidence from ~30 rounds back weighs a third of the latest
 PRIOR_ROUNDS = 2.0
 PRIOR_RATE = 0.5
+#: A round drafts only when it is expected to beat a plain target step by this fraction: its costs
+#: hold its forwards, not the work beside them (the draft's warp, the acceptance test over every
+#: drafted position, rolling caches back). With forwards at the default pair's native-kernel speed
+#: (2-core AVX-512 EPYC) rounds priced at 1.00-1.02x of a plain step ran at 0.91-0.94x of `ar`
+#: (`docs/results/native-kernels-2026-12/`): a round worth drafting must clear that.
+DRAFT_MARGIN = 0.10
 
 
 def round_cost(spec: SpeculationConfig, drafted: int, costs: Costs) -> float:
@@ -70,8 +77,9 @@ class GammaPolicy:
         return estimates
 
     def choose(self, most: int) -> int:
-        """The depth in 0..min(most, depth) with the most expected tokens per second."""
-        best, best_rate, expected = 0, 1.0 / self.cost[0], 1.0
+        """The depth in 0..min(most, depth) with the most expected tokens per second (a depth
+        above 0 only where it beats a plain step by `DRAFT_MARGIN`)."""
+        best, best_rate, expected = 0, (1.0 + DRAFT_MARGIN) / self.cost[0], 1.0
         for g, reach in enumerate(self.reach()[: max(0, most)], start=1):
             expected += reach
             rate = expected / self.cost[g]
@@ -130,7 +138,7 @@ class NodePolicy:
 
     def choose(self, path_probabilities: list[float]) -> int:
         c, total = self.calibration, 0.0
-        best, best_rate, best_total = 0, 1.0 / self._seconds(0), 0.0
+        best, best_rate, best_total = 0, (1.0 + DRAFT_MARGIN) / self._seconds(0), 0.0
         for k, probability in enumerate(path_probabilities, start=1):
             total += probability
             rate = (1.0 + c * total) / self._seconds(k)
@@ -164,8 +172,11 @@ def joint_depth(choices: list[tuple[GammaPolicy, int]], clock: RoundClock | None
     for g in range(max(len(curve) for curve in curves)):
         tokens = sum(curve[min(g, len(curve) - 1)][0] for curve in curves)
         seconds = predicted_seconds(choices, g) * (clock.factor(g) if clock else 1.0)
-        if tokens / seconds > best_rate:
-            best, best_rate = g, tokens / seconds
+        rate = tokens / seconds
+        if g == 0:
+            best_rate = rate * (1.0 + DRAFT_MARGIN)
+        elif rate > best_rate:
+            best, best_rate = g, rate
     return best
 
 
