@@ -38,7 +38,7 @@ def packed_pair(seed: int = 0, **options) -> tuple[nn.Module, nn.Module]:
     packed = copy.deepcopy(model)
     pack_linears(packed, "fp16", **options)
     fused = copy.deepcopy(packed)
-    fuse_layers(fused, KERNELS)
+    fuse_layers(fused)
     return packed, fused
 
 
@@ -87,7 +87,7 @@ def test_from_the_dense_copy_row_count_on_the_original_modules_run_exactly():
 def test_projections_that_are_not_whole_tiles_keep_their_attention_unfused():
     model = tiny_llama(5)  # k and v project to 16 columns: less than a tile
     pack_linears(model, "fp16")
-    counts = fuse_layers(model, KERNELS)
+    counts = fuse_layers(model)
     assert counts["attentions"] == (2 if KERNELS.whole_tiles(16) and KERNELS.whole_tiles(32) else 0)
     assert counts["RMSNorms"] == 5
 
@@ -108,7 +108,7 @@ def test_a_module_that_only_looks_fusable_keeps_its_own():
     for layer in model.model.layers:
         layer.mlp.act_fn = nn.GELU()  # not the SiLU the fused MLP computes
     pack_linears(model, "fp16")
-    counts = fuse_layers(model, KERNELS)
+    counts = fuse_layers(model)
     assert counts == {"attentions": 2, "gated MLPs": 0, "RMSNorms": 4}
     assert isinstance(model.model.norm, OneOffsetRMSNorm)
     assert not any(isinstance(m, FusedGatedMLP) for m in model.modules())

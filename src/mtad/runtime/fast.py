@@ -169,7 +169,7 @@ def apply(model: nn.Module, path: FastPath) -> FastPath:
         packed = pack_linears(model, path.weights, **options)
         dense_copies = sum(_dense_bytes(layer) for layer in packed)
         native = kernels() if path.weights == "fp16" else None
-        fused = fuse_layers(model, native) if native is not None else {}
+        fused = fuse_layers(model) if native is not None else {}
         result = replace(
             path,
             kernel=_kernels_used(packed) if path.weights == "fp16" else "",

@@ -2,7 +2,7 @@
 
 Once the weights stream at the memory bandwidth, what a decode step spends beside its products is
 operator calls: a Llama-style layer makes ~40 small ones (a norm alone is eight), each a few
-microseconds of dispatch for a few hundred numbers of work. Two module shapes repeat in every
+microseconds of dispatch for a few hundred numbers of work. Three module shapes repeat in every
 layer of the models we run and fuse cleanly:
 
 - a gated MLP, `down(act(gate(x)) * up(x))` with SiLU: one native call (`FusedGatedMLP`), gate
@@ -26,7 +26,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from mtad.runtime.linear import Fp16Linear
-from mtad.runtime.native import NativeKernels
 
 #: How close a fused module's output must be to the module it replaces (relative, float32).
 AGREEMENT = 1e-4
@@ -91,7 +90,8 @@ class FusedAttention(nn.Module):
             hidden_states, self.qkv, self.qkv_bias, cos, sin, self.q_heads, self.kv_heads
         )
         original = self.original
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cache = kwargs.pop("cache", None)  # the name the model passes it by; older releases' below
+        cache = kwargs.pop("past_key_values", None) if cache is None else cache
         if cache is not None:
             key, value = cache.update(key, value, original.layer_idx, kwargs=kwargs)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(original.config._attn_implementation, None)
@@ -121,10 +121,9 @@ class FusedRMSNorm(nn.Module):
         return torch.ops.mtad_native.rms_norm(x, self.weight, self.eps)
 
 
-def fuse_layers(model: nn.Module, kernels: NativeKernels) -> dict[str, int]:
-    """Replace, in place, every gated MLP and RMSNorm of `model` that fuses (see the module
-    docstring); how many of each were replaced."""
-    del kernels  # the fused modules call the loaded library's ops; the argument says they exist
+def fuse_layers(model: nn.Module) -> dict[str, int]:
+    """Replace, in place, every attention, gated MLP and RMSNorm of `model` that fuses (see the
+    module docstring; only layers packed for the native kernels do); how many of each were."""
     counts = {"attentions": 0, "gated MLPs": 0, "RMSNorms": 0}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -188,6 +188,7 @@ std::vector<at::Tensor> qkv_rotary_fp16_weight(const at::Tensor& input, const at
   auto k = at::empty({B, kv_heads, S, D}, x.options());
   auto v = at::empty({B, kv_heads, S, D}, x.options());
   const float *pp = projected.const_data_ptr<float>(), *cp = c.const_data_ptr<float>(), *sp = s.const_data_ptr<float>();
+  float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   const int64_t half = D / 2;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < S; ++t) {
@@ -197,11 +198,11 @@ std::vector<at::Tensor> qkv_rotary_fp16_weight(const at::Tensor& input, const at
         const float* src = row + h * D;
         float* dst;
         if (h < q_heads)
-          dst = q.data_ptr<float>() + ((b * q_heads + h) * S + t) * D;
+          dst = qp + ((b * q_heads + h) * S + t) * D;
         else if (h < q_heads + kv_heads)
-          dst = k.data_ptr<float>() + ((b * kv_heads + h - q_heads) * S + t) * D;
+          dst = kp + ((b * kv_heads + h - q_heads) * S + t) * D;
         else {
-          std::copy(src, src + D, v.data_ptr<float>() + ((b * kv_heads + h - q_heads - kv_heads) * S + t) * D);
+          std::copy(src, src + D, vp + ((b * kv_heads + h - q_heads - kv_heads) * S + t) * D);
           continue;
         }
         for (int64_t i = 0; i < half; ++i) {
