@@ -97,10 +97,13 @@ def test_mtad_native_0_turns_them_off_and_says_so():
 
 
 @needs_kernels
-def test_a_corrupt_build_in_the_cache_is_built_again_not_trusted(tmp_path):
+def test_a_corrupt_build_and_a_stale_lock_in_the_cache_are_built_again_not_trusted(tmp_path):
     where = _in_a_fresh_process(WHERE + "print(json.dumps({'dir': where}))", MTAD_CACHE=str(tmp_path))["dir"]
     os.makedirs(where)
     with open(os.path.join(where, "mtad_native.so"), "wb") as handle:
-        handle.write(b"not a shared library")  # a build cut short
+        handle.write(b"not a shared library")  # a build cut short ...
+    lock = os.path.join(where, "lock")
+    open(lock, "w").close()
+    os.utime(lock, (0, 0))  # ... whose lock it left behind: waited on, a later build would hang
     report = _in_a_fresh_process(REPORT, MTAD_CACHE=str(tmp_path))
     assert report["isa"] == KERNELS.isa and report["why"] is None and report["dir"] == where

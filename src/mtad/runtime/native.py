@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from mtad.runtime.records import cache_root, machine_key
 SOURCE = Path(__file__).with_name("csrc") / "native.cpp"
 #: Set to 0 to never build or use the native kernels (the fp16 path then runs fbgemm's).
 ENV_SWITCH = "MTAD_NATIVE"
+#: A build lock older than this was left by a killed build (a build takes ~15 s).
+STALE_LOCK_S = 600
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def _load() -> tuple[NativeKernels | None, str | None]:
             reason = str(error).strip().splitlines()
             reason = reason[-1] if reason else type(error).__name__
             if attempt == 0 and not _compile_error(error):  # a broken build left in the cache
-                shutil.rmtree(directory, ignore_errors=True)
+                if not (directory / "lock").exists():  # (not one another process is writing)
+                    shutil.rmtree(directory, ignore_errors=True)
                 continue
             return None, f"the native kernels did not build: {reason[:200]}"
     columns, lanes = torch.ops.mtad_native.tile_shape()
@@ -143,11 +147,13 @@ def _why_not_buildable() -> str | None:
 def _build_and_load(directory: Path) -> None:
     from torch.utils.cpp_extension import load
 
-    built = directory / "mtad_native.so"
-    if built.is_file():  # the directory's key names its source and toolchain: no rebuild check
-        torch.ops.load_library(str(built))
+    built, lock = directory / "mtad_native.so", directory / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)  # left by a build that was killed: `load` would wait forever
+    if built.is_file() and not lock.exists():  # built, and no other process is building it now
+        torch.ops.load_library(str(built))  # the directory's key names its source and toolchain
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)  # `load` waits for another process's build
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         load(
