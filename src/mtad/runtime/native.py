@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -128,8 +129,8 @@ def build_directory() -> Path:
 
 
 def _why_not_buildable() -> str | None:
-    if torch.device("cpu").type != "cpu" or os.uname().machine not in ("x86_64", "AMD64"):
-        return f"they are written for x86-64 CPUs, not {os.uname().machine}"
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"they are written for x86-64 CPUs, not {platform.machine()}"
     from mtad.runtime.precision import cpu_flags
 
     needed = {"avx2", "fma", "f16c"} - set(cpu_flags())
