@@ -54,6 +54,13 @@ def test_a_weight_that_is_not_packed_is_refused():
 
 
 @needs_kernels
+def test_a_bias_of_another_width_is_refused():
+    packed = KERNELS.pack_fp16(torch.randn(KERNELS.lanes, 8))
+    with pytest.raises(RuntimeError, match="bias has 3 values"):
+        KERNELS.linear_fp16(torch.randn(1, 8), packed, torch.randn(3))
+
+
+@needs_kernels
 def test_fp16_layers_use_the_native_kernel_where_their_shape_fits_else_fbgemm():
     fits = nn.Linear(2 * KERNELS.lanes, 3 * KERNELS.columns)
     odd = nn.Linear(2 * KERNELS.lanes, KERNELS.lanes + 1)  # out_features off the SIMD width

@@ -120,6 +120,15 @@ at::Tensor float_rows(const at::Tensor& input, int64_t width) {
   return input.contiguous();
 }
 
+// A bias as `width` contiguous float32 values; undefined where there is none.
+at::Tensor float_bias(const std::optional<at::Tensor>& bias, int64_t width) {
+  if (!bias.has_value() || !bias->defined()) return {};
+  TORCH_CHECK(bias->numel() == width, "bias has ", bias->numel(), " values for ", width, " outputs");
+  return bias->to(at::kFloat).contiguous();
+}
+
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
 at::Tensor with_width(const at::Tensor& x, int64_t width) {
   auto sizes = x.sizes().vec();
   sizes.back() = width;
@@ -130,11 +139,9 @@ at::Tensor linear_fp16_weight(const at::Tensor& input, const at::Tensor& packed,
   check_packed(packed);
   const int64_t N = packed.size(0), K = packed.size(1);
   auto x = float_rows(input, K);
-  at::Tensor bias_f;
-  if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+  const auto bias_f = float_bias(bias, N);
   auto out = with_width(x, N);
-  product(x.const_data_ptr<float>(), x.numel() / K, packed, bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
-          out.data_ptr<float>());
+  product(x.const_data_ptr<float>(), x.numel() / K, packed, data_or_null(bias_f), out.data_ptr<float>());
   return out;
 }
 
@@ -178,11 +185,9 @@ std::vector<at::Tensor> qkv_rotary_fp16_weight(const at::Tensor& input, const at
   TORCH_CHECK(cos.sizes() == sin.sizes() && cos.numel() == B * S * D && cos.scalar_type() == at::kFloat,
               "cos and sin must be float32 [batch, sequence, head_dim]");
   auto x = float_rows(input, K);
-  at::Tensor bias_f;
-  if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+  const auto bias_f = float_bias(bias, N);
   auto projected = at::empty({B * S, N}, x.options());
-  product(x.const_data_ptr<float>(), B * S, packed, bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
-          projected.data_ptr<float>());
+  product(x.const_data_ptr<float>(), B * S, packed, data_or_null(bias_f), projected.data_ptr<float>());
   auto c = cos.contiguous(), s = sin.contiguous();
   auto q = at::empty({B, q_heads, S, D}, x.options());
   auto k = at::empty({B, kv_heads, S, D}, x.options());
