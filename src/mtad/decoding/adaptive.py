@@ -31,9 +31,8 @@ PRIOR_ROUNDS = 2.0
 PRIOR_RATE = 0.5
 #: A round drafts only when it is expected to beat a plain target step by this fraction: its costs
 #: hold its forwards, not the work beside them (the draft's warp, the acceptance test over every
-#: drafted position, rolling caches back). With forwards at the default pair's native-kernel speed
-#: (2-core AVX-512 EPYC) rounds priced at 1.00-1.02x of a plain step ran at 0.91-0.94x of `ar`
-#: (`docs/results/native-kernels-2026-12/`): a round worth drafting must clear that.
+#: drafted position, rolling caches back). Once forwards are fast, rounds priced at break-even
+#: lose to plain steps by about this much (`docs/results/native-kernels-2026-12/`).
 DRAFT_MARGIN = 0.10
 
 

@@ -6,8 +6,8 @@ on CPUs where a short timed self-test shows it beats the dense dtype `auto` woul
 elsewhere (GPUs, CPUs without either kernel, a machine where it does not pay) the model stays as
 loaded. The self-test multiplies decode-shaped rows by a set of weight matrices larger than the
 CPU's caches, as a forward does, dense against packed, interleaved, median (~1 s, once per machine
-and kept). "on" packs without asking and refuses
-(`FastPathError`) where the kernels cannot run; "off" never packs.
+and kept). "on" packs without asking and refuses (`FastPathError`) where the kernels cannot run;
+"off" never packs.
 
 With the fp16 weights the rest of the model (embeddings, norms, attention, the KV cache) runs in
 float32: the kernels compute in float32 anyway, so a bfloat16 model would only add conversions

@@ -8,8 +8,8 @@ one), while fbgemm's packed kernels stream them near it (`docs/results/fast-path
 format below wraps one such kernel from the pinned torch wheel:
 
 - `Fp16Linear`: fp16 weights, float32 activations and accumulation (mtad's native kernel, else
-  fbgemm's). Half of float32's bytes
-  and 8x finer than bfloat16 rounding (11 significant bits against 8): the fast path's default.
+  fbgemm's). Half of float32's bytes and 8x finer than bfloat16 rounding (11 significant bits
+  against 8): the fast path's default.
 - `Int8Linear`: weight-only int8, a scale per output channel, bfloat16 activations. A quarter of
   float32's bytes; lossy, so only when asked for. (fbgemm's dynamic int8, which also quantizes
   activations per tensor, is faster at 4-32 rows but multiplied the default target's perplexity
@@ -82,7 +82,6 @@ class Fp16Linear(PackedLinear):
         self.weight_error = float((half.float() - weight).abs().max()) if weight.numel() else 0.0
         native = kernels()
         self.native = native if native is not None and native.fits(*weight.shape) else None
-        self.kernel = "native" if self.native is not None else "fbgemm"
         if self.native is not None:
             self.packed = self.native.pack_fp16(half)
         else:
@@ -92,6 +91,11 @@ class Fp16Linear(PackedLinear):
         self.nbytes = 2 * weight.numel()
         self.dense_from_rows = dense_from_rows
         self.dense = None if dense_from_rows is None else half.to(dense_dtype)  # the same rounded values
+
+    @property
+    def kernel(self) -> str:
+        """The kernel its products of few rows run: "native" or "fbgemm"."""
+        return "native" if self.native is not None else "fbgemm"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None and x.numel() >= self.dense_from_rows * self.in_features:
