@@ -9,7 +9,8 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from conftest import VOCAB, tiny_llama
 from mtad.runtime import fast, native
@@ -53,6 +54,7 @@ def test_every_attention_mlp_and_norm_of_a_llama_fuses_and_the_fast_path_says_so
     assert path.fused == "2 attentions, 2 gated MLPs, 5 RMSNorms"
     kinds = [type(m) for m in model.modules()]
     assert [kinds.count(kind) for kind in (FusedAttention, FusedGatedMLP, FusedRMSNorm)] == [2, 2, 5]
+    assert all(m.native_attention for m in model.modules() if isinstance(m, FusedAttention))
 
 
 def test_a_fused_model_gives_the_packed_models_logits_step_by_step_through_its_cache():
@@ -112,6 +114,22 @@ def test_a_module_that_only_looks_fusable_keeps_its_own():
     assert counts == {"attentions": 2, "gated MLPs": 0, "RMSNorms": 4}
     assert isinstance(model.model.norm, OneOffsetRMSNorm)
     assert not any(isinstance(m, FusedGatedMLP) for m in model.modules())
+
+
+def test_an_attention_function_the_native_one_does_not_compute_keeps_the_models_own():
+    def capped(module, query, key, value, attention_mask, **kwargs):  # a soft cap of 1 on the queries
+        return sdpa_attention_forward(module, torch.tanh(query), key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("mtad_test_capped", capped)
+    packed, fused = packed_pair(seed=6)
+    for model in (packed, fused):
+        model.set_attn_implementation("mtad_test_capped")
+    refused = copy.deepcopy(packed)
+    fuse_layers(refused)  # fused after the switch: the check sees the capped function
+    attentions = [m for m in refused.modules() if isinstance(m, FusedAttention)]
+    assert len(attentions) == 2 and not any(m.native_attention for m in attentions)
+    ids = torch.tensor([[0, 5, 7, 3, 9]])
+    torch.testing.assert_close(_logits(refused, ids), _logits(packed, ids), rtol=1e-4, atol=1e-4)
 
 
 def test_a_model_cast_after_fusing_runs_its_own_modules():

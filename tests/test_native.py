@@ -60,6 +60,67 @@ def test_a_bias_of_another_width_is_refused():
         KERNELS.linear_fp16(torch.randn(1, 8), packed, torch.randn(3))
 
 
+def _attention_reference(query, keys, values, mask, scaling):
+    """float64 softmax attention, causal with the new tokens last when there is no mask."""
+    group = query.shape[1] // keys.shape[1]
+    keys, values = (t.double().repeat_interleave(group, dim=1) for t in (keys, values))
+    scores = query.double() @ keys.transpose(-1, -2) * scaling
+    new, cached = scores.shape[-2:]
+    if mask is None:
+        mask = torch.ones(new, cached, dtype=torch.bool).tril(cached - new)
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.double()
+    out = scores.softmax(-1) @ values  # [B, Hq, S, D]
+    return out.transpose(1, 2).reshape(query.shape[0], new, -1).float()
+
+
+@needs_kernels
+@pytest.mark.parametrize("new", [1, 2, 5, 17])
+@pytest.mark.parametrize("mask", ["causal", "boolean", "additive"])
+def test_attention_equals_a_float64_softmax_attention(new, mask):
+    generator = torch.Generator().manual_seed(new)
+    batch, q_heads, kv_heads, head_dim, cached = 2, 6, 2, 2 * KERNELS.lanes, 9 + new
+    query = torch.randn(batch, q_heads, new, head_dim, generator=generator)
+    # keys of a longer cache cut short (a rolled-back cache): strided, not contiguous
+    longer = torch.randn(2, batch, kv_heads, cached + 4, head_dim, generator=generator)
+    keys, values = longer[:, :, :, :cached]
+    given = None
+    if mask != "causal":  # a random tree over the new tokens: each sees the cache, itself, some others
+        seen = torch.rand(batch, 1, new, cached, generator=generator) < 0.5
+        seen[..., : cached - new] = True
+        seen[..., cached - new :] |= torch.eye(new, dtype=torch.bool)
+        given = seen if mask == "boolean" else torch.zeros(seen.shape).masked_fill(~seen, float("-inf"))
+    got = torch.ops.mtad_native.attention(query, keys, values, given, 0.125)
+    want = _attention_reference(query, keys, values, given, 0.125)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_attention_gives_zeros_where_a_query_sees_no_key_and_refuses_a_mask_of_another_shape():
+    query, keys = torch.randn(1, 2, 2, KERNELS.lanes), torch.randn(1, 1, 3, KERNELS.lanes)
+    seen = torch.tensor([[True, False, True], [False, False, False]])[None, None]
+    got = torch.ops.mtad_native.attention(query, keys, keys, seen, 1.0)
+    assert torch.equal(got[0, 1], torch.zeros(2 * KERNELS.lanes))
+    torch.testing.assert_close(got[:, :1], _attention_reference(query, keys, keys, seen, 1.0)[:, :1])
+    with pytest.raises(RuntimeError, match="mask must be"):
+        torch.ops.mtad_native.attention(query, keys, keys, seen[..., :2], 1.0)
+
+
+@needs_kernels
+def test_the_gated_mlp_equals_silu_gate_times_up_in_float64_across_the_exponent_range():
+    generator = torch.Generator().manual_seed(0)
+    inner, width = 3 * KERNELS.columns, KERNELS.lanes
+    gate_up = torch.randn(2 * inner, width, generator=generator)
+    down = torch.randn(width, inner, generator=generator)
+    x = torch.randn(5, width, generator=generator)
+    x[1] *= 40  # gates far into both tails of the SiLU (e^x under- and overflows float there)
+    x[2] *= 1e-3
+    got = torch.ops.mtad_native.swiglu_fp16_weight(x, KERNELS.pack_fp16(gate_up), KERNELS.pack_fp16(down))
+    gated = x.double() @ gate_up.half().double().T
+    hidden = torch.nn.functional.silu(gated[:, :inner]) * gated[:, inner:]
+    want = (hidden @ down.half().double().T).float()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * float(want.abs().max()))
+
+
 @needs_kernels
 def test_fp16_layers_use_the_native_kernel_where_their_shape_fits_else_fbgemm():
     fits = nn.Linear(2 * KERNELS.lanes, 3 * KERNELS.columns)

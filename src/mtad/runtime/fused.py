@@ -9,7 +9,10 @@ layer of the models we run and fuse cleanly:
   and up packed as one weight (the layers keep views into it, so no weight is stored twice);
 - an RMSNorm in float32 (`weight * x / sqrt(mean(x^2) + eps)`): one native call (`FusedRMSNorm`);
 - attention's q/k/v projections and rotary embedding (`FusedAttention`): one native call, then the
-  model's own cache update and attention function.
+  model's own cache update, then softmax attention over the cache in one native call (torch's SDPA
+  costs 35-100 us a layer at 1-5 new tokens, mostly dispatch and the mask; the native one reads a
+  causal, boolean or additive tree mask as given). Where the module's attention function computes
+  something else (a soft cap, a window), the check below finds it and the model's own runs.
 
 A module is replaced only when it has that shape *and* the replacement gives its output on a
 random input (to float32 rounding): a model whose MLP uses another activation, or whose norm adds
@@ -72,6 +75,10 @@ class FusedAttention(nn.Module):
         self.q_heads = q.out_features // self.head_dim
         self.kv_heads = k.out_features // self.head_dim
         self.dense_from_rows = q.dense_from_rows if q.dense is not None else None
+        # The native attention computes plain softmax attention (no sliding window, soft cap or
+        # sinks, which a model's own function would add): the agreement check tries it first and
+        # turns it off where the module's output differs.
+        self.native_attention = self.head_dim % q.native.lanes == 0
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         rows = hidden_states.numel() // self.in_features
@@ -94,6 +101,9 @@ class FusedAttention(nn.Module):
         cache = kwargs.pop("past_key_values", None) if cache is None else cache
         if cache is not None:
             key, value = cache.update(key, value, original.layer_idx, kwargs=kwargs)
+        if self.native_attention and _mask_fits(attention_mask, batch, length, key.shape[-2]):
+            output = torch.ops.mtad_native.attention(query, key, value, attention_mask, original.scaling)
+            return original.o_proj(output), None
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(original.config._attn_implementation, None)
         if attend is None:
             attend = eager_attention_forward
@@ -178,18 +188,35 @@ def _agrees(module: nn.Module, fused: nn.Module) -> bool:
 
 
 def _attention_agrees(module: nn.Module, fused: FusedAttention) -> bool:
-    """Both run a 3-token step into an empty cache, then a 1-token step after it: outputs and
-    cached keys and values must agree (this also proves the cache call matches the model's)."""
+    """Whether the fused module gives the module's outputs and cache, with the native attention if
+    it does, else with the model's own attention function."""
+    if fused.native_attention and _attention_steps_agree(module, fused):
+        return True
+    fused.native_attention = False
+    return _attention_steps_agree(module, fused)
+
+
+def _attention_steps_agree(module: nn.Module, fused: FusedAttention) -> bool:
+    """Both run a 3-token step into an empty cache, a 1-token step after it, then two 2-token steps
+    whose tokens see the cache and themselves but not each other (a tree's siblings), the mask
+    additive and then boolean: outputs and cached keys and values must agree (this also proves the
+    cache call matches the model's)."""
     generator = torch.Generator().manual_seed(0)
     caches = {"want": DynamicCache(), "got": DynamicCache()}
+    siblings = torch.eye(2, dtype=torch.bool)
+    steps = [(3, None), (1, None)]
+    for cached, kind in ((4, "additive"), (6, "boolean")):
+        seen = torch.cat([torch.ones(2, cached, dtype=torch.bool), siblings], dim=1)[None, None]
+        mask = seen if kind == "boolean" else torch.zeros(seen.shape).masked_fill(~seen, float("-inf"))
+        steps.append((2, mask))
     try:
         with torch.inference_mode():
-            for length in (3, 1):
+            for length, mask in steps:
                 x = torch.randn(1, length, fused.in_features, generator=generator)
                 angles = torch.rand(1, length, fused.head_dim, generator=generator) * 6.3
                 rotary = (angles.cos(), angles.sin())
-                want = module(x, rotary, None, cache=caches["want"])[0]
-                got = fused(x, rotary, None, cache=caches["got"])[0]
+                want = module(x, rotary, mask, cache=caches["want"])[0]
+                got = fused(x, rotary, mask, cache=caches["got"])[0]
                 if not _close(got, want):
                     return False
             layers = [cache.layers[module.layer_idx] for cache in caches.values()]
@@ -197,6 +224,19 @@ def _attention_agrees(module: nn.Module, fused: FusedAttention) -> bool:
     except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError):
         return False  # a model whose attention calls its cache otherwise: it keeps its own module
     return all(_close(got, want) for got, want in zip(stored[1], stored[0], strict=True))
+
+
+def _mask_fits(mask: torch.Tensor | None, batch: int, length: int, cached: int) -> bool:
+    """Whether the native attention reads this mask: none (causal), or [batch or 1, 1, new, cached]
+    boolean or additive."""
+    if mask is None:
+        return True
+    return (
+        mask.dim() == 4
+        and mask.shape[0] in (1, batch)
+        and tuple(mask.shape[1:]) == (1, length, cached)
+        and (mask.dtype == torch.bool or mask.is_floating_point())
+    )
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> bool:

@@ -10,8 +10,8 @@
 // little more than one (the conversions and the stream are shared). Tiles are split over torch's
 // intra-op threads. fbgemm's fp16 kernel, which this replaces where it builds, runs on one thread.
 //
-// swiglu_fp16_weight, qkv_rotary_fp16_weight and rms_norm fuse what a Llama-style decoder layer
-// spends dozens of small operator calls on (`mtad.runtime.fused`).
+// swiglu_fp16_weight, qkv_rotary_fp16_weight, attention and rms_norm fuse what a Llama-style
+// decoder layer spends dozens of small operator calls on (`mtad.runtime.fused`).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,19 @@ inline void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
 inline vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline vec zero() { return _mm512_setzero_ps(); }
+inline vec set1(float a) { return _mm512_set1_ps(a); }
+inline vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+inline vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
+inline vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
+inline vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
+inline vec round_nearest(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vec times_pow2(vec a, vec n) { return _mm512_scalef_ps(a, n); }  // a * 2^n, n integral
+inline vec zero_where_below(vec a, vec x, float bound) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, set1(bound), _CMP_LT_OQ), a, zero());
+}
+inline float sum_lanes(vec a) { return _mm512_reduce_add_ps(a); }
+inline float max_lanes(vec a) { return _mm512_reduce_max_ps(a); }
 #else
 // 5 rows x 2 vectors = 10 accumulators, 2 weight vectors and a broadcast: 13 of 16 registers.
 constexpr int64_t kLanes = 8, kVectors = 2, kRows = 5;
@@ -53,7 +67,50 @@ inline void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
 inline vec broadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline vec zero() { return _mm256_setzero_ps(); }
+inline vec set1(float a) { return _mm256_set1_ps(a); }
+inline vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+inline vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
+inline vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
+inline vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
+inline vec round_nearest(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vec times_pow2(vec a, vec n) {  // a * 2^n for integral n in [-126, 127]: n is the exponent field
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(a, _mm256_castsi256_ps(bits));
+}
+inline vec zero_where_below(vec a, vec x, float bound) {
+  return _mm256_blendv_ps(a, zero(), _mm256_cmp_ps(x, set1(bound), _CMP_LT_OQ));
+}
+inline float sum_lanes(vec a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline float max_lanes(vec a) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
 #endif
+
+// e^x per lane, within ~2 float ulps: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so n ln2
+// is exact), e^r by its degree-6 Taylor polynomial (remainder under 1.2e-7 relative), times 2^n.
+// Exactly 0 below -87.3 (under the smallest normal float, and -inf: a masked score); clamped at
+// 88.3 (e^x overflows float just above 88.7).
+inline vec exp_lanes(vec x) {
+  const vec clamped = min(x, set1(88.3f));
+  const vec n = round_nearest(mul(clamped, set1(1.44269504f)));
+  vec r = fma(n, set1(-0.693359375f), clamped);
+  r = fma(n, set1(2.12194440e-4f), r);
+  vec p = set1(1.0f / 720.0f);
+  p = fma(p, r, set1(1.0f / 120.0f));
+  p = fma(p, r, set1(1.0f / 24.0f));
+  p = fma(p, r, set1(1.0f / 6.0f));
+  p = fma(p, r, set1(0.5f));
+  p = fma(p, r, set1(1.0f));
+  p = fma(p, r, set1(1.0f));
+  return zero_where_below(times_pow2(p, max(n, set1(-126.0f))), x, -87.3f);
+}
 
 constexpr int64_t kTile = kLanes * kVectors;  // output columns per packed tile
 
@@ -161,11 +218,15 @@ at::Tensor swiglu_fp16_weight(const at::Tensor& input, const at::Tensor& gate_up
   product(x.const_data_ptr<float>(), M, gate_up, nullptr, g);
   auto hidden = at::empty({M, I}, x.options());
   float* h = hidden.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t i = 0; i < I; ++i) {
-      const float gate = g[m * I2 + i];
-      h[m * I + i] = gate / (1.0f + std::exp(-gate)) * g[m * I2 + I + i];
+  const int64_t whole = I / kLanes * kLanes;  // I is a multiple of kLanes wherever the MLP fuses
+  for (int64_t m = 0; m < M; ++m) {
+    const float *gate = g + m * I2, *up = gate + I;
+    for (int64_t i = 0; i < whole; i += kLanes) {
+      const vec a = load_y(gate + i);
+      store(h + m * I + i, mul(div(a, add(set1(1.0f), exp_lanes(mul(a, set1(-1.0f))))), load_y(up + i)));
     }
+    for (int64_t i = whole; i < I; ++i) h[m * I + i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  }
   auto out = with_width(x, down.size(0));
   product(h, M, down, nullptr, out.data_ptr<float>());
   return out;
@@ -219,6 +280,98 @@ std::vector<at::Tensor> qkv_rotary_fp16_weight(const at::Tensor& input, const at
   return {q, k, v};
 }
 
+// Attention of few queries over a cache, in float32: query [B, Hq, S, D], keys and values
+// [B, Hkv, L, D] (Hq a multiple of Hkv: query head h reads kv head h / (Hq / Hkv)), D a multiple of
+// kLanes. Without a mask, query s sees keys 0 .. L - S + s (causal, the new tokens last); a mask
+// [B or 1, 1, S, L] is either boolean (true: attend) or added to the scores (0 or -inf for a
+// tree). Returns [B, S, Hq * D], the layout the output projection reads. A query that sees no key
+// gets zeros. (Hq x B) heads are split over torch's threads; a head's scores live in one buffer.
+at::Tensor attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                     const std::optional<at::Tensor>& mask, double scaling) {
+  TORCH_CHECK(query.dim() == 4 && keys.dim() == 4 && values.sizes() == keys.sizes(),
+              "query must be [batch, heads, sequence, head_dim], keys and values [batch, kv_heads, length, head_dim]");
+  for (const auto* t : {&query, &keys, &values})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->stride(-1) == 1, "query, keys and values must be float32 with "
+                "contiguous head_dim");
+  const int64_t B = query.size(0), Hq = query.size(1), S = query.size(2), D = query.size(3);
+  const int64_t Hkv = keys.size(1), L = keys.size(2);
+  TORCH_CHECK(keys.size(0) == B && keys.size(3) == D && Hkv > 0 && Hq % Hkv == 0 && D % kLanes == 0 && L >= S,
+              "keys [", keys.sizes(), "] do not fit query [", query.sizes(), "]");
+  at::Tensor m;
+  bool boolean = false;
+  if (mask.has_value() && mask->defined()) {
+    m = *mask;
+    TORCH_CHECK(m.dim() == 4 && (m.size(0) == B || m.size(0) == 1) && m.size(1) == 1 && m.size(2) == S && m.size(3) == L,
+                "mask must be [batch or 1, 1, ", S, ", ", L, "], got [", m.sizes(), "]");
+    boolean = m.scalar_type() == at::kBool;
+    m = boolean ? m.contiguous() : m.to(at::kFloat).contiguous();
+  }
+  const bool* mb = boolean ? m.const_data_ptr<bool>() : nullptr;
+  const float* mf = m.defined() && !boolean ? m.const_data_ptr<float>() : nullptr;
+  const int64_t mask_batch_stride = m.defined() && m.size(0) == B ? S * L : 0;
+  auto out = at::empty({B, S, Hq * D}, query.options());
+  const float *qp = query.const_data_ptr<float>(), *kp = keys.const_data_ptr<float>(),
+              *vp = values.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t group = Hq / Hkv, vectors = D / kLanes;
+  const float scale = static_cast<float>(scaling), minus_inf = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, B * Hq, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(L + kLanes);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / Hq, h = bh % Hq, kvh = h / group;
+      const float* kb = kp + b * keys.stride(0) + kvh * keys.stride(1);
+      const float* vb = vp + b * values.stride(0) + kvh * values.stride(1);
+      for (int64_t s = 0; s < S; ++s) {
+        const float* q = qp + b * query.stride(0) + h * query.stride(1) + s * query.stride(2);
+        const int64_t seen = mb || mf ? L : L - S + s + 1;  // causal: keys after the query's own are unseen
+        const bool* mrow_b = mb ? mb + b * mask_batch_stride + s * L : nullptr;
+        const float* mrow_f = mf ? mf + b * mask_batch_stride + s * L : nullptr;
+        float top = minus_inf;
+        for (int64_t j = 0; j < seen; ++j) {
+          if (mrow_b && !mrow_b[j]) {
+            scores[j] = minus_inf;
+            continue;
+          }
+          const float* k = kb + j * keys.stride(2);
+          vec dot = zero();
+          for (int64_t v = 0; v < vectors; ++v) dot = fma(load_y(q + v * kLanes), load_y(k + v * kLanes), dot);
+          const float score = sum_lanes(dot) * scale + (mrow_f ? mrow_f[j] : 0.0f);
+          scores[j] = score;
+          top = std::max(top, score);
+        }
+        float* o = op + (b * S + s) * Hq * D + h * D;
+        if (top == minus_inf) {  // sees no key
+          std::fill(o, o + D, 0.0f);
+          continue;
+        }
+        std::fill(scores.begin() + seen, scores.begin() + seen + kLanes, minus_inf);  // pads the last vector
+        vec total = zero();
+        for (int64_t j = 0; j < seen; j += kLanes) {
+          const vec e = exp_lanes(add(load_y(scores.data() + j), set1(-top)));
+          store(scores.data() + j, e);
+          total = add(total, e);
+        }
+        vec acc[8];
+        const int64_t chunks = std::min<int64_t>(vectors, 8);
+        for (int64_t d0 = 0; d0 < vectors; d0 += chunks) {
+          const int64_t n = std::min(chunks, vectors - d0);
+          for (int64_t v = 0; v < n; ++v) acc[v] = zero();
+          for (int64_t j = 0; j < seen; ++j) {
+            const float weight = scores[j];
+            if (weight == 0.0f) continue;
+            const vec w = set1(weight);
+            const float* val = vb + j * values.stride(2) + d0 * kLanes;
+            for (int64_t v = 0; v < n; ++v) acc[v] = fma(w, load_y(val + v * kLanes), acc[v]);
+          }
+          const vec inverse = set1(1.0f / sum_lanes(total));
+          for (int64_t v = 0; v < n; ++v) store(o + (d0 + v) * kLanes, mul(acc[v], inverse));
+        }
+      }
+    }
+  });
+  return out;
+}
+
 // Llama-style RMSNorm in float32: weight * x / sqrt(mean(x^2) + eps), one pass per row.
 at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
   TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 1, "weight must be a 1-D float32 tensor");
@@ -251,6 +404,7 @@ TORCH_LIBRARY(mtad_native, m) {
   m.def(
       "qkv_rotary_fp16_weight(Tensor input, Tensor packed, Tensor? bias, Tensor cos, Tensor sin, int q_heads, "
       "int kv_heads) -> Tensor[]");
+  m.def("attention(Tensor query, Tensor keys, Tensor values, Tensor? mask, float scaling) -> Tensor");
   m.def("tile_shape() -> int[]", tile_shape);
   m.def("isa() -> str", isa);
 }
@@ -258,5 +412,6 @@ TORCH_LIBRARY_IMPL(mtad_native, CPU, m) {
   m.impl("linear_fp16_weight", linear_fp16_weight);
   m.impl("swiglu_fp16_weight", swiglu_fp16_weight);
   m.impl("rms_norm", rms_norm);
+  m.impl("attention", attention);
   m.impl("qkv_rotary_fp16_weight", qkv_rotary_fp16_weight);
 }
