@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from conftest import VOCAB, tiny_llama
 from mtad.runtime import fast, native
-from mtad.runtime.fused import FusedAttention, FusedGatedMLP, FusedRMSNorm, fuse_layers
+from mtad.runtime.fused import FusedAttention, FusedGatedMLP, FusedRMSNorm, LeanLayer, fuse_layers
 from mtad.runtime.linear import pack_linears
 
 KERNELS = native.kernels()
@@ -51,7 +52,8 @@ def _logits(model, ids, cache=None, **inputs):
 def test_every_attention_mlp_and_norm_of_a_llama_fuses_and_the_fast_path_says_so():
     model = fusable_llama(0)
     path = fast.apply(model, fast.FastPath("on", "fp16", "float32", "test"))
-    assert path.fused == "2 attentions, 2 gated MLPs, 5 RMSNorms"
+    assert path.fused == "2 attentions, 2 gated MLPs, 5 RMSNorms, 2 lean decoder layers"
+    assert all(isinstance(layer.forward, LeanLayer) for layer in model.model.layers)
     kinds = [type(m) for m in model.modules()]
     assert [kinds.count(kind) for kind in (FusedAttention, FusedGatedMLP, FusedRMSNorm)] == [2, 2, 5]
     assert all(m.native_attention for m in model.modules() if isinstance(m, FusedAttention))
@@ -78,6 +80,32 @@ def test_a_tree_mask_and_a_batch_of_two_give_the_packed_models_logits():
     want = _logits(packed, ids, attention_mask=additive, position_ids=position_ids)
     got = _logits(fused, ids, attention_mask=additive, position_ids=position_ids)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_lean_layers_still_give_every_layers_hidden_states():
+    packed, fused = packed_pair(seed=7)
+    ids = torch.tensor([[0, 5, 7, 3]])
+    with torch.inference_mode():
+        want, got = (m(input_ids=ids, output_hidden_states=True).hidden_states for m in (packed, fused))
+    assert len(got) == len(want) == 3
+    for layer_got, layer_want in zip(got, want, strict=True):
+        torch.testing.assert_close(layer_got, layer_want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_decoder_layer_that_computes_something_else_keeps_its_own_forward():
+    class HalfResidualLayer(LlamaDecoderLayer):  # scales the residual: not what the lean forward does
+        def forward(self, hidden_states, **kwargs):
+            return 0.5 * hidden_states + super().forward(hidden_states, **kwargs)
+
+    model = fusable_llama(8)
+    model.model.layers[0].__class__ = HalfResidualLayer
+    pack_linears(model, "fp16")
+    packed = copy.deepcopy(model)
+    counts = fuse_layers(model)
+    assert counts["lean decoder layers"] == 1
+    assert not isinstance(model.model.layers[0].forward, LeanLayer)
+    ids = torch.tensor([[0, 5, 7, 3, 9]])
+    torch.testing.assert_close(_logits(model, ids), _logits(packed, ids), rtol=1e-4, atol=1e-4)
 
 
 def test_from_the_dense_copy_row_count_on_the_original_modules_run_exactly():
@@ -111,7 +139,7 @@ def test_a_module_that_only_looks_fusable_keeps_its_own():
         layer.mlp.act_fn = nn.GELU()  # not the SiLU the fused MLP computes
     pack_linears(model, "fp16")
     counts = fuse_layers(model)
-    assert counts == {"attentions": 2, "gated MLPs": 0, "RMSNorms": 4}
+    assert counts == {"attentions": 2, "gated MLPs": 0, "RMSNorms": 4, "lean decoder layers": 0}
     assert isinstance(model.model.norm, OneOffsetRMSNorm)
     assert not any(isinstance(m, FusedGatedMLP) for m in model.modules())
 

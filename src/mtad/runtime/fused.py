@@ -101,16 +101,23 @@ class FusedAttention(nn.Module):
         cache = kwargs.pop("past_key_values", None) if cache is None else cache
         if cache is not None:
             key, value = cache.update(key, value, original.layer_idx, kwargs=kwargs)
+        output, weights = self.attend(query, key, value, attention_mask, **kwargs)
+        return original.o_proj(output), weights
+
+    def attend(self, query, key, value, attention_mask, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention over the cache ([batch, new, heads x head_dim], weights or None): native where
+        the check allowed it and the mask is one it reads, else the model's own function."""
+        batch, _, length, _ = query.shape
+        original = self.original
         if self.native_attention and _mask_fits(attention_mask, batch, length, key.shape[-2]):
-            output = torch.ops.mtad_native.attention(query, key, value, attention_mask, original.scaling)
-            return original.o_proj(output), None
+            return torch.ops.mtad_native.attention(query, key, value, attention_mask, original.scaling), None
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(original.config._attn_implementation, None)
         if attend is None:
             attend = eager_attention_forward
         output, weights = attend(
             original, query, key, value, attention_mask, dropout=0.0, scaling=original.scaling, **kwargs
         )
-        return original.o_proj(output.reshape(batch, length, -1)), weights
+        return output.reshape(batch, length, -1), weights
 
 
 class FusedRMSNorm(nn.Module):
@@ -131,9 +138,63 @@ class FusedRMSNorm(nn.Module):
         return torch.ops.mtad_native.rms_norm(x, self.weight, self.eps)
 
 
+class LeanLayer:
+    """The forward of a Llama-style decoder layer whose attention, MLP and two norms all fused: the
+    layer in four native calls and its cache's `update` (input norm with q/k/v and rotary; attention;
+    output projection plus residual; norm, MLP plus residual), where its modules make a dozen
+    module calls with their Python around them. It is set as the layer's own `forward`, so the layer
+    stays the model's class (hooks that record each layer's output, as `output_hidden_states` does,
+    still see it); inputs it does not take go to the class's forward."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.original = layer.forward  # the class's, bound to the layer
+        self.attention, self.mlp = layer.self_attn, layer.mlp
+        self.norms = layer.input_layernorm, layer.post_attention_layernorm
+        self.out = layer.self_attn.original.o_proj
+
+    def __call__(
+        self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
+        position_embeddings=None, **kwargs,
+    ):  # fmt: skip
+        attention = self.attention
+        cache = kwargs.pop("past_key_values", None) if cache is None else cache  # older releases' name
+        cos, sin = position_embeddings if position_embeddings is not None else (None, None)
+        rows = hidden_states.numel() // attention.in_features
+        if (
+            (attention.dense_from_rows is not None and rows >= attention.dense_from_rows)
+            or hidden_states.dim() != 3
+            or hidden_states.dtype != torch.float32
+            or cos is None
+            or cos.shape[-1] != attention.head_dim
+            or any(norm.weight.dtype != torch.float32 for norm in self.norms)
+        ):
+            return self.original(
+                hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                use_cache=use_cache, position_embeddings=position_embeddings, **kwargs,
+            )  # fmt: skip
+        ops = torch.ops.mtad_native
+        batch, length = hidden_states.shape[:2]
+        first, second = self.norms
+        cos, sin = cos.expand(batch, length, -1), sin.expand(batch, length, -1)
+        query, key, value = ops.norm_qkv_rotary_fp16_weight(
+            hidden_states, first.weight, first.eps, attention.qkv, attention.qkv_bias, cos, sin,
+            attention.q_heads, attention.kv_heads,
+        )  # fmt: skip
+        if cache is not None:
+            key, value = cache.update(key, value, attention.original.layer_idx, kwargs=kwargs)
+        attended, _ = attention.attend(query, key, value, attention_mask, **kwargs)
+        hidden_states = ops.linear_residual_fp16_weight(
+            attended, self.out.packed, self.out.bias, hidden_states
+        )
+        return ops.norm_swiglu_residual_fp16_weight(
+            hidden_states, second.weight, second.eps, self.mlp.gate_up, self.mlp.original.down_proj.packed
+        )
+
+
 def fuse_layers(model: nn.Module) -> dict[str, int]:
     """Replace, in place, every attention, gated MLP and RMSNorm of `model` that fuses (see the
-    module docstring; only layers packed for the native kernels do); how many of each were."""
+    module docstring; only layers packed for the native kernels do), then give every decoder layer
+    whose parts all fused a `LeanLayer` forward; how many of each were."""
     counts = {"attentions": 0, "gated MLPs": 0, "RMSNorms": 0}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -141,7 +202,37 @@ def fuse_layers(model: nn.Module) -> dict[str, int]:
             if fused is not None and _agrees(child, fused):
                 setattr(parent, name, fused)
                 counts[kind] += 1
+    counts["lean decoder layers"] = sum(_lean(layer) for layer in list(model.modules()))
     return counts
+
+
+def _lean(layer: nn.Module) -> bool:
+    """Give `layer` a `LeanLayer` forward if its parts fused and the lean forward gives the class's
+    outputs and cache on the agreement steps; whether it did."""
+    parts = [
+        getattr(layer, name, None)
+        for name in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+    ]
+    kinds = (FusedAttention, FusedGatedMLP, FusedRMSNorm, FusedRMSNorm)
+    if not all(isinstance(part, kind) for part, kind in zip(parts, kinds, strict=True)):
+        return False
+    if not (parts[0].native_attention and parts[0].original.o_proj.kernel == "native"):
+        return False
+    if isinstance(layer.forward, LeanLayer):
+        return True
+    lean = LeanLayer(layer)
+
+    def step(forward):
+        return lambda x, rotary, mask, cache: forward(
+            x, attention_mask=mask, cache=cache, use_cache=True, position_embeddings=rotary
+        )
+
+    attention = parts[0]
+    if not _steps_agree(step(lean.original), step(lean), attention.in_features, attention.head_dim,
+                        attention.original.layer_idx):  # fmt: skip
+        return False
+    layer.forward = lean
+    return True
 
 
 def _fused(module: nn.Module) -> tuple[nn.Module | None, str]:
@@ -197,10 +288,17 @@ def _attention_agrees(module: nn.Module, fused: FusedAttention) -> bool:
 
 
 def _attention_steps_agree(module: nn.Module, fused: FusedAttention) -> bool:
-    """Both run a 3-token step into an empty cache, a 1-token step after it, then two 2-token steps
-    whose tokens see the cache and themselves but not each other (a tree's siblings), the mask
-    additive and then boolean: outputs and cached keys and values must agree (this also proves the
-    cache call matches the model's)."""
+    def attend(attention):
+        return lambda x, rotary, mask, cache: attention(x, rotary, mask, cache=cache)[0]
+
+    return _steps_agree(attend(module), attend(fused), fused.in_features, fused.head_dim, module.layer_idx)
+
+
+def _steps_agree(want_call, got_call, width: int, head_dim: int, layer_idx: int) -> bool:
+    """Both calls (x, rotary, mask, cache) -> output run a 3-token step into an empty cache, a
+    1-token step after it, then two 2-token steps whose tokens see the cache and themselves but not
+    each other (a tree's siblings), the mask additive and then boolean: outputs and cached keys and
+    values must agree (this also proves the cache call matches the model's)."""
     generator = torch.Generator().manual_seed(0)
     caches = {"want": DynamicCache(), "got": DynamicCache()}
     siblings = torch.eye(2, dtype=torch.bool)
@@ -212,14 +310,14 @@ def _attention_steps_agree(module: nn.Module, fused: FusedAttention) -> bool:
     try:
         with torch.inference_mode():
             for length, mask in steps:
-                x = torch.randn(1, length, fused.in_features, generator=generator)
-                angles = torch.rand(1, length, fused.head_dim, generator=generator) * 6.3
+                x = torch.randn(1, length, width, generator=generator)
+                angles = torch.rand(1, length, head_dim, generator=generator) * 6.3
                 rotary = (angles.cos(), angles.sin())
-                want = module(x, rotary, mask, cache=caches["want"])[0]
-                got = fused(x, rotary, mask, cache=caches["got"])[0]
+                want = want_call(x, rotary, mask, caches["want"])
+                got = got_call(x, rotary, mask, caches["got"])
                 if not _close(got, want):
                     return False
-            layers = [cache.layers[module.layer_idx] for cache in caches.values()]
+            layers = [cache.layers[layer_idx] for cache in caches.values()]
             stored = [(layer.keys, layer.values) for layer in layers]
     except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError):
         return False  # a model whose attention calls its cache otherwise: it keeps its own module

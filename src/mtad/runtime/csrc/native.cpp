@@ -391,6 +391,40 @@ at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double ep
   return out;
 }
 
+// residual += update, elementwise (same shapes, both float32 and contiguous).
+void add_into(at::Tensor& residual_out, const at::Tensor& update) {
+  float* r = residual_out.data_ptr<float>();
+  const float* u = update.const_data_ptr<float>();
+  for (int64_t i = 0, n = residual_out.numel(); i < n; ++i) r[i] += u[i];
+}
+
+// The calls of a Llama-style decoder layer (`mtad.runtime.fused.LeanLayer`): the input norm with
+// the q/k/v projections and rotary embedding; the output projection added to the residual; the
+// post-attention norm, gated MLP and residual. What the layer's modules do in a dozen calls.
+std::vector<at::Tensor> norm_qkv_rotary_fp16_weight(const at::Tensor& input, const at::Tensor& norm_weight,
+                                                    double eps, const at::Tensor& packed,
+                                                    const std::optional<at::Tensor>& bias, const at::Tensor& cos,
+                                                    const at::Tensor& sin, int64_t q_heads, int64_t kv_heads) {
+  return qkv_rotary_fp16_weight(rms_norm(input, norm_weight, eps), packed, bias, cos, sin, q_heads, kv_heads);
+}
+
+at::Tensor linear_residual_fp16_weight(const at::Tensor& input, const at::Tensor& packed,
+                                       const std::optional<at::Tensor>& bias, const at::Tensor& residual) {
+  auto out = linear_fp16_weight(input, packed, bias);
+  TORCH_CHECK(residual.sizes() == out.sizes() && residual.scalar_type() == at::kFloat,
+              "residual [", residual.sizes(), "] does not match the product [", out.sizes(), "]");
+  add_into(out, residual.contiguous());
+  return out;
+}
+
+at::Tensor norm_swiglu_residual_fp16_weight(const at::Tensor& input, const at::Tensor& norm_weight, double eps,
+                                            const at::Tensor& gate_up, const at::Tensor& down) {
+  auto out = swiglu_fp16_weight(rms_norm(input, norm_weight, eps), gate_up, down);
+  TORCH_CHECK(input.sizes() == out.sizes(), "the MLP's output [", out.sizes(), "] does not match its input");
+  add_into(out, input.contiguous());
+  return out;
+}
+
 std::vector<int64_t> tile_shape() { return {kTile, kLanes}; }
 
 std::string isa() { return kIsa; }
@@ -405,6 +439,13 @@ TORCH_LIBRARY(mtad_native, m) {
       "qkv_rotary_fp16_weight(Tensor input, Tensor packed, Tensor? bias, Tensor cos, Tensor sin, int q_heads, "
       "int kv_heads) -> Tensor[]");
   m.def("attention(Tensor query, Tensor keys, Tensor values, Tensor? mask, float scaling) -> Tensor");
+  m.def(
+      "norm_qkv_rotary_fp16_weight(Tensor input, Tensor norm_weight, float eps, Tensor packed, Tensor? bias, "
+      "Tensor cos, Tensor sin, int q_heads, int kv_heads) -> Tensor[]");
+  m.def("linear_residual_fp16_weight(Tensor input, Tensor packed, Tensor? bias, Tensor residual) -> Tensor");
+  m.def(
+      "norm_swiglu_residual_fp16_weight(Tensor input, Tensor norm_weight, float eps, Tensor gate_up, Tensor down) "
+      "-> Tensor");
   m.def("tile_shape() -> int[]", tile_shape);
   m.def("isa() -> str", isa);
 }
@@ -413,5 +454,8 @@ TORCH_LIBRARY_IMPL(mtad_native, CPU, m) {
   m.impl("swiglu_fp16_weight", swiglu_fp16_weight);
   m.impl("rms_norm", rms_norm);
   m.impl("attention", attention);
+  m.impl("norm_qkv_rotary_fp16_weight", norm_qkv_rotary_fp16_weight);
+  m.impl("linear_residual_fp16_weight", linear_residual_fp16_weight);
+  m.impl("norm_swiglu_residual_fp16_weight", norm_swiglu_residual_fp16_weight);
   m.impl("qkv_rotary_fp16_weight", qkv_rotary_fp16_weight);
 }
