@@ -43,12 +43,16 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=6, help="MT-Bench questions, from the last one back")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--loads", default="off,auto", help="comma list of off, fbgemm, auto ('off' first)")
+    parser.add_argument(
+        "--loads", default="off,auto", help="comma list of off, fbgemm, fp16, auto ('off' first)"
+    )
     args = parser.parse_args()
     use_pair_arguments(args)
     loads = args.loads.split(",")
-    if loads[0] != "off" or "auto" not in loads or not set(loads) <= {"off", "fbgemm", "auto"}:
-        parser.error(f"--loads must start with off, hold auto and only off, fbgemm, auto; got {args.loads!r}")
+    if loads[0] != "off" or "auto" not in loads or not set(loads) <= {"off", "fbgemm", "fp16", "auto"}:
+        parser.error(
+            f"--loads must start with off, hold auto and only off, fbgemm, fp16, auto; got {args.loads!r}"
+        )
     pairs = {fast: load_pair(args, fast) for fast in loads}
     tokenizer = pairs["off"][0].tokenizer
     records = load_dataset("mtbench")[-args.prompts :]
@@ -79,6 +83,9 @@ def main() -> None:
 def load_pair(args, load: str):
     if load == "fbgemm":
         with native.disabled():
+            return mtad.load_pair(args.target, args.draft, fast="on")
+    if load == "fp16":
+        with native.fp16_only():
             return mtad.load_pair(args.target, args.draft, fast="on")
     return mtad.load_pair(args.target, args.draft, fast=load)
 

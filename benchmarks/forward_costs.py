@@ -38,6 +38,7 @@ LOADS = {
     "auto": {"fast": "auto"},
     "on": {"fast": "on"},
     "fbgemm": {"fast": "on"},  # fp16 weights through fbgemm's kernel (the native one disabled)
+    "fp16": {"fast": "on"},  # the native kernel with every layer fp16 (no exact GGUF blocks)
     "int8": {"fast": "off", "quantize": "int8"},
     "int4": {"fast": "off", "quantize": "int4"},
 }
@@ -46,6 +47,9 @@ LOADS = {
 def _load(path, variant: str):
     if variant == "fbgemm":
         with native.disabled():
+            return load_model(path, **LOADS[variant])
+    if variant == "fp16":
+        with native.fp16_only():
             return load_model(path, **LOADS[variant])
     return load_model(path, **LOADS[variant])
 

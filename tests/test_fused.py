@@ -165,3 +165,35 @@ def test_a_model_cast_after_fusing_runs_its_own_modules():
     packed, fused = packed.to(torch.bfloat16), fused.to(torch.bfloat16)
     ids = torch.tensor([[0, 5, 7]])
     torch.testing.assert_close(_logits(fused, ids), _logits(packed, ids), rtol=0, atol=0)
+
+
+def test_a_model_dequantized_from_gguf_blocks_runs_on_its_exact_weights():
+    model = fusable_llama(9)
+    model.lm_head = nn.Linear(model.config.hidden_size, 2 * KERNELS.columns, bias=False)  # whole tiles
+    with torch.no_grad():  # every projection onto the Q4_1 grid, the output head onto Q8_0's
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.copy_(_on_grid(module.weight, "q8_0" if module is model.lm_head else "q4_1"))
+    dense = copy.deepcopy(model)
+    path = fast.apply(model, fast.FastPath("on", "fp16", "float32", "test"))
+    assert path.weight_error == 0.0
+    assert "14 layers as exact Q4_1 blocks, 1 layer as exact Q8_0 blocks" in path.kernel
+    assert path.fused.endswith("2 lean decoder layers")
+    ids = torch.tensor([[0, 5, 7, 3, 9, 2, 11]])
+    caches = DynamicCache(), DynamicCache()
+    for chunk in (ids[:, :4], ids[:, 4:5], ids[:, 5:]):  # against the float32 model itself
+        want, got = (_logits(m, chunk, c) for m, c in zip((dense, model), caches, strict=True))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _on_grid(weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """`weight` rounded as a GGUF quantizer would, then dequantized (32 weights a block along K)."""
+    blocks = weight.detach().float().reshape(weight.shape[0], -1, 32)
+    if kind == "q8_0":
+        scale = (blocks.abs().amax(-1, keepdim=True) / 127).half().float()
+        return (torch.round(blocks / scale).clamp(-127, 127) * scale).reshape(weight.shape)
+    low = blocks.amin(-1, keepdim=True).half().float()
+    scale = ((blocks.amax(-1, keepdim=True) - low) / 15).half().float()
+    levels = torch.round((blocks - low) / scale).clamp(0, 15)
+    levels[..., 0], levels[..., 1] = 0, 15  # the quantizer's extremes
+    return (levels * scale + low).reshape(weight.shape)

@@ -175,3 +175,54 @@ def test_a_corrupt_build_and_a_stale_lock_in_the_cache_are_built_again_not_trust
     os.utime(lock, (0, 0))  # ... whose lock it left behind: waited on, a later build would hang
     report = _in_a_fresh_process(REPORT, MTAD_CACHE=str(tmp_path))
     assert report["isa"] == KERNELS.isa and report["why"] is None and report["dir"] == where
+
+
+def _on_block_grid(out_features: int, in_features: int, kind: str, seed: int = 0) -> torch.Tensor:
+    """Weights as a GGUF Q4_1 or Q8_0 model dequantizes to: d q (+ m) per block of 32 along K."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (out_features, in_features // 32, 32)
+    scale = (torch.rand(*shape[:2], 1, generator=generator) * 0.02 + 1e-3).half().float()
+    if kind == "q4_1":
+        levels = torch.randint(0, 16, shape, generator=generator).float()
+        levels[..., 3], levels[..., 17] = 0, 15  # the quantizer's extremes, anywhere in the block
+        offset = (torch.randn(*shape[:2], 1, generator=generator) * 0.05).half().float()
+        return (levels * scale + offset).reshape(out_features, in_features)
+    levels = torch.randint(-127, 128, shape, generator=generator).float()
+    levels[..., 5] = -127
+    return (levels * scale).reshape(out_features, in_features)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 6, 7, 13])
+def test_weights_on_a_gguf_block_grid_are_stored_as_blocks_and_multiply_exactly(kind, rows):
+    weight = _on_block_grid(2 * KERNELS.columns, 96, kind, seed=rows)
+    found = KERNELS.exact_blocks(weight)
+    assert found is not None and found[0] == kind
+    expected_bytes = {"q4_1": 20, "q8_0": 34}[kind] * weight.numel() // 32
+    assert found[1].numel() == expected_bytes  # 5 or 8.5 bits a weight
+    bias = torch.randn(weight.shape[0])
+    x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(rows))
+    want = (x.double() @ weight.double().T + bias.double()).float()  # the float32 weights, unrounded
+    torch.testing.assert_close(KERNELS.linear_fp16(x, found[1], bias), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_weights_off_the_grid_by_one_ulp_or_of_a_partial_tile_stay_fp16():
+    weight = _on_block_grid(2 * KERNELS.columns, 64, "q4_1")
+    nudged = weight.clone()
+    nudged[7, 40] = torch.nextafter(nudged[7, 40], torch.tensor(1.0))
+    assert KERNELS.exact_blocks(nudged) is None  # neither Q4_1 nor Q8_0 holds it to the bit
+    assert KERNELS.exact_blocks(torch.randn(KERNELS.columns, 64)) is None
+    assert KERNELS.exact_blocks(weight[: KERNELS.columns + KERNELS.lanes]) is None  # not whole tiles
+    with native.fp16_only():
+        assert KERNELS.exact_blocks(weight) is None
+    layer = Fp16Linear(_linear_with(weight))
+    assert layer.blocks == "q4_1" and layer.weight_error == 0.0 and layer.nbytes == weight.numel() * 20 // 32
+
+
+def _linear_with(weight: torch.Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return linear

@@ -18,6 +18,7 @@ the largest weight error, and the loaded model *is* the quantized one (stats, re
 
 from __future__ import annotations
 
+import collections
 import functools
 import statistics
 import time
@@ -189,9 +190,16 @@ def _kernels_used(layers: list) -> str:
     if native == 0:
         return f"fbgemm (native: {unavailable() or 'no layer fits its tile'})"
     isa = kernels().isa
+    blocks = collections.Counter(layer.blocks for layer in layers if layer.blocks is not None)
+    exact = "".join(
+        f", {count} {'layer' if count == 1 else 'layers'} as exact {name.upper()} blocks"
+        for name, count in sorted(blocks.items())
+    )
     if native == len(layers):
-        return f"native {isa}"
-    return f"native {isa} on {native} of {len(layers)} layers, fbgemm on the rest (shapes off its tile)"
+        return f"native {isa}{exact}"
+    return (
+        f"native {isa} on {native} of {len(layers)} layers{exact}, fbgemm on the rest (shapes off its tile)"
+    )
 
 
 def fast_path_of(model: nn.Module) -> FastPath | None:

@@ -242,7 +242,9 @@ def _fused(module: nn.Module) -> tuple[nn.Module | None, str]:
         hasattr(module, name) for name in ("head_dim", "layer_idx", "scaling", "config")
     ):
         q, k, v, _ = attention
-        same = q.dense_from_rows == k.dense_from_rows == v.dense_from_rows
+        same = (
+            q.dense_from_rows == k.dense_from_rows == v.dense_from_rows and q.blocks == k.blocks == v.blocks
+        )
         has_bias = {layer.bias is None for layer in (q, k, v)}
         joins = q.native.whole_tiles(q.out_features) and q.native.whole_tiles(k.out_features)
         if same and joins and len(has_bias) == 1 and q.out_features % module.head_dim == 0:
@@ -251,6 +253,7 @@ def _fused(module: nn.Module) -> tuple[nn.Module | None, str]:
     if all(isinstance(p, Fp16Linear) and p.kernel == "native" and p.bias is None for p in projections):
         gate, up, down = projections
         same_rows = gate.packed.shape == up.packed.shape and gate.dense_from_rows == up.dense_from_rows
+        same_rows = same_rows and gate.blocks == up.blocks  # one packed format: they join as one weight
         joins = gate.native.whole_tiles(gate.out_features)
         if same_rows and joins and down.in_features == gate.out_features:  # the activation: the check tells
             # Building it points gate's and up's weights at views of the joint copy: same values,

@@ -9,7 +9,10 @@ format below wraps one such kernel from the pinned torch wheel:
 
 - `Fp16Linear`: fp16 weights, float32 activations and accumulation (mtad's native kernel, else
   fbgemm's). Half of float32's bytes and 8x finer than bfloat16 rounding (11 significant bits
-  against 8): the fast path's default.
+  against 8): the fast path's default. Where a layer's float32 weights lie exactly on a GGUF
+  block grid (Q4_1 or Q8_0: a model dequantized from such a file, like the default target), the
+  native kernel stores them as those blocks instead (`blocks`): 5 or 8.5 bits a weight, and the
+  very values of the float32 model (`weight_error` 0).
 - `Int8Linear`: weight-only int8, a scale per output channel, bfloat16 activations. A quarter of
   float32's bytes; lossy, so only when asked for. (fbgemm's dynamic int8, which also quantizes
   activations per tensor, is faster at 4-32 rows but multiplied the default target's perplexity
@@ -82,15 +85,23 @@ class Fp16Linear(PackedLinear):
         self.weight_error = float((half.float() - weight).abs().max()) if weight.numel() else 0.0
         native = kernels()
         self.native = native if native is not None and native.fits(*weight.shape) else None
-        if self.native is not None:
+        exact = None if self.native is None else self.native.exact_blocks(weight)
+        self.blocks = None if exact is None else exact[0]  # a GGUF block grid that holds the weights exactly
+        if exact is not None:
+            self.packed = exact[1]
+            self.weight_error = 0.0
+            self.nbytes = exact[1].numel()
+        elif self.native is not None:
             self.packed = self.native.pack_fp16(half)
         else:
             with warnings.catch_warnings():  # fbgemm's fp16 ops are marked deprecated, not yet replaced
                 warnings.simplefilter("ignore")
                 self.packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
-        self.nbytes = 2 * weight.numel()
+        if exact is None:
+            self.nbytes = 2 * weight.numel()
         self.dense_from_rows = dense_from_rows
-        self.dense = None if dense_from_rows is None else half.to(dense_dtype)  # the same rounded values
+        rounded = weight if exact is not None else half  # the values the packed products compute with
+        self.dense = None if dense_from_rows is None else rounded.to(dense_dtype)
 
     @property
     def kernel(self) -> str:

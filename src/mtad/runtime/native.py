@@ -65,11 +65,75 @@ class NativeKernels:
         return torch.cat([tiles.reshape(-1), rest.reshape(-1)]).reshape(out_features, in_features)
 
     def linear_fp16(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [..., K] float32 @ the packed weights (+ bias): [..., N] float32."""
+        """x [..., K] float32 @ the packed weights, fp16 or blocks (+ bias): [..., N] float32."""
         return torch.ops.mtad_native.linear_fp16_weight(x, packed, bias)
+
+    def exact_blocks(self, weight: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+        """The block format whose grid holds every float32 weight of `weight` [N, K] exactly, and
+        the weights packed in it (see `csrc/native.cpp`); None where no format does (then fp16).
+
+        A Q4_1 block of 32 weights along K is d q + m with q in 0..15 and d, m fp16; a Q8_0 block is
+        d q with q in -127..127. A GGUF model dequantized to float32 (the default target) lies on
+        them: its smallest and largest weight per block give m and d back, and every weight is
+        checked to be d q + m to the bit, so the packed model computes with the same weights."""
+        return None if _blocks_disabled else self._on_grid(weight)
+
+    def _on_grid(self, weight: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+        out_features, in_features = weight.shape
+        if (
+            in_features % BLOCK
+            or out_features % self.columns
+            or weight.dtype != torch.float32
+            or not weight.numel()
+        ):
+            return None
+        blocks = weight.detach().reshape(out_features, in_features // BLOCK, BLOCK)
+        low, high = blocks.amin(-1), blocks.amax(-1)
+        scale = ((high - low) / 15).half()
+        if torch.equal(low.half().float(), low) and torch.isfinite(scale).all():
+            levels = _levels(blocks - low[..., None], scale, 0, 15)
+            if torch.equal(levels * scale.float()[..., None] + low[..., None], blocks):
+                return "q4_1", self._pack_blocks(levels.to(torch.uint8), [scale, low.half()], nibbles=True)
+        scale = (torch.maximum(high, -low) / 127).half()
+        if torch.isfinite(scale).all():
+            levels = _levels(blocks, scale, -127, 127)
+            if torch.equal(levels * scale.float()[..., None], blocks):
+                return "q8_0", self._pack_blocks(levels.to(torch.int8), [scale], nibbles=False)
+        return None
+
+    def _pack_blocks(self, levels: torch.Tensor, scales: list[torch.Tensor], nibbles: bool) -> torch.Tensor:
+        """levels [N, K / 32, 32] and fp16 scales [N, K / 32] in the tile order of `csrc/native.cpp`."""
+        out_features, blocks, _ = levels.shape
+        tiles = out_features // self.columns
+
+        def tiled(t: torch.Tensor) -> torch.Tensor:  # [N, blocks, ...] -> [tiles, blocks, columns, ...]
+            return t.reshape(tiles, self.columns, blocks, *t.shape[2:]).transpose(1, 2)
+
+        parts = [tiled(scale).contiguous().view(torch.uint8).reshape(tiles, blocks, -1) for scale in scales]
+        per_k = tiled(levels).transpose(2, 3)  # [tiles, blocks, 32 (k), columns]
+        if nibbles:  # 32-bit word j of a vector: nibble kk vectors + v is column v lanes + j at step kk
+            vectors = self.columns // self.lanes
+            steps = 8 // vectors
+            words = per_k.reshape(tiles, blocks, BLOCK // steps, steps, vectors, self.lanes)
+            nibbles_of_words = words.permute(0, 1, 2, 5, 3, 4).reshape(
+                tiles, blocks, BLOCK // steps, self.lanes, 4, 2
+            )
+            per_k = nibbles_of_words[..., 0] | (nibbles_of_words[..., 1] << 4)  # little-endian bytes
+        parts.append(per_k.contiguous().view(torch.uint8).reshape(tiles, blocks, -1))
+        packed = torch.cat(parts, dim=-1).reshape(out_features, -1)
+        return packed if nibbles else packed.view(torch.int8)
 
 
 _disabled = 0  # depth of `disabled()` blocks
+_blocks_disabled = 0  # depth of `fp16_only()` blocks
+#: Weights per block of the block formats (GGUF's Q4_1 and Q8_0 blocks).
+BLOCK = 32
+
+
+def _levels(blocks: torch.Tensor, scale: torch.Tensor, lowest: int, highest: int) -> torch.Tensor:
+    """round(blocks / scale) per block, clamped to the format's levels (0 where a block's scale is 0)."""
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale).float()[..., None]
+    return torch.round(blocks / safe).clamp(lowest, highest)
 
 
 def unavailable() -> str | None:
@@ -91,6 +155,18 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _disabled -= 1
+
+
+@contextlib.contextmanager
+def fp16_only() -> Iterator[None]:
+    """Layers packed inside this block are stored as fp16 even where their weights lie on a block
+    grid (comparisons of the two formats)."""
+    global _blocks_disabled
+    _blocks_disabled += 1
+    try:
+        yield
+    finally:
+        _blocks_disabled -= 1
 
 
 @functools.cache
@@ -197,4 +273,30 @@ def _check(found: NativeKernels) -> str | None:
             got = found.linear_fp16(x, packed, bias)
         if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
             return f"the native kernel's test product is wrong at {rows} rows (a miscompiled build)"
+    for name, on_grid in _block_grid_weights(found, generator).items():
+        exact = found._on_grid(on_grid)
+        if exact is None or exact[0] != name:
+            return f"weights on the {name} grid were not found exact (a miscompiled build)"
+        for rows in (1, 2, 5, 7, 13):
+            x = torch.randn(rows, on_grid.shape[1], generator=generator)
+            want = (x.double() @ on_grid.double().T + bias[: len(on_grid)].double()).float()
+            with torch.inference_mode():
+                got = found.linear_fp16(x, exact[1], bias[: len(on_grid)])
+            if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+                return f"the native {name} product is wrong at {rows} rows (a miscompiled build)"
     return None
+
+
+def _block_grid_weights(found: NativeKernels, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Two tiles of weights, 3 blocks deep, on the Q4_1 and Q8_0 grids (as a GGUF model dequantizes)."""
+    shape = (2 * found.columns, 3, BLOCK)
+    scale = (torch.rand(*shape[:2], 1, generator=generator) * 0.01 + 1e-3).half().float()
+    offset = (torch.randn(*shape[:2], 1, generator=generator) * 0.05).half().float()
+    q4 = torch.randint(0, 16, shape, generator=generator).float()
+    q4[..., 0], q4[..., 1] = 0, 15  # a block's extremes are levels 0 and 15, as a quantizer leaves them
+    q8 = torch.randint(-127, 128, shape, generator=generator).float()
+    q8[..., 0] = 127
+    return {
+        "q4_1": (q4 * scale + offset).reshape(shape[0], -1),
+        "q8_0": (q8 * scale).reshape(shape[0], -1),
+    }

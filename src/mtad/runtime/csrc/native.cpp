@@ -54,6 +54,14 @@ inline vec times_pow2(vec a, vec n) { return _mm512_scalef_ps(a, n); }  // a * 2
 inline vec zero_where_below(vec a, vec x, float bound) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, set1(bound), _CMP_LT_OQ), a, zero());
 }
+using ivec = __m512i;
+inline ivec widen_s8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline vec to_float(ivec a) { return _mm512_cvtepi32_ps(a); }
+inline ivec load_words(const uint8_t* p) { return _mm512_loadu_si512(p); }
+template <int N>
+inline vec nibble_float(ivec words) {  // nibble N of every 32-bit lane, as a float
+  return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(words, 4 * N), _mm512_set1_epi32(15)));
+}
 inline float sum_lanes(vec a) { return _mm512_reduce_add_ps(a); }
 inline float max_lanes(vec a) { return _mm512_reduce_max_ps(a); }
 #else
@@ -80,6 +88,14 @@ inline vec times_pow2(vec a, vec n) {  // a * 2^n for integral n in [-126, 127]:
 }
 inline vec zero_where_below(vec a, vec x, float bound) {
   return _mm256_blendv_ps(a, zero(), _mm256_cmp_ps(x, set1(bound), _CMP_LT_OQ));
+}
+using ivec = __m256i;
+inline ivec widen_s8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+inline vec to_float(ivec a) { return _mm256_cvtepi32_ps(a); }
+inline ivec load_words(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+template <int N>
+inline vec nibble_float(ivec words) {
+  return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(words, 4 * N), _mm256_set1_epi32(15)));
 }
 inline float sum_lanes(vec a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -156,18 +172,153 @@ inline void column_tile(const float* x, const uint16_t* packed, const float* bia
     dispatch<kRows, kVectors>(std::min(kRows, M - m), width / kLanes, x, w, width, bias, y, m, n0, K, N);
 }
 
+// Block formats: weights that lie exactly on a GGUF block grid (a model dequantized from Q4_1 or
+// Q8_0, like the default target) are stored as those blocks, read in a third or a half of fp16's
+// bytes and expanded to the very float32 values the dense model holds. A block is kBlock weights
+// along K of one output column, w = d q + m (Q4_1: q in 0..15, d and m fp16) or w = d q (Q8_0: q
+// int8, d fp16). Packed per tile of kTile columns (whole tiles only), per block of K: the tile's
+// kTile d values (fp16), for Q4_1 its kTile m values, then the tile's levels. Q8_0: per k, a byte
+// a column. Q4_1: per kSteps = 8 / kVectors steps of k, one vector of kLanes 32-bit words whose
+// lane j holds 8 levels, nibble n = kk kVectors + v for column v kLanes + j at step kk: one load
+// and a shift, mask and convert per vector of levels, no cross-lane shuffles. The product sums x q over a block in registers and adds d (sum x q) + m (sum x)
+// to the output once per block, so the levels are converted, never dequantized, per k.
+constexpr int64_t kBlock = 32;
+enum class Format { kFp16, kQ4_1, kQ8_0 };
+
+Format format_of(const at::Tensor& packed) {
+  switch (packed.scalar_type()) {
+    case at::kHalf: return Format::kFp16;
+    case at::kByte: return Format::kQ4_1;
+    case at::kChar: return Format::kQ8_0;
+    default: TORCH_CHECK(false, "weight must be packed by mtad.runtime.native (fp16, uint8 Q4_1 or int8 Q8_0), got ",
+                         packed.scalar_type());
+  }
+}
+
+// Bytes one block of one column takes in the packed rows (Q4_1: d, m, 32 levels of 4 bits).
+constexpr int64_t block_bytes(Format f) { return f == Format::kQ4_1 ? 20 : 34; }
+
+// The weight's K (its input width): packed block rows are K / kBlock x block_bytes wide.
+int64_t in_features(const at::Tensor& packed) {
+  const Format f = format_of(packed);
+  if (f == Format::kFp16) return packed.size(1);
+  TORCH_CHECK(packed.size(1) % block_bytes(f) == 0, "a block-packed weight's rows must be whole blocks");
+  return packed.size(1) / block_bytes(f) * kBlock;
+}
+
 void check_packed(const at::Tensor& packed) {
-  TORCH_CHECK(packed.scalar_type() == at::kHalf && packed.dim() == 2 && packed.is_contiguous() &&
-                  packed.size(0) % kLanes == 0,
-              "weight must be packed by mtad.runtime.native (fp16 [N, K] in tile order, N a multiple of ", kLanes, ")");
+  const Format f = format_of(packed);
+  const int64_t multiple = f == Format::kFp16 ? kLanes : kTile;
+  TORCH_CHECK(packed.dim() == 2 && packed.is_contiguous() && packed.size(0) % multiple == 0,
+              "weight must be packed by mtad.runtime.native ([N, ...] in tile order, N a multiple of ", multiple, ")");
+}
+
+// q[V..] = nibbles First + V.. of the words (the levels of one k step's columns).
+template <int First, int V>
+inline void q4_levels(ivec words, vec (&q)[kVectors]) {
+  if constexpr (V < kVectors) {
+    q[V] = nibble_float<First + V>(words);
+    q4_levels<First, V + 1>(words, q);
+  }
+}
+
+// Steps S.. of one vector of Q4_1 words (see above): x points at row m0's k of the first step.
+template <int R, int S, int Steps>
+inline void q4_steps(ivec words, const float* x, int64_t K, vec (&acc)[R][kVectors]) {
+  if constexpr (S < Steps) {
+    vec q[kVectors];
+    q4_levels<S * kVectors, 0>(words, q);
+    UNROLLED for (int r = 0; r < R; ++r) {
+      const vec xr = broadcast(x + r * K + S);
+      UNROLLED for (int v = 0; v < kVectors; ++v) acc[r][v] = fma(xr, q[v], acc[r][v]);
+    }
+    q4_steps<R, S + 1, Steps>(words, x, K, acc);
+  }
+}
+
+// Rows [m0, m0 + R) of x against one block-packed tile (columns n0 .. n0 + kTile); xsum [M, K / kBlock]
+// holds each row's sum over each block (Q4_1's offsets multiply it).
+template <int R, Format F>
+inline void block_tile(const float* x, const float* xsum, const uint8_t* w, const float* bias, float* y, int64_t m0,
+                       int64_t n0, int64_t K, int64_t N) {
+  constexpr int V = kVectors;
+  constexpr int64_t level_bytes = F == Format::kQ4_1 ? kTile / 2 : kTile;  // one k of the tile
+  constexpr int64_t scale_bytes = (F == Format::kQ4_1 ? 4 : 2) * kTile;
+  const int64_t blocks = K / kBlock;
+  UNROLLED for (int r = 0; r < R; ++r)
+    UNROLLED for (int v = 0; v < V; ++v)
+      store(y + (m0 + r) * N + n0 + v * kLanes, bias ? load_y(bias + n0 + v * kLanes) : zero());
+  for (int64_t b = 0; b < blocks; ++b, w += scale_bytes + kBlock * level_bytes) {
+    const uint8_t* levels = w + scale_bytes;
+    vec acc[R][V];
+    UNROLLED for (int r = 0; r < R; ++r) UNROLLED for (int v = 0; v < V; ++v) acc[r][v] = zero();
+    if constexpr (F == Format::kQ4_1) {
+      constexpr int steps = 8 / V;
+      for (int64_t k = 0; k < kBlock; k += steps, levels += 4 * kLanes) {
+        const ivec words = load_words(levels);
+        q4_steps<R, 0, steps>(words, x + m0 * K + b * kBlock + k, K, acc);
+      }
+    } else {
+      for (int64_t k = 0; k < kBlock; ++k, levels += level_bytes) {
+        vec q[V];
+        UNROLLED for (int v = 0; v < V; ++v) q[v] = to_float(widen_s8(levels + v * kLanes));
+        UNROLLED for (int r = 0; r < R; ++r) {
+          const vec xr = broadcast(x + (m0 + r) * K + b * kBlock + k);
+          UNROLLED for (int v = 0; v < V; ++v) acc[r][v] = fma(xr, q[v], acc[r][v]);
+        }
+      }
+    }
+    const uint16_t* d = reinterpret_cast<const uint16_t*>(w);
+    UNROLLED for (int v = 0; v < V; ++v) {
+      const vec dv = load_w(d + v * kLanes);
+      UNROLLED for (int r = 0; r < R; ++r) {
+        float* out = y + (m0 + r) * N + n0 + v * kLanes;
+        vec sum = fma(dv, acc[r][v], load_y(out));
+        if constexpr (F == Format::kQ4_1) sum = fma(load_w(d + kTile + v * kLanes), broadcast(xsum + (m0 + r) * blocks + b), sum);
+        store(out, sum);
+      }
+    }
+  }
+}
+
+template <int R, Format F>
+inline void block_dispatch(int64_t rows, const float* x, const float* xsum, const uint8_t* w, const float* bias,
+                           float* y, int64_t m0, int64_t n0, int64_t K, int64_t N) {
+  if constexpr (R > 0) {
+    if (rows < R) return block_dispatch<R - 1, F>(rows, x, xsum, w, bias, y, m0, n0, K, N);
+    block_tile<R, F>(x, xsum, w, bias, y, m0, n0, K, N);
+  }
 }
 
 // out[M, N] (preallocated) = x[M, K] (contiguous float32) @ packed (+ bias).
 void product(const float* xp, int64_t M, const at::Tensor& packed, const float* bias, float* yp) {
-  const int64_t N = packed.size(0), K = packed.size(1), tiles = (N + kTile - 1) / kTile;
-  const uint16_t* wp = reinterpret_cast<const uint16_t*>(packed.const_data_ptr<at::Half>());
+  const Format f = format_of(packed);
+  const int64_t N = packed.size(0), K = in_features(packed), tiles = (N + kTile - 1) / kTile;
+  if (f == Format::kFp16) {
+    const uint16_t* wp = reinterpret_cast<const uint16_t*>(packed.const_data_ptr<at::Half>());
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) column_tile(xp, wp, bias, yp, M, t, K, N);
+    });
+    return;
+  }
+  const int64_t blocks = K / kBlock, tile_bytes = blocks * block_bytes(f) * kTile;
+  std::vector<float> xsum(f == Format::kQ4_1 ? M * blocks : 0);
+  for (int64_t i = 0; i < static_cast<int64_t>(xsum.size()); ++i) {
+    const float* block = xp + i * kBlock;  // row i / blocks, block i % blocks: rows are K = blocks x kBlock
+    float total = 0.0f;
+    for (int64_t k = 0; k < kBlock; ++k) total += block[k];
+    xsum[i] = total;
+  }
+  const uint8_t* wp = static_cast<const uint8_t*>(packed.const_data_ptr());
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) column_tile(xp, wp, bias, yp, M, t, K, N);
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t m = 0; m < M; m += kRows) {
+        const int64_t rows = std::min(kRows, M - m);
+        if (f == Format::kQ4_1)
+          block_dispatch<kRows, Format::kQ4_1>(rows, xp, xsum.data(), wp + t * tile_bytes, bias, yp, m, t * kTile, K, N);
+        else
+          block_dispatch<kRows, Format::kQ8_0>(rows, xp, nullptr, wp + t * tile_bytes, bias, yp, m, t * kTile, K, N);
+      }
   });
 }
 
@@ -194,7 +345,7 @@ at::Tensor with_width(const at::Tensor& x, int64_t width) {
 
 at::Tensor linear_fp16_weight(const at::Tensor& input, const at::Tensor& packed, const std::optional<at::Tensor>& bias) {
   check_packed(packed);
-  const int64_t N = packed.size(0), K = packed.size(1);
+  const int64_t N = packed.size(0), K = in_features(packed);
   auto x = float_rows(input, K);
   const auto bias_f = float_bias(bias, N);
   auto out = with_width(x, N);
@@ -208,9 +359,9 @@ at::Tensor linear_fp16_weight(const at::Tensor& input, const at::Tensor& packed,
 at::Tensor swiglu_fp16_weight(const at::Tensor& input, const at::Tensor& gate_up, const at::Tensor& down) {
   check_packed(gate_up);
   check_packed(down);
-  const int64_t K = gate_up.size(1), I2 = gate_up.size(0), I = I2 / 2;
-  TORCH_CHECK(I2 % 2 == 0 && down.size(1) == I, "gate_up must hold 2 x ", down.size(1), " rows for down's input, got ",
-              I2);
+  const int64_t K = in_features(gate_up), I2 = gate_up.size(0), I = I2 / 2;
+  TORCH_CHECK(I2 % 2 == 0 && in_features(down) == I, "gate_up must hold 2 x ", in_features(down),
+              " rows for down's input, got ", I2);
   auto x = float_rows(input, K);
   const int64_t M = x.numel() / K;
   auto gated = at::empty({M, I2}, x.options());
@@ -239,7 +390,7 @@ std::vector<at::Tensor> qkv_rotary_fp16_weight(const at::Tensor& input, const at
                                                const std::optional<at::Tensor>& bias, const at::Tensor& cos,
                                                const at::Tensor& sin, int64_t q_heads, int64_t kv_heads) {
   check_packed(packed);
-  const int64_t K = packed.size(1), N = packed.size(0);
+  const int64_t K = in_features(packed), N = packed.size(0);
   TORCH_CHECK(input.dim() == 3, "input must be [batch, sequence, hidden]");
   const int64_t B = input.size(0), S = input.size(1), D = cos.size(-1), heads = q_heads + 2 * kv_heads;
   TORCH_CHECK(N == heads * D && D % 2 == 0, "the packed weight holds ", N, " outputs, not ", heads, " heads of ", D);
