@@ -197,3 +197,30 @@ def _on_grid(weight: torch.Tensor, kind: str) -> torch.Tensor:
     levels = torch.round((blocks - low) / scale).clamp(0, 15)
     levels[..., 0], levels[..., 1] = 0, 15  # the quantizer's extremes
     return (levels * scale + low).reshape(weight.shape)
+
+
+def test_lean_layers_append_to_the_cache_in_place_and_every_cache_edit_keeps_its_meaning():
+    packed, fused = packed_pair(seed=10)
+    ids = torch.tensor([[0, 5, 7, 3, 9, 2, 11, 4, 6, 8]])
+    caches = DynamicCache(), DynamicCache()
+
+    def step(chunk):
+        want, got = (_logits(m, chunk, c) for m, c in zip((packed, fused), caches, strict=True))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    step(ids[:, :4])
+    step(ids[:, 4:5])
+    buffer = caches[1].layers[0].keys.data_ptr()
+    step(ids[:, 5:7])
+    assert caches[1].layers[0].keys.data_ptr() == buffer  # written after the cached keys, not copied
+    for cache in caches:  # a rejected token, then a tree pruned to its path
+        cache.crop(-1)
+    step(ids[:, 6:8])
+    keep = torch.tensor([0, 1, 2, 3, 4, 5, 7])
+    for cache in caches:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(-2, keep), layer.values.index_select(-2, keep)
+    step(ids[:, 8:])
+    for layer_want, layer_got in zip(caches[0].layers, caches[1].layers, strict=True):
+        torch.testing.assert_close(layer_got.keys, layer_want.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(layer_got.values, layer_want.values, rtol=1e-4, atol=1e-4)
