@@ -29,6 +29,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from mtad.runtime.taps import taps_for
 from mtad.runtime.vocabulary import subset_of
 
 
@@ -102,9 +103,35 @@ class FollowsCache:
 
     def __init__(self) -> None:
         self.tensor: torch.Tensor | None = None
+        self.buffer: torch.Tensor | None = None  # `tensor` is its leading view while appends fit
 
     def append(self, fed: torch.Tensor) -> None:
-        self.tensor = fed if self.tensor is None else torch.cat([self.tensor, fed], dim=1)
+        """Add positions [rows, new, ...]. Written in place after the kept ones while the buffer
+        has room (a concatenation would copy every position each step: ~2 MB a step for a
+        feature draft's target states after 300 tokens); a full buffer, or a tensor some other
+        operation replaced, moves into a new buffer twice as long."""
+        if self.tensor is None:
+            self.tensor, self.buffer = fed, None
+            return
+        length, new = self.tensor.shape[1], fed.shape[1]
+        buffer = self.buffer
+        fits = (
+            buffer is not None
+            and self.tensor.data_ptr() == buffer.data_ptr()
+            and self.tensor.stride() == buffer.stride()
+            and self.tensor.shape[0] == buffer.shape[0]
+            and self.tensor.shape[2:] == buffer.shape[2:]
+            and self.tensor.dtype == fed.dtype == buffer.dtype
+            and length + new <= buffer.shape[1]
+        )
+        if not fits:
+            buffer = self.tensor.new_empty(
+                (self.tensor.shape[0], max(2 * (length + new), 64), *self.tensor.shape[2:])
+            )
+            buffer[:, :length].copy_(self.tensor)
+            self.buffer = buffer
+        buffer[:, length : length + new].copy_(fed)
+        self.tensor = buffer[:, : length + new]
 
     def truncate(self, length: int) -> None:
         if self.tensor is not None:
@@ -127,7 +154,7 @@ class FollowsCache:
             self.tensor = self.tensor[row : row + 1]
 
     def reset(self) -> None:
-        self.tensor = None
+        self.tensor = self.buffer = None
 
 
 class CachedModel:
@@ -207,15 +234,23 @@ class CachedModel:
         tokens = tokens.to(self.device)
         if self.maps_inputs:
             tokens = self.subset.to_draft(tokens)
-        capture = self.feature_layers is not None
-        extra = {"output_hidden_states": True} if capture else {}  # the plain call stays the plain call
-        out = self.store.call(
-            self.model, input_ids=tokens, logits_to_keep=keep, position_ids=position_ids,
-            attention_mask=attention_mask, **extra,
-        )  # fmt: skip
+        layers = self.feature_layers
+
+        def run(**extra):
+            return self.store.call(
+                self.model, input_ids=tokens, logits_to_keep=keep, position_ids=position_ids,
+                attention_mask=attention_mask, **extra,
+            )  # fmt: skip
+
+        if layers is None:
+            out = run()
+        elif (taps := taps_for(self.model, layers)) is not None:  # hooks on the chosen layers only
+            out, states = taps.call(run, layers)
+            self.captured.append(states)
+        else:
+            out = run(output_hidden_states=True)
+            self.captured.append(torch.cat([out.hidden_states[i] for i in layers], dim=-1))
         self.calls += 1
-        if capture:
-            self.captured.append(torch.cat([out.hidden_states[i] for i in self.feature_layers], dim=-1))
         return out.logits[:, -keep:].float()
 
     def align_vocab(self, logits: torch.Tensor) -> torch.Tensor:
