@@ -29,6 +29,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from mtad.runtime.grow import append_along
 from mtad.runtime.taps import taps_for
 from mtad.runtime.vocabulary import subset_of
 
@@ -106,32 +107,12 @@ class FollowsCache:
         self.buffer: torch.Tensor | None = None  # `tensor` is its leading view while appends fit
 
     def append(self, fed: torch.Tensor) -> None:
-        """Add positions [rows, new, ...]. Written in place after the kept ones while the buffer
-        has room (a concatenation would copy every position each step: ~2 MB a step for a
-        feature draft's target states after 300 tokens); a full buffer, or a tensor some other
-        operation replaced, moves into a new buffer twice as long."""
+        """Add positions [rows, new, ...], in place after the kept ones (`mtad.runtime.grow`: a
+        concatenation would copy a feature draft's target states, ~2 MB after 300 tokens, each step)."""
         if self.tensor is None:
             self.tensor, self.buffer = fed, None
-            return
-        length, new = self.tensor.shape[1], fed.shape[1]
-        buffer = self.buffer
-        fits = (
-            buffer is not None
-            and self.tensor.data_ptr() == buffer.data_ptr()
-            and self.tensor.stride() == buffer.stride()
-            and self.tensor.shape[0] == buffer.shape[0]
-            and self.tensor.shape[2:] == buffer.shape[2:]
-            and self.tensor.dtype == fed.dtype == buffer.dtype
-            and length + new <= buffer.shape[1]
-        )
-        if not fits:
-            buffer = self.tensor.new_empty(
-                (self.tensor.shape[0], max(2 * (length + new), 64), *self.tensor.shape[2:])
-            )
-            buffer[:, :length].copy_(self.tensor)
-            self.buffer = buffer
-        buffer[:, length : length + new].copy_(fed)
-        self.tensor = buffer[:, : length + new]
+        else:
+            self.tensor, self.buffer = append_along(self.tensor, self.buffer, fed, 1)
 
     def truncate(self, length: int) -> None:
         if self.tensor is not None:
@@ -244,7 +225,8 @@ class CachedModel:
 
         if layers is None:
             out = run()
-        elif (taps := taps_for(self.model, layers)) is not None:  # hooks on the chosen layers only
+        elif isinstance(self.store, SoloStore) and (taps := taps_for(self.model, layers)) is not None:
+            # hooks on the chosen layers only (a batch row's forward runs later, for all rows)
             out, states = taps.call(run, layers)
             self.captured.append(states)
         else:
