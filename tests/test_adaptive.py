@@ -68,6 +68,19 @@ def test_a_draft_that_is_always_wrong_is_not_drafted_and_is_probed_again_later()
     assert 0 < sum(d > 0 for d in chosen[-150:]) <= 15  # ... but probes now and then
 
 
+def test_a_beam_width_given_to_a_chain_method_is_not_priced():
+    # sd ignores beam_width (the limits do not check it), so pricing must not measure a draft
+    # forward that wide: a server request with beam_width 2**31 once allocated 256 GB there.
+    assert (
+        SpeculationConfig("sd", "auto", beam_width=2**31).shape.draft_width(
+            SpeculationConfig("sd", "auto", beam_width=2**31)
+        )
+        == 1
+    )
+    mtad_spec = SpeculationConfig("mtad", "auto", beam_width=4)
+    assert mtad_spec.shape.draft_width(mtad_spec) == 4
+
+
 def test_estimates_are_non_increasing_in_depth():
     policy = GammaPolicy(SpeculationConfig("sd", "auto"), FLAT)
     policy.observe(4, accepted=4)

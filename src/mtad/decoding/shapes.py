@@ -85,6 +85,9 @@ class Shape:
 class Chain(Shape):
     drafts: bool = True
 
+    def draft_width(self, spec: RoundSettings) -> int:
+        return 1  # one token a draft step (a beam_width given to a chain method is not its to read)
+
     def nodes(self, spec: RoundSettings, depth: int, stop_above: int | None = None) -> int:
         return depth
 
@@ -95,6 +98,9 @@ class Chain(Shape):
 @dataclass(frozen=True)
 class Beams(Chain):
     """W beams as cache rows: one token, then W a step; the best beam is verified as a chain."""
+
+    def draft_width(self, spec: RoundSettings) -> int:
+        return spec.beam_width
 
     def draft_seconds(self, spec: RoundSettings, depth: int, costs: ForwardCosts) -> float:
         return costs.draft(1) + (depth - 1) * costs.draft(spec.beam_width)
