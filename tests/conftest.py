@@ -145,15 +145,10 @@ def ray_cluster():
     ray.shutdown()
 
 
-def use_costs(monkeypatch, given, asked: list | None = None, clocks: bool = False) -> None:
+def use_costs(monkeypatch, given, asked: list | None = None) -> None:
     """gamma "auto" reads `given` (an `mtad.decoding.pricing.Costs`) instead of measured forwards,
-    so a test's rounds do not depend on the machine's load; `asked` collects the batch sizes read.
-    Rounds are taken to cost what `given` says: the clocks that scale prices by what rounds really
-    took observe nothing, unless `clocks`."""
-    from mtad.decoding import adaptive, pricing
-
-    if not clocks:
-        monkeypatch.setattr(adaptive.RoundClock, "observe", lambda self, *args: None)
+    so a test's rounds do not depend on the machine's load; `asked` collects the batch sizes read."""
+    from mtad.decoding import pricing
 
     def read(target, draft, rows=1):
         if asked is not None:

@@ -119,32 +119,28 @@ class NodePolicy:
     def __init__(self, costs: Costs) -> None:
         self.predicted = self.accepted = 0.0
         self.last = 0.0  # the predicted sum of the round being verified
-        # What plain steps (0) and drafting rounds (1) really take against their price: the loop
-        # times each round (`RoundClock`), and `choose` scales the prices by it.
-        self.clock = RoundClock()
         self.use_costs(costs)
 
     def use_costs(self, costs: Costs) -> None:
         """Price rounds with `costs` from now on (a batch grew or shrank); calibration is kept."""
         self.costs = costs
-        self.priced: list[float] = []  # [k] = T_target(1 + k), filled as far as asked
+        self.seconds: list[float] = []  # [k] = T_target(1 + k), filled as far as asked
 
-    def seconds(self, nodes: int) -> float:
-        """The measured cost of verifying `nodes` draft nodes (a target forward over 1 + nodes)."""
-        while len(self.priced) <= nodes:  # `choose` runs for every node a tree grows: price once
-            self.priced.append(self.costs.target(1 + len(self.priced)))
-        return self.priced[nodes]
+    def _seconds(self, nodes: int) -> float:
+        while len(self.seconds) <= nodes:  # `choose` runs for every node a tree grows: price once
+            self.seconds.append(self.costs.target(1 + len(self.seconds)))
+        return self.seconds[nodes]
 
     @property
     def calibration(self) -> float:
         return (self.accepted + PRIOR_ROUNDS) / (self.predicted + PRIOR_ROUNDS)
 
     def choose(self, path_probabilities: list[float]) -> int:
-        c, total, drafting = self.calibration, 0.0, self.clock.factor(1)
-        best, best_rate, best_total = 0, (1.0 + DRAFT_MARGIN) / (self.seconds(0) * self.clock.factor(0)), 0.0
+        c, total = self.calibration, 0.0
+        best, best_rate, best_total = 0, (1.0 + DRAFT_MARGIN) / self._seconds(0), 0.0
         for k, probability in enumerate(path_probabilities, start=1):
             total += probability
-            rate = (1.0 + c * total) / (self.seconds(k) * drafting)
+            rate = (1.0 + c * total) / self._seconds(k)
             if rate > best_rate:
                 best, best_rate, best_total = k, rate, total
         self.last = best_total
@@ -167,7 +163,7 @@ def joint_depth(choices: list[tuple[GammaPolicy, int]], clock: RoundClock | None
     scaled by what the batch's rounds of that depth really took (`clock`). One row chooses exactly
     as alone (`GammaPolicy.choose`).
     """
-    if len(choices) == 1 and clock is None:
+    if len(choices) == 1:
         policy, most = choices[0]
         return policy.choose(most)
     curves = [policy.rates(most) for policy, most in choices]

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 
 from mtad.config import SamplingConfig, StopConfig
 from mtad.decoding import pricing
-from mtad.decoding.adaptive import GammaPolicy, NodePolicy, RoundClock, joint_depth
+from mtad.decoding.adaptive import GammaPolicy, NodePolicy
 from mtad.decoding.drafts import ModelFreeDraft, TokenDrafter
 from mtad.decoding.drafts.base import tail
 from mtad.decoding.drafts.hybrid import model_drafter
@@ -201,31 +201,8 @@ class Generation:
         # Rows decoding together, as gamma "auto" prices them (a batch sets it; alone: 1).
         self.batch_rows: Callable[[], int] = lambda: 1
         # How gamma "auto" picks a round's depth (a batch agrees on one for all its rows).
-        self.choose_depth: Callable[[GammaPolicy, int], int] = self._timed_depth
-        # Alone, what rounds of each depth really take against their price (a batch keeps its own).
-        self.clock = RoundClock()
-        self._timing: tuple[GammaPolicy, float] | None = None  # the round `_timed_depth` planned
+        self.choose_depth: Callable[[GammaPolicy, int], int] = GammaPolicy.choose
         self.price(rows=1)
-
-    def _timed_depth(self, policy: GammaPolicy, most: int) -> int:
-        """The depth by the measured costs scaled by what this generation's rounds of each depth
-        really took (`RoundClock`): a round costs its forwards plus the warp, acceptance and
-        rollback beside them, which the costs do not hold and which weigh more the faster the
-        forwards are."""
-        self._timing = policy, time.perf_counter()
-        return joint_depth([(policy, most)], self.clock)
-
-    def _clock_round(self, sizing: NodePolicy | None, drafted: int, nodes: int, start: float) -> None:
-        """Tell the policy that sized this round what it took (against its price)."""
-        now = time.perf_counter()
-        if self._timing is not None:  # gamma "auto" alone: timed from the choice of depth
-            policy, chosen_at = self._timing
-            self._timing = None
-            depth = min(drafted, policy.spec.depth)
-            self.clock.observe(depth, policy.cost[depth], now - chosen_at)
-        elif sizing is not None and self.choose_depth == self._timed_depth:  # alone (a batch's
-            # rows wait for each other inside a round)
-            sizing.clock.observe(int(drafted > 0), sizing.seconds(nodes), now - start)
 
     def _draft_model(self) -> PreTrainedModel | None:
         """The model whose forwards draft (None: a model-free draft runs none)."""
@@ -293,12 +270,10 @@ class Generation:
             if n > 0 and not drafter.ready(sequence):  # a feature draft waits for the target's prefill
                 n = 0
             # 1. propose
-            round_start = time.perf_counter()
             if n > 0:
                 proposal = proposer(drafter, sequence, n, self.sampling, generators.on(drafter.device))
             else:
                 proposal = empty_proposal(sequence, self.vocab_size)
-            catching_up = target.length < sequence.shape[1] - 1  # a prefill: not a round's price
             # 2. verify: one target forward over what it has not seen (pending tokens + block or tree)
             history = model_free and drafter.learns_from_prompt and target.length == 0  # the prefill
             p = proposal.verify(target, sequence, self.sampling, history=history)
@@ -328,8 +303,6 @@ class Generation:
                 policy.observe(drafted, len(path))
             if sizing and n > 0:
                 sizing.observe(len(path))
-            if not catching_up:
-                self._clock_round(sizing, drafted, proposal.tree_nodes or drafted, round_start)
             stats.record_round(drafted, len(path), tree_nodes=proposal.tree_nodes)
             text_delta = ""
             if self.tokenizer is not None:
@@ -337,7 +310,6 @@ class Generation:
                 text_delta, streamed_chars = text[streamed_chars:], max(streamed_chars, len(text))
             yield Block(block, text_delta)
         stats.wall_time_s = time.perf_counter() - start
-        self._timing = None
         stats.new_tokens = len(generated)
         stats.target_calls = target.calls
         stats.draft_calls = drafter.calls if drafter is not None and drafter is not target else 0
