@@ -162,7 +162,7 @@ class LeanLayer:
         self.head_dim, self.in_features, self.dense_from_rows = (
             attention.head_dim, attention.in_features, attention.dense_from_rows
         )  # fmt: skip
-        self.layer_idx, self.scaling = attention.original.layer_idx, attention.original.scaling
+        self.layer_idx = attention.original.layer_idx
         out = attention.original.o_proj
         self.out_packed, self.out_bias = out.packed, out.bias
         self.gate_up, self.down = mlp.gate_up, mlp.original.down_proj.packed
@@ -198,10 +198,7 @@ class LeanLayer:
         )
         if cache is not None:
             key, value = append_in_place(cache, self.layer_idx, key, value, kwargs)
-        if self.attention.native_attention and _mask_fits(attention_mask, batch, length, key.shape[-2]):
-            attended = ops.attention(query, key, value, attention_mask, self.scaling)
-        else:
-            attended, _ = self.attention.attend(query, key, value, attention_mask, **kwargs)
+        attended, _ = self.attention.attend(query, key, value, attention_mask, **kwargs)
         hidden_states = ops.linear_residual_fp16_weight(
             attended, self.out_packed, self.out_bias, hidden_states
         )
